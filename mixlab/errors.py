@@ -1,0 +1,20 @@
+"""User-facing errors: each carries one line that says what is wrong and how to fix it.
+
+Entry points (train.py / evaluate.py) print these without a traceback and exit with code 2.
+"""
+
+
+class MixlabError(Exception):
+    """Base class for errors whose message is meant for the user, not for a debugger."""
+
+
+class ConfigError(MixlabError):
+    """An invalid configuration value. The message starts with the offending key."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        super().__init__(f"{key}: {problem}")
+
+
+class DataNotFoundError(MixlabError):
+    """A dataset or weight file is missing. The message names the command that fetches it."""
