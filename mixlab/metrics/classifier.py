@@ -1,0 +1,142 @@
+"""Train, save and load the frozen MNIST classifier whose features back the seed's FID/P/R protocol.
+
+Recipe (the seed's): MNISTClassifier, Adam lr 1e-3, batch 256, 5 epochs, cross-entropy, inputs in
+[-1,1] (u8/127.5 - 1, i.e. ToTensor + Normalize(0.5, 0.5)), no augmentation. `make classifier` runs
+`python -m mixlab.metrics.classifier --root data --dataset mnist --out data/weights/mnist_lenet.pt`.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mixlab.errors import DataNotFoundError
+from mixlab.nets.lenet import MNISTClassifier
+
+
+def to_unit_range(images_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [N,28,28] -> float32 [N,1,28,28] in [-1,1] (copies: loaders may return read-only arrays)."""
+    return torch.from_numpy(np.array(images_u8, dtype=np.uint8)).float().div(127.5).sub(1.0).unsqueeze(1)
+
+
+@torch.no_grad()
+def accuracy(model: MNISTClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of `model` on x [N,1,28,28] with labels y [N]."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size].to(device))  # [B,10]
+        correct += (logits.argmax(1).cpu() == y[i : i + batch_size]).sum().item()
+    return correct / max(1, len(x))
+
+
+def train_classifier(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int = 5,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[MNISTClassifier, float]:
+    """Train MNISTClassifier with Adam on x [N,1,28,28] in [-1,1], y int64 [N]; return (model, test_acc).
+
+    Prints one line per epoch (mean loss, test accuracy, seconds). The model is returned in eval mode.
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = MNISTClassifier().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    train_y, test_y = train_y.long(), test_y.long()
+    test_acc = 0.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start, total, count = time.time(), 0.0, 0
+        order = torch.randperm(len(train_x), generator=gen)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            xb, yb = train_x[idx].to(device), train_y[idx].to(device)  # [B,1,28,28], [B]
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        test_acc = accuracy(model, test_x, test_y)
+        print(
+            f"epoch {epoch}/{epochs}  loss {total / max(1, count):.4f}  "
+            f"test acc {test_acc:.4f}  ({time.time() - start:.1f}s)",
+            flush=True,
+        )
+    model.eval()
+    return model, test_acc
+
+
+def save_classifier(model: MNISTClassifier, path: str | Path, meta: dict) -> Path:
+    """Save {"state_dict", "meta"} to `path` (meta: plain numbers/strings, e.g. test_acc, epochs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "meta": dict(meta)}, path)
+    return path
+
+
+def load_classifier(path: str | Path, device: str = "cpu") -> MNISTClassifier:
+    """Load a classifier saved by `save_classifier`, frozen and in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"MNIST feature classifier not found at {path}; run `make classifier`")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = MNISTClassifier()
+    model.load_state_dict(blob["state_dict"])
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the MNIST feature classifier used for FID/P/R.")
+    parser.add_argument("--root", default="data", help="dataset root folder")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--out", default="data/weights/mnist_lenet.pt")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--force", action="store_true", help="retrain even if --out exists")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    if out.is_file() and not args.force:
+        print(f"classifier already present: {out} (use --force to retrain)")
+        return
+    from mixlab.data.sources import load_split
+
+    train_u8, train_y = load_split(args.root, args.dataset, "train", download=True)
+    test_u8, test_y = load_split(args.root, args.dataset, "test", download=True)
+    print(f"training on {len(train_u8)} {args.dataset} images, testing on {len(test_u8)} ({args.device})")
+    model, acc = train_classifier(
+        to_unit_range(train_u8),
+        torch.from_numpy(np.array(train_y, dtype=np.int64)),
+        to_unit_range(test_u8),
+        torch.from_numpy(np.array(test_y, dtype=np.int64)),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+    )
+    meta = dict(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                seed=args.seed, test_acc=acc)
+    save_classifier(model, out, meta)
+    print(f"test accuracy {acc:.4f}; saved {out}")
+
+
+if __name__ == "__main__":
+    main()

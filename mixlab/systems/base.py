@@ -1,0 +1,82 @@
+"""What every mixlab LightningModule shares: the run config stored in each checkpoint, a
+non-finite-loss guard, a device-count-invariant noise stream, and RNG state across resume."""
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from mixlab.errors import MixlabError
+
+
+class NonFiniteLossError(MixlabError):
+    """Training produced NaN/inf; raised before any checkpoint of the bad state is written."""
+
+
+class MixlabSystem(L.LightningModule):
+    """Base LightningModule. Subclasses draw training noise with `self.noise_generator()`."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.run_config: dict | None = None  # the composed Hydra config, set by the pipeline
+        self.noise_seed = int(seed)
+        self._noise_gen: torch.Generator | None = None
+        self._pending_rng: dict | None = None
+
+    # ----- randomness -------------------------------------------------------------------
+    def noise_generator(self) -> torch.Generator:
+        """A generator owned by the run (seeded once, checkpointed), on the module's device.
+
+        It is the same on every rank: `rank_slice` then takes each rank's share of a global
+        draw, so N devices x B/N samples see exactly the noise that 1 device x B would.
+        """
+        if self._noise_gen is None or self._noise_gen.device != self.device:
+            self._noise_gen = torch.Generator(device=self.device).manual_seed(self.noise_seed)
+            if self._pending_rng is not None:
+                self._noise_gen.set_state(self._pending_rng["noise"])
+        return self._noise_gen
+
+    def world(self) -> tuple[int, int]:
+        """(world_size, global_rank), (1, 0) without a trainer."""
+        if self._trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def rank_slice(self, global_draw: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a tensor drawn for the global batch (matches DistributedSampler's
+        interleaving: rank r holds global positions r, r + W, r + 2W, ...)."""
+        world_size, rank = self.world()
+        return global_draw[rank::world_size]
+
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:  # dropout etc. continue exactly after a resume
+            torch.set_rng_state(self._pending_rng["torch"])
+            if torch.cuda.is_available() and self._pending_rng.get("cuda") is not None:
+                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+
+    # ----- guards -----------------------------------------------------------------------
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop the run (all ranks) with a clear message on a NaN/inf loss."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}); "
+                "the run stopped and no checkpoint of this state was written. "
+                "Lower model.optimizer.lr or check the data; resume with ckpt_path=last."
+            )
+
+    # ----- checkpoint -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mixlab_config"] = self.run_config
+        checkpoint["mixlab_rng"] = {
+            "noise": self.noise_generator().get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.run_config = checkpoint.get("mixlab_config", self.run_config)
+        self._pending_rng = checkpoint.get("mixlab_rng")
+        self._noise_gen = None
