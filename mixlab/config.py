@@ -25,12 +25,13 @@ def check_sampler(node, prefix: str) -> None:
     """solver / steps / grid of a sampling block (model.sampler, callbacks.sample_grid, eval)."""
     if node is None:
         return
+    key = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)
     if "solver" in node:
-        check_choice(node.solver, list(SOLVERS), f"{prefix}.solver")
+        check_choice(node.solver, list(SOLVERS), key("solver"))
     if "steps" in node:
-        check_positive_int(node.steps, f"{prefix}.steps")
+        check_positive_int(node.steps, key("steps"))
     if "grid" in node:
-        check_choice(node.grid, list(SIGMA_GRIDS), f"{prefix}.grid")
+        check_choice(node.grid, list(SIGMA_GRIDS), key("grid"))
 
 
 def world_size(trainer: DictConfig) -> int:

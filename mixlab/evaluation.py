@@ -45,10 +45,10 @@ def feature_extractor(protocol: str, cfg: DictConfig, dataset: str, device: torc
 
 
 def validate_eval(cfg: DictConfig) -> None:
-    require(cfg.get("ckpt") not in (None, "", "???"), "ckpt", "give the checkpoint to evaluate: ckpt=PATH")
+    require(not OmegaConf.is_missing(cfg, "ckpt") and cfg.ckpt, "ckpt", "give the checkpoint to evaluate: ckpt=PATH")
     check_positive_int(cfg.n, "n")
     check_positive_int(cfg.batch_size, "batch_size")
-    check_sampler(cfg, "eval")
+    check_sampler(cfg, "")
     for p in cfg.protocols:
         check_choice(p, list(PROTOCOLS), "protocols")
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 from netrc import netrc
 from pathlib import Path
 
@@ -13,15 +12,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mixlab.config import validate_train
+from mixlab.data.sources import internet_reachable
 from mixlab.errors import ConfigError
-
-
-def reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def wandb_offline() -> bool:
@@ -35,7 +27,7 @@ def wandb_offline() -> bool:
             key = netrc().authenticators("api.wandb.ai") is not None
         except (OSError, Exception):
             key = False
-    return not (key and reachable("api.wandb.ai"))
+    return not (key and internet_reachable("api.wandb.ai", 443))
 
 
 def build_loggers(cfg: DictConfig | None) -> list:

@@ -150,8 +150,8 @@ def fetch_fashion_debian(root: str | os.PathLike) -> str:
         shutil.copyfile(DEBIAN_DIR / name, folder / f"{name}.tmp")
         os.replace(folder / f"{name}.tmp", folder / name)
     return (
-        f"Fashion-MNIST from the Debian package {DEBIAN_PACKAGE} ({DEBIAN_DIR}), offline fallback of\n"
-        "`make data`: the official zalandoresearch IDX files (60,000 train / 10,000 test), copied unchanged."
+        f"Fashion-MNIST from the Debian package {DEBIAN_PACKAGE} (offline fallback of `make data`).\n"
+        f"The official zalandoresearch IDX files (60,000 train / 10,000 test) from {DEBIAN_DIR}, copied unchanged."
     )
 
 

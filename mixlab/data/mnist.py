@@ -1,20 +1,28 @@
-"""MNIST / Fashion-MNIST LightningDataModule: in-memory tensors in [-1, 1], global batch size."""
+"""MNIST / Fashion-MNIST as a LightningDataModule: in-memory tensors in [-1, 1], batches ``(x, y)``.
+
+``x``: float32 [B,1,28,28] in [-1,1] (``u8 / 127.5 - 1``); ``y``: int64 [B] class labels.
+train = the train split, val = the test split (both optionally truncated to their first images).
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler, SequentialSampler, TensorDataset
 
-from mixlab.data.sources import load_split
+from mixlab.data import sources
 from mixlab.errors import ConfigError
 
 
 def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
-    """Split the global batch over processes; raises ConfigError naming data.batch_size."""
-    if not isinstance(global_batch_size, int) or isinstance(global_batch_size, bool) or global_batch_size <= 0:
-        raise ConfigError("data.batch_size", f"must be a positive integer, got {global_batch_size!r}")
+    """Split the global batch over ``world_size`` processes; it must divide evenly."""
+    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int) or global_batch_size <= 0:
+        raise ConfigError("data.batch_size", "must be a positive integer")
     if global_batch_size % world_size:
         raise ConfigError(
             "data.batch_size",
@@ -24,38 +32,46 @@ def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
     return global_batch_size // world_size
 
 
-def to_unit_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] in [-1, 1]."""
-    return torch.from_numpy(np.array(images, dtype=np.float32))[:, None] / 127.5 - 1.0
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N,28,28] -> float32 [N,1,28,28] in [-1,1]."""
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32))  # new writable array
+    return (x / 127.5 - 1.0).unsqueeze(1)
 
 
 class EpochSeededSampler(Sampler[int]):
-    """A fresh permutation per epoch from seed + epoch: a resumed run sees the same order as an
-    uninterrupted one (Lightning calls `set_epoch`)."""
+    """A random permutation of ``range(n)`` that depends only on ``seed + epoch``.
+
+    Lightning calls ``set_epoch`` at the start of every epoch (also through its distributed
+    wrapper), so a run resumed at epoch k sees the same order as an uninterrupted one.
+    """
 
     def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = int(epoch)
 
-    def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
     def __len__(self) -> int:
         return self.n
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """Train = the train split, val = the test split (as in the seed). Batches are (x, y) with
-    x float32 [B, 1, 28, 28] in [-1, 1]. `batch_size` is global (split over devices)."""
+    """MNIST or Fashion-MNIST from ``<root>/<Name>/raw`` (see ``mixlab.data.sources``).
 
-    num_channels, image_size = 1, 28
+    ``batch_size`` is the GLOBAL batch size; each process loads ``batch_size / world_size``.
+    """
+
+    num_channels = 1
+    image_size = 28
+    num_classes = 10
 
     def __init__(
         self,
-        root: str = "data",
+        root: str | os.PathLike = "data",
         dataset: str = "mnist",
         batch_size: int = 256,
         num_workers: int = 0,
@@ -67,49 +83,83 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = True,
     ):
         super().__init__()
-        self.root, self.dataset, self.batch_size = root, dataset, batch_size
-        self.num_workers, self.shuffle, self.seed = num_workers, shuffle, seed
-        self.train_limit, self.val_limit = train_limit, val_limit
+        sources.dataset_dir_name(dataset)  # fail fast on unknown names
+        per_device_batch_size(batch_size, 1)  # fail fast on non-positive sizes
+        for key, limit in (("data.train_limit", train_limit), ("data.val_limit", val_limit)):
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+                raise ConfigError(key, f"must be a positive integer or null, got {limit!r}")
+        self.root, self.dataset = root, dataset
+        self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
+        self.train_limit, self.val_limit, self.seed = train_limit, val_limit, seed
         self.pin_memory, self.download = pin_memory, download
-        self.per_device_batch_size = per_device_batch_size(batch_size, 1)
-        self.train_set = self.val_set = None
+        self.per_device_batch_size = batch_size
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
 
-    def _split(self, split: str, limit: int | None) -> TensorDataset:
-        images, labels = load_split(self.root, self.dataset, split, download=self.download)
-        images, labels = images[:limit], labels[:limit]
-        return TensorDataset(to_unit_range(images), torch.from_numpy(np.array(labels)))
+    @property
+    def provenance(self) -> str:
+        """Where the files came from (``SOURCE.txt`` written by ``make data``)."""
+        return sources.dataset_provenance(self.root, self.dataset)
 
     def prepare_data(self) -> None:
+        """Runs on one process per node: makes sure both splits are on disk (may download)."""
         for split in ("train", "test"):
-            load_split(self.root, self.dataset, split, download=self.download)
+            sources.load_split(self.root, self.dataset, split, download=self.download)
+
+    def _tensor_dataset(self, split: str, limit: int | None, key: str) -> TensorDataset:
+        images, labels = sources.load_split(self.root, self.dataset, split, download=self.download)
+        if limit is not None and limit > len(labels):
+            rank_zero_warn(f"{key}={limit} exceeds the {len(labels)} {split} images; using all of them")
+        images, labels = images[:limit], labels[:limit]
+        return TensorDataset(to_model_range(images), torch.from_numpy(np.array(labels, dtype=np.int64)))
 
     def setup(self, stage: str | None = None) -> None:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        self.per_device_batch_size = per_device_batch_size(self.batch_size, world)
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.per_device_batch_size = per_device_batch_size(self.batch_size, world_size)
         if self.train_set is None:
-            self.train_set = self._split("train", self.train_limit)
-            self.val_set = self._split("test", self.val_limit)
+            self.train_set = self._tensor_dataset("train", self.train_limit, "data.train_limit")
+            self.val_set = self._tensor_dataset("test", self.val_limit, "data.val_limit")
+        n_train = len(self.train_set)
+        if self.per_device_batch_size * world_size > n_train:
+            raise ConfigError(
+                "data.batch_size",
+                f"global batch size {self.batch_size} exceeds the {n_train} training images "
+                "(drop_last would leave no batch; lower data.batch_size or raise data.train_limit)",
+            )
 
-    def _loader(self, dataset: TensorDataset, sampler, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: TensorDataset, sampler: Sampler, drop_last: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.per_device_batch_size, sampler=sampler, drop_last=drop_last,
-            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-            # own generator: creating an iterator must not consume the global RNG, or a resumed
-            # run's dropout masks would drift from the uninterrupted run's
+            dataset,
+            batch_size=self.per_device_batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            # own generator: starting an iterator must not draw from the global RNG, or a resumed
+            # run's noise/dropout would drift from the uninterrupted run's
             generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
         n = len(self.train_set)
         sampler = EpochSeededSampler(n, self.seed) if self.shuffle else SequentialSampler(range(n))
         return self._loader(self.train_set, sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
         return self._loader(self.val_set, SequentialSampler(range(len(self.val_set))), drop_last=False)
 
     def real_images(self, n: int, split: str = "test") -> torch.Tensor:
-        """The first n images of a split in file order, [n, 1, 28, 28] in [-1, 1]."""
-        images, _ = load_split(self.root, self.dataset, split, download=self.download)
+        """The first ``n`` images of ``split`` in file order: float32 [n,1,28,28] in [-1,1]."""
+        images, _ = sources.load_split(self.root, self.dataset, split, download=self.download)
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ConfigError("n", f"must be a positive integer, got {n!r}")
         if n > len(images):
-            raise ConfigError("n", f"asked for {n} real {split} images but {self.dataset} has {len(images)}")
-        return to_unit_range(images[:n])
+            raise ConfigError(
+                "n", f"asked for {n} real images but the {split} split of {self.dataset} holds only {len(images)}"
+            )
+        return to_model_range(images[:n])

@@ -36,7 +36,9 @@ MIRRORS = {
     "mnist": ("ossci-datasets.s3.amazonaws.com", 443),
     "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
 }
-FETCH_HINT = "Run `make data` (python -m mixlab.data.fetch {dataset} --root {root}) to install it."
+# make target that installs each dataset (see Makefile) and the hint naming it
+MAKE_TARGETS = {"mnist": "make data", "fashion_mnist": "make data-fashion"}
+FETCH_HINT = "Run `{target}` (python -m mixlab.data.fetch {dataset} --root {root}) to install it."
 
 # IDX type byte -> big-endian numpy dtype
 _IDX_DTYPES = {
@@ -202,7 +204,7 @@ def load_split(
     files = find_split_files(root, dataset, split)
     if files is None:
         where = raw_dir(root, dataset)
-        hint = FETCH_HINT.format(dataset=dataset, root=root)
+        hint = FETCH_HINT.format(target=MAKE_TARGETS[dataset], dataset=dataset, root=root)
         if not download:
             raise DataNotFoundError(f"{name} not found under {where} (download disabled). {hint}")
         if not internet_reachable(*MIRRORS[dataset]):

@@ -16,7 +16,6 @@
 import argparse
 import importlib
 import importlib.util
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from mixlab.data.sources import internet_reachable
 from mixlab.errors import DataNotFoundError
 
 WEIGHTS_FILE = "inception_v3_fid.pth"
@@ -46,15 +46,6 @@ def ensure_inception_weights(weights_dir: str | Path = "data/weights") -> Path:
     if not path.is_file():
         raise DataNotFoundError(f"FID Inception weights not found at {path}; run `make weights`")
     return path
-
-
-def is_online(host: str = "github.com", port: int = 443, timeout: float = 2.0) -> bool:
-    """Fast reachability check: can a TCP connection to `host` be opened within `timeout` seconds?"""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _helper_model_path() -> Path:
@@ -151,7 +142,7 @@ def fetch_inception_weights(weights_dir: str | Path = "data/weights") -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    if is_online():
+    if internet_reachable("github.com", 443):
         print(f"downloading torch-fidelity Inception weights from {URL_INCEPTION_V3}")
         torch.hub.download_url_to_file(URL_INCEPTION_V3, str(tmp))
         FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], str(tmp))  # strict load check
