@@ -216,16 +216,16 @@ def test_datamodule_batches(tmp_path):
 def test_datamodule_limits_and_world_size(tmp_path):
     write_layout(tmp_path, n_train=40, n_test=20)
     dm = MNISTDataModule(root=tmp_path, batch_size=8, train_limit=24, val_limit=5, shuffle=False)
-    dm.trainer = types.SimpleNamespace(world_size=2)  # setup only reads trainer.world_size
+    dm.trainer = types.SimpleNamespace(world_size=2, global_rank=0)  # what setup reads
     dm.setup("fit")
     assert dm.per_device_batch_size == 4
     assert len(dm.train_set) == 24 and len(dm.val_set) == 5
-    x, _ = next(iter(dm.train_dataloader()))  # shuffle=False: file order
+    x, _ = next(iter(dm.train_dataloader()))  # shuffle=False: file order, rank 0 of 2
     assert x.shape == (4, 1, 28, 28)
-    torch.testing.assert_close((x[:, 0, 0, 0] + 1) * 127.5, torch.arange(4.0))
+    torch.testing.assert_close((x[:, 0, 0, 0] + 1) * 127.5, torch.tensor([0.0, 2.0, 4.0, 6.0]))
 
     odd = MNISTDataModule(root=tmp_path, batch_size=9)
-    odd.trainer = types.SimpleNamespace(world_size=2)
+    odd.trainer = types.SimpleNamespace(world_size=2, global_rank=1)
     with pytest.raises(ConfigError, match=r"data\.batch_size"):
         odd.setup("fit")
     with pytest.raises(ConfigError, match=r"data\.train_limit"):
@@ -279,3 +279,19 @@ def test_datamodule_shuffles_by_epoch(tmp_path):
     loader.sampler.set_epoch(1)
     order1 = ((next(iter(loader))[0][:, 0, 0, 0] + 1) * 127.5).round().long()
     assert sorted(order0.tolist()) == list(range(40)) and not torch.equal(order0, order1)
+
+
+def test_epoch_seeded_sampler_shards_global_batches_over_ranks():
+    """W ranks with batch B/W see, batch by batch, exactly the global batches of 1 rank with B."""
+    n, batch, world = 50, 8, 2
+    single = list(EpochSeededSampler(n, seed=3))
+    ranks = [list(EpochSeededSampler(n, seed=3, rank=r, world_size=world)) for r in range(world)]
+    assert len(ranks[0]) == len(ranks[1]) == n // world
+    local = batch // world
+    for j in range(n // batch):
+        together = sorted(i for r in ranks for i in r[j * local:(j + 1) * local])
+        assert together == sorted(single[j * batch:(j + 1) * batch])
+        # rank r holds global positions r, r + W, ... of the batch (what the noise slicing assumes)
+        assert ranks[1][j * local:(j + 1) * local] == single[j * batch + 1:(j + 1) * batch:world]
+    sequential = [list(EpochSeededSampler(10, shuffle=False, rank=r, world_size=2)) for r in range(2)]
+    assert sequential == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]

@@ -12,7 +12,10 @@ import torch
 from mixlab.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]
-EXACT = ["experiment=baseline", "debug=smoke", "data.shuffle=false", "model.net.dropout=0.0", "trainer.max_epochs=2"]
+# SGD, not Adam: Adam divides by sqrt(v), so on parameters whose gradient is ~0 it turns
+# reduction-order rounding into lr-sized steps; SGD keeps the comparison at float precision.
+EXACT = ["experiment=baseline", "debug=smoke", "model.net.dropout=0.0", "trainer.max_epochs=2",
+         "model.optimizer._target_=torch.optim.SGD", "model.optimizer.lr=0.05"]
 
 
 def _raw_weights(run_dir: Path) -> dict:
@@ -29,7 +32,7 @@ def test_two_processes_reach_the_weights_of_one(make_cfg):
     w1, w2 = _raw_weights(Path(one.paths.output_dir)), _raw_weights(Path(two.paths.output_dir))
     moved = 0.0
     for key in w1:
-        torch.testing.assert_close(w1[key], w2[key], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=1e-4)
         moved += float((w1[key] - torch.load(Path(one.paths.output_dir) / "checkpoints" / "last.ckpt",
                                               weights_only=False)["state_dict"][key]).abs().sum())
     assert moved > 0  # EMA differs from raw weights: training really happened

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
@@ -10,7 +11,8 @@ from omegaconf import open_dict
 from mixlab.data.sources import load_split
 from mixlab.errors import ConfigError
 from mixlab.evaluation import evaluate
-from mixlab.metrics.classifier import save_classifier, to_unit_range, train_classifier
+from mixlab.data.mnist import to_model_range
+from mixlab.metrics.classifier import save_classifier, train_classifier
 from mixlab.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def weights_dir(tiny_data, tmp_path_factory):
     if INCEPTION.is_file():
         (d / INCEPTION.name).symlink_to(INCEPTION)
     (xtr, ytr), (xte, yte) = (load_split(tiny_data, "mnist", s) for s in ("train", "test"))
-    model, _ = train_classifier(to_unit_range(xtr), ytr, to_unit_range(xte), yte, epochs=1)
+    model, _ = train_classifier(to_model_range(xtr), torch.from_numpy(ytr.copy()), to_model_range(xte), torch.from_numpy(yte.copy()), epochs=1)
     save_classifier(model, d / "mnist_lenet.pt", {"epochs": 1})
     return d
 

@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Sampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mixlab.data import sources
 from mixlab.errors import ConfigError
@@ -39,24 +39,31 @@ def to_model_range(images: np.ndarray) -> torch.Tensor:
 
 
 class EpochSeededSampler(Sampler[int]):
-    """A random permutation of ``range(n)`` that depends only on ``seed + epoch``.
+    """This rank's share of an epoch's order of ``range(n)``, which depends only on seed + epoch.
 
-    Lightning calls ``set_epoch`` at the start of every epoch (also through its distributed
-    wrapper), so a run resumed at epoch k sees the same order as an uninterrupted one.
+    The order (a permutation when ``shuffle``, else ``0..n-1``) is the same on every rank; rank r
+    of W takes positions r, r + W, r + 2W, ... of it. With a per-device batch of B/W, the W
+    ranks' j-th batches together hold exactly global batch j of a single process with batch B,
+    so N devices reproduce one (the trainer runs with ``use_distributed_sampler=False``).
+    Lightning calls ``set_epoch`` each epoch, so a resumed run sees the same order.
     """
 
-    def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed, self.epoch = int(n), int(seed), 0
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), shuffle, 0
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        return iter(order[: len(self) * self.world_size][self.rank :: self.world_size].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -93,6 +100,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.train_limit, self.val_limit, self.seed = train_limit, val_limit, seed
         self.pin_memory, self.download = pin_memory, download
         self.per_device_batch_size = batch_size
+        self.rank, self.world_size = 0, 1  # set from the trainer in setup()
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
 
@@ -115,6 +123,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.rank, self.world_size = (self.trainer.global_rank if self.trainer is not None else 0), world_size
         self.per_device_batch_size = per_device_batch_size(self.batch_size, world_size)
         if self.train_set is None:
             self.train_set = self._tensor_dataset("train", self.train_limit, "data.train_limit")
@@ -144,14 +153,14 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        n = len(self.train_set)
-        sampler = EpochSeededSampler(n, self.seed) if self.shuffle else SequentialSampler(range(n))
+        sampler = EpochSeededSampler(len(self.train_set), self.seed, self.shuffle, self.rank, self.world_size)
         return self._loader(self.train_set, sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:
             self.setup("validate")
-        return self._loader(self.val_set, SequentialSampler(range(len(self.val_set))), drop_last=False)
+        sampler = EpochSeededSampler(len(self.val_set), self.seed, False, self.rank, self.world_size)
+        return self._loader(self.val_set, sampler, drop_last=False)
 
     def real_images(self, n: int, split: str = "test") -> torch.Tensor:
         """The first ``n`` images of ``split`` in file order: float32 [n,1,28,28] in [-1,1]."""

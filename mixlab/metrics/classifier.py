@@ -13,13 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixlab.data.mnist import to_model_range
 from mixlab.errors import DataNotFoundError
 from mixlab.nets.lenet import MNISTClassifier
-
-
-def to_unit_range(images_u8: np.ndarray) -> torch.Tensor:
-    """uint8 [N,28,28] -> float32 [N,1,28,28] in [-1,1] (copies: loaders may return read-only arrays)."""
-    return torch.from_numpy(np.array(images_u8, dtype=np.uint8)).float().div(127.5).sub(1.0).unsqueeze(1)
 
 
 @torch.no_grad()
@@ -122,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     test_u8, test_y = load_split(args.root, args.dataset, "test", download=True)
     print(f"training on {len(train_u8)} {args.dataset} images, testing on {len(test_u8)} ({args.device})")
     model, acc = train_classifier(
-        to_unit_range(train_u8),
+        to_model_range(train_u8),
         torch.from_numpy(np.array(train_y, dtype=np.int64)),
-        to_unit_range(test_u8),
+        to_model_range(test_u8),
         torch.from_numpy(np.array(test_y, dtype=np.int64)),
         epochs=args.epochs,
         batch_size=args.batch_size,
