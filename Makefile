@@ -35,10 +35,10 @@ weights: setup  ## FID Inception weights for torch-fidelity (download, offline: 
 classifier: data  ## train + cache the seed's MNIST feature classifier (5 epochs)
 	$(PY) -m mixlab.metrics.classifier --root data --dataset mnist --out data/weights/mnist_lenet.pt
 
-demo: data weights classifier  ## train a small baseline on CPU, sample with Heun, FID on 512 samples
+demo: data weights classifier  ## ~6 min CPU training of a small baseline, Heun samples, FID on 300
 	$(PY) train.py experiment=demo $(ARGS)
 	@ckpt=$$(ls -td logs/demo/runs/*/checkpoints/last.ckpt | head -1); \
-	  $(PY) evaluate.py ckpt=$$ckpt n=512 solver=heun steps=20 grid=karras
+	  $(PY) evaluate.py ckpt=$$ckpt n=300 solver=heun steps=20 grid=karras
 
 train: data  ## train EXP (default baseline): make train EXP=baseline ARGS="trainer.max_epochs=10"
 	$(PY) train.py experiment=$(EXP) $(ARGS)
