@@ -1,7 +1,6 @@
 """Evaluate a checkpoint: `python evaluate.py ckpt=PATH [n=2048 solver=heun steps=20]`."""
 
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -12,14 +11,10 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from mixlab.errors import MixlabError
+    from mixlab.cli import run_or_exit
     from mixlab.evaluation import evaluate
 
-    try:
-        evaluate(cfg)
-    except MixlabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Train a mixlab system: `python train.py experiment=baseline [key=value ...]`."""
 
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -12,14 +11,10 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from mixlab.errors import MixlabError
+    from mixlab.cli import run_or_exit
     from mixlab.pipeline import train
 
-    try:
-        train(cfg)
-    except MixlabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(train, cfg)
 
 
 if __name__ == "__main__":
