@@ -81,7 +81,11 @@ def evaluate(cfg: DictConfig) -> dict:
         extractor = feature_extractor(protocol, cfg, dataset, device)
         cache = Path(cfg.paths.data_dir) / "stats" / f"{dataset}_test_first{cfg.n}_{protocol}.npz"
         real_feats = cached_features(extractor, lambda: real, cache, expected_count=cfg.n)
-        result[protocol] = fidelity_metrics(real_feats, extractor(fake), k=PROTOCOLS[protocol]["k"], kid=cfg.kid)
+        k = PROTOCOLS[protocol]["k"]
+        result[protocol] = fidelity_metrics(real_feats, extractor(fake), k=k, kid=cfg.kid)
+        if cfg.real_reference:  # what a perfect model would score at this n: train vs test images
+            train_real = datamodule.real_images(cfg.n, split="train")
+            result[f"{protocol}_real_reference"] = fidelity_metrics(real_feats, extractor(train_real), k=k, kid=cfg.kid)
     metrics_path = out_dir / f"metrics_{tag}.json"
     metrics_path.write_text(json.dumps(result, indent=2))
     result["metrics_json"] = str(metrics_path)
@@ -96,5 +100,9 @@ def print_report(result: dict) -> None:
         if protocol in result:
             m = result[protocol]
             print(f"[mixlab] {protocol:>10}: FID {m['fid']:8.2f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}")
+            if f"{protocol}_real_reference" in result:
+                r = result[f"{protocol}_real_reference"]
+                print(f"[mixlab] {'(real ref)':>10}: FID {r['fid']:8.2f}  precision {r['precision']:.3f}  recall {r['recall']:.3f}"
+                      "  <- first n train images vs the test images")
     print(f"[mixlab] metrics: {result['metrics_json']}")
     print(f"[mixlab] grid:    {result['sample_grid']}")

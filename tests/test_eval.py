@@ -52,7 +52,7 @@ def eval_cfg(*overrides, data_dir, weights_dir, out_dir):
 def test_evaluate_writes_metrics_and_grid_for_both_protocols(smoke_ckpt, tiny_data, weights_dir, tmp_path):
     if not INCEPTION.is_file():
         pytest.skip("FID Inception weights missing: `make weights` (make test runs it)")
-    cfg = eval_cfg(f"ckpt={smoke_ckpt}", "n=24", "steps=3", "batch_size=16",
+    cfg = eval_cfg(f"ckpt={smoke_ckpt}", "n=24", "steps=3", "batch_size=16", "real_reference=true",
                    data_dir=tiny_data, weights_dir=weights_dir, out_dir=tmp_path)
     result = evaluate(cfg)
     assert Path(result["metrics_json"]).is_file() and Path(result["sample_grid"]).is_file()
@@ -60,8 +60,9 @@ def test_evaluate_writes_metrics_and_grid_for_both_protocols(smoke_ckpt, tiny_da
     for protocol in ("inception", "classifier"):
         m = result[protocol]
         assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and m["fid"] > 0
-    # a near-untrained smoke model is far from the data in both feature spaces
+    # a near-untrained smoke model is far from the data; real train images are much closer
     assert result["inception"]["fid"] > 50
+    assert result["inception_real_reference"]["fid"] < result["inception"]["fid"] / 2
     assert (tiny_data / "stats").is_dir()  # real features cached for the next call
 
 
