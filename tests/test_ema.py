@@ -31,6 +31,14 @@ def test_ema_update_rule():
     torch.testing.assert_close(upd(torch.tensor([1.0]), torch.tensor([3.0]), 5), torch.tensor([1.2]))
 
 
+def test_ema_warmup_rule():
+    upd = EMAUpdate(0.999, warmup=True)
+    # after 0 updates d = 1/10, after 990 updates d = min(0.999, 991/1000) = 0.991
+    torch.testing.assert_close(upd(torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor(0)), torch.tensor([0.9]))
+    torch.testing.assert_close(upd(torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor(990)), torch.tensor([0.009]))
+    torch.testing.assert_close(upd(torch.tensor([0.0]), torch.tensor([1.0]), 10**6), torch.tensor([0.001]))
+
+
 def test_ema_callback_matches_closed_form_and_is_saved_in_checkpoint(tmp_path):
     decay, steps = 0.9, 7
     ema = EMA(decay=decay)

@@ -12,24 +12,33 @@ from lightning.pytorch.callbacks import WeightAveraging
 
 
 class EMAUpdate:
-    """avg <- decay * avg + (1 - decay) * current (the first update copies `current`)."""
+    """avg <- d * avg + (1 - d) * current (the first update copies `current`).
 
-    def __init__(self, decay: float):
-        self.decay = float(decay)
+    d = decay, or with `warmup` d_n = min(decay, (1 + n) / (10 + n)) after n updates, so that a
+    short run's average is not dominated by its first weights (0.999^1000 = 0.37).
+    """
+
+    def __init__(self, decay: float, warmup: bool = False):
+        self.decay, self.warmup = float(decay), warmup
 
     def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
-        return self.decay * averaged + (1.0 - self.decay) * current
+        decay = self.decay
+        if self.warmup:
+            n = float(num_averaged)
+            decay = min(decay, (1.0 + n) / (10.0 + n))
+        return decay * averaged + (1.0 - decay) * current
 
 
 class EMA(WeightAveraging):
-    """EMA with decay `decay`, updated after every optimizer step, kept on the training device."""
+    """EMA with decay `decay` (optionally warmed up), updated after every optimizer step, kept on
+    the training device. The seed uses a constant 0.999 from the start (warmup=False)."""
 
-    def __init__(self, decay: float = 0.999, use_buffers: bool = True):
+    def __init__(self, decay: float = 0.999, warmup: bool = False, use_buffers: bool = True):
         if not 0.0 < decay < 1.0:
             from mixlab.errors import ConfigError
 
             raise ConfigError("callbacks.ema.decay", f"must be in (0, 1), got {decay}")
-        super().__init__(use_buffers=use_buffers, avg_fn=EMAUpdate(decay))
+        super().__init__(use_buffers=use_buffers, avg_fn=EMAUpdate(decay, warmup))
         self.decay = decay
 
     def setup(self, trainer, pl_module, stage: str) -> None:
