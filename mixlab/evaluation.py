@@ -41,7 +41,8 @@ def feature_extractor(protocol: str, cfg: DictConfig, dataset: str, device: torc
         return InceptionFeatures(ensure_inception_weights(weights), device=str(device))
     from mixlab.metrics.classifier import load_classifier
 
-    return ClassifierFeatures(load_classifier(weights / f"{dataset}_lenet.pt", device=str(device)), device=str(device))
+    model = load_classifier(weights / f"{dataset}_lenet.pt", device=str(device), dataset=dataset)
+    return ClassifierFeatures(model, device=str(device))
 
 
 def validate_eval(cfg: DictConfig) -> None:

@@ -83,11 +83,12 @@ def save_classifier(model: MNISTClassifier, path: str | Path, meta: dict) -> Pat
     return path
 
 
-def load_classifier(path: str | Path, device: str = "cpu") -> MNISTClassifier:
+def load_classifier(path: str | Path, device: str = "cpu", dataset: str = "mnist") -> MNISTClassifier:
     """Load a classifier saved by `save_classifier`, frozen and in eval mode."""
     path = Path(path)
     if not path.is_file():
-        raise DataNotFoundError(f"MNIST feature classifier not found at {path}; run `make classifier`")
+        make = "make classifier" + ("" if dataset == "mnist" else f" DATASET={dataset}")
+        raise DataNotFoundError(f"{dataset} feature classifier not found at {path}; run `{make}`")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model = MNISTClassifier()
     model.load_state_dict(blob["state_dict"])
