@@ -20,7 +20,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 
 class SampleGrid(L.Callback):
     """Every `every_n_epochs` validations, sample a fixed-noise grid, save it under
-    `<run dir>/samples/epoch_XXXX.png` and log it to wandb / TensorBoard (rank 0 only).
+    `<run dir>/samples/epoch_<epoch>.png` and log it to wandb / TensorBoard (rank 0 only).
 
     Needs a system with `sample(n, solver=, steps=, grid=, generator=)`. The EMA callback must
     come after this one in the callback list (the pipeline orders it so): callbacks' validation-
