@@ -1,0 +1,28 @@
+"""Matplotlib figures written by callbacks and analysis commands (Agg backend, no display)."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_usage_history(history: Sequence[Sequence[float]], path: str | Path, title: str = "Expert usage during training",
+                       dead_threshold: float | None = 0.01) -> Path:
+    """Share of assignments per expert vs epoch (one line per expert)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = range(1, len(history) + 1)
+    for k in range(len(history[0]) if history else 0):
+        ax.plot(epochs, [100 * row[k] for row in history], marker="o" if len(history) < 30 else None, ms=3, label=f"expert {k}")
+    if dead_threshold is not None:
+        ax.axhline(100 * dead_threshold, color="grey", ls=":", lw=1, label=f"dead (< {100 * dead_threshold:g}%)")
+    ax.set(xlabel="epoch", ylabel="share of assignments (%)", title=title, ylim=(0, 100))
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
