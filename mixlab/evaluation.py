@@ -19,18 +19,7 @@ from mixlab.config import check_choice, check_positive_int, check_sampler, requi
 from mixlab.diffusion.samplers import num_evaluations
 from mixlab.errors import ConfigError
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
-
-
-def load_system(ckpt_path: str | Path, device: torch.device):
-    """Rebuild the system from the config stored in the checkpoint and load its (EMA) weights."""
-    path = Path(ckpt_path)
-    require(path.is_file(), "ckpt", f"checkpoint file {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    require("mixlab_config" in ckpt, "ckpt", f"{path} has no mixlab_config: not written by mixlab's train.py")
-    run_cfg = OmegaConf.create(ckpt["mixlab_config"])
-    system = instantiate(run_cfg.model)
-    system.load_state_dict(ckpt["state_dict"])  # WeightAveraging stored the EMA weights here
-    return system.to(device).eval(), run_cfg, ckpt
+from mixlab.systems.loading import load_system
 
 
 def feature_extractor(protocol: str, cfg: DictConfig, dataset: str, device: torch.device):

@@ -30,7 +30,7 @@ class SampleGrid(L.Callback):
     def __init__(self, every_n_epochs: int = 5, num_samples: int = 64, solver: str = "heun", steps: int = 20, grid: str = "karras", seed: int = 0):
         self.every_n_epochs, self.num_samples = every_n_epochs, num_samples
         self.solver, self.steps, self.grid, self.seed = solver, steps, grid, seed
-        self.last_path: Path | None = None
+        self.last_path: Path | None = None  # the first grid of the latest sampled epoch
 
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
@@ -44,13 +44,22 @@ class SampleGrid(L.Callback):
 
     @rank_zero_only
     def _sample_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        images = pl_module.sample(self.num_samples, solver=self.solver, steps=self.steps, grid=self.grid, generator=gen)
+        # Mixture systems name several grids (e.g. MCL: the default routing and each expert).
+        routings = pl_module.grid_routings() if hasattr(pl_module, "grid_routings") else {"": None}
         out_dir = Path(trainer.default_root_dir) / "samples"
-        self.last_path = save_grid(images, out_dir / f"epoch_{trainer.current_epoch:04d}.png")
+        for name, routing in routings.items():
+            gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            kwargs = {"routing": routing} if routing is not None else {}
+            images = pl_module.sample(self.num_samples, solver=self.solver, steps=self.steps, grid=self.grid, generator=gen, **kwargs)
+            path = save_grid(images, out_dir / f"epoch_{trainer.current_epoch:04d}{'_' + name if name else ''}.png")
+            if name == next(iter(routings)):
+                self.last_path = path
+            self._log(trainer, images, f"samples/{name}" if name else "samples")
+
+    def _log(self, trainer: L.Trainer, images: torch.Tensor, key: str) -> None:
         grid = make_grid((images + 1) / 2, nrow=max(1, int(len(images) ** 0.5)))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="samples", images=[grid], step=trainer.global_step, caption=[f"epoch {trainer.current_epoch}"])
+                logger.log_image(key=key, images=[grid], step=trainer.global_step, caption=[f"epoch {trainer.current_epoch}"])
             elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, trainer.global_step)
+                logger.experiment.add_image(key, grid, trainer.global_step)

@@ -45,6 +45,7 @@ class ScoreDiffusion(MixlabSystem):
         seed: int = 0,
     ):
         super().__init__(seed=seed)
+        self.precond, self.sigma_data = precond, float(sigma_data)
         self.model = PRECONDS[precond](net, sigma_data)
         self.loss_fn, self.sigma_sampler = loss, sigma_sampler
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -95,6 +96,10 @@ class ScoreDiffusion(MixlabSystem):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
 
     # ----- sampling ---------------------------------------------------------------------
+    def eps_function(self, batch_size: int, routing=None) -> Callable:
+        """What the ODE solver integrates for one batch of trajectories: eps_hat(x, sigma)."""
+        return self.model
+
     def sigmas(self, steps: int, grid: str) -> torch.Tensor:
         return sigma_grid(grid, steps, self.sigma_min, self.sigma_max)
 
@@ -107,8 +112,10 @@ class ScoreDiffusion(MixlabSystem):
         grid: str | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 256,
+        routing=None,
     ) -> torch.Tensor:
-        """n images in [-1, 1] on CPU, [n, C, H, W], integrated in chunks of batch_size."""
+        """n images in [-1, 1] on CPU, [n, C, H, W], integrated in chunks of batch_size.
+        `routing` picks experts in mixture systems (mixlab.moe.routing); ignored here."""
         opts = {**self.sampler_defaults, **{k: v for k, v in dict(solver=solver, steps=steps, grid=grid).items() if v}}
         sigmas = self.sigmas(opts["steps"], opts["grid"])
         was_training = self.model.training
@@ -116,7 +123,7 @@ class ScoreDiffusion(MixlabSystem):
         chunks = []
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
-            x = sample(self.model, (m, *self.image_shape), sigmas, opts["solver"], generator, self.device)
+            x = sample(self.eps_function(m, routing), (m, *self.image_shape), sigmas, opts["solver"], generator, self.device)
             chunks.append(x.float().cpu())
         self.model.train(was_training)
         return torch.cat(chunks)

@@ -1,0 +1,1 @@
+"""Mixture machinery: MCL assignment rules, inference routings, MoE gating losses."""

@@ -1,0 +1,168 @@
+"""Inference routings: which expert's eps_hat drives the PF-ODE, per network call and sample.
+
+A routing is started once per batch of trajectories (`start(bank, batch_size)`) and then called
+like any eps function, `routing(x, sigma) -> eps_hat`, by the Euler/Heun samplers. The `bank`
+(an MCL system) provides:
+    num_experts; eps_all(x, sigma) -> [K, B, ...]; eps_select(choice [B], x, sigma) -> [B, ...]
+    gate_logits(x, sigma) -> [B, K] (learned gate); expert_scores(x, sigma) -> [B, K]
+    (resilient heads); usage_shares -> [K] (training win rates).
+Randomness comes from the routing's own CPU generator (seeded), so every strategy starts
+from the same x_T (the sampler's generator) and is reproducible.
+"""
+
+import abc
+
+import torch
+
+from mixlab.errors import ConfigError
+
+
+class Routing(abc.ABC):
+    """Base class: keeps the bank and a seeded generator for the current batch."""
+
+    name = "routing"
+    evaluations_per_call = 1  # expert forwards per network call per sample (cost)
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def start(self, bank, batch_size: int) -> "Routing":
+        self.bank, self.batch_size = bank, batch_size
+        return self
+
+    @abc.abstractmethod
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """eps_hat [B, ...] for the current states x [B, ...] at noise levels sigma [B]."""
+
+    def _randint(self, high: int, size: tuple[int, ...], device) -> torch.Tensor:
+        return torch.randint(high, size, generator=self.generator).to(device)
+
+
+class SingleExpert(Routing):
+    """One fixed expert for the whole trajectory (the reference's default is expert 0)."""
+
+    name = "single_expert"
+
+    def __init__(self, expert: int = 0, seed: int = 0):
+        super().__init__(seed)
+        self.expert = int(expert)
+
+    def start(self, bank, batch_size):
+        if not 0 <= self.expert < bank.num_experts:
+            raise ConfigError("expert", f"expert {self.expert} is out of range for a model with {bank.num_experts} experts (0..{bank.num_experts - 1})")
+        return super().start(bank, batch_size)
+
+    def __call__(self, x, sigma):
+        return self.bank.eps_select(torch.full((x.shape[0],), self.expert, device=x.device), x, sigma)
+
+
+class RandomExpert(Routing):
+    """A uniformly random expert at every network call: one for the whole batch (`per=batch`,
+    the reference) or one per sample (`per=sample`)."""
+
+    name = "random_expert"
+
+    def __init__(self, per: str = "batch", seed: int = 0):
+        if per not in ("batch", "sample"):
+            raise ConfigError("per", f"unknown value '{per}' (choose batch|sample)")
+        super().__init__(seed)
+        self.per = per
+
+    def __call__(self, x, sigma):
+        n = 1 if self.per == "batch" else x.shape[0]
+        choice = self._randint(self.bank.num_experts, (n,), x.device).expand(x.shape[0])
+        return self.bank.eps_select(choice, x, sigma)
+
+
+class BestExpert(Routing):
+    """All K experts; per sample the smallest predicted-noise norm ||eps_hat_k||_2 wins."""
+
+    name = "best_expert"
+
+    def __call__(self, x, sigma):
+        eps = self.bank.eps_all(x, sigma)  # [K, B, ...]
+        choice = eps.flatten(2).norm(dim=2).argmin(dim=0)  # [B]
+        return eps[choice, torch.arange(x.shape[0], device=x.device)]
+
+    @property
+    def evaluations_per_call(self):
+        return self.bank.num_experts
+
+
+class MixtureScore(Routing):
+    """The average of the K experts' eps_hat (a mixture in eps / score space)."""
+
+    name = "mixture_score"
+
+    def __call__(self, x, sigma):
+        return self.bank.eps_all(x, sigma).mean(dim=0)
+
+
+class Gated(Routing):
+    """Argmax of a learned router per network call and sample: the post-hoc gate
+    (`source=gate`, the reference's `gated`) or resilient MCL's scoring heads (`source=scores`,
+    the `scored` routing)."""
+
+    def __init__(self, source: str = "gate", seed: int = 0):
+        if source not in ("gate", "scores"):
+            raise ConfigError("source", f"unknown value '{source}' (choose gate|scores)")
+        super().__init__(seed)
+        self.source = source
+        self.name = "gated" if source == "gate" else "scored"
+
+    def logits(self, x, sigma):
+        return self.bank.gate_logits(x, sigma) if self.source == "gate" else self.bank.expert_scores(x, sigma)
+
+    def __call__(self, x, sigma):
+        return self.bank.eps_select(self.logits(x, sigma).argmax(dim=1), x, sigma)
+
+
+class Committed(Routing):
+    """Coherent trajectories (ours): each sample picks one expert at its first network call and
+    keeps it to sigma = 0. `source=usage` draws k ~ Categorical(training win rates), i.e. samples
+    the mixture sum_k pi_k p_k with pi = how much of the data each expert won; `source=gate` /
+    `scores` take the argmax of the gate / resilient heads at (x_T, sigma_max)."""
+
+    def __init__(self, source: str = "usage", seed: int = 0):
+        if source not in ("usage", "gate", "scores"):
+            raise ConfigError("source", f"unknown value '{source}' (choose usage|gate|scores)")
+        super().__init__(seed)
+        self.source, self.name = source, f"committed_{source}"
+
+    def start(self, bank, batch_size):
+        self.choice = None
+        return super().start(bank, batch_size)
+
+    def _choose(self, x, sigma):
+        if self.source == "usage":
+            probs = self.bank.usage_shares.float().cpu()
+            return torch.multinomial(probs, x.shape[0], replacement=True, generator=self.generator).to(x.device)
+        router = self.bank.gate_logits if self.source == "gate" else self.bank.expert_scores
+        return router(x, sigma).argmax(dim=1)
+
+    def __call__(self, x, sigma):
+        if self.choice is None:
+            self.choice = self._choose(x, sigma)
+        return self.bank.eps_select(self.choice, x, sigma)
+
+
+_FACTORIES = {
+    "single_expert": lambda expert, seed, per: SingleExpert(expert, seed),
+    "random_expert": lambda expert, seed, per: RandomExpert(per, seed),
+    "best_expert": lambda expert, seed, per: BestExpert(seed),
+    "mixture_score": lambda expert, seed, per: MixtureScore(seed),
+    "gated": lambda expert, seed, per: Gated("gate", seed),
+    "scored": lambda expert, seed, per: Gated("scores", seed),
+    "committed_usage": lambda expert, seed, per: Committed("usage", seed),
+    "committed_gate": lambda expert, seed, per: Committed("gate", seed),
+    "committed_scores": lambda expert, seed, per: Committed("scores", seed),
+}
+STRATEGIES = tuple(_FACTORIES)
+
+
+def build_routing(strategy: str, expert: int = 0, seed: int = 0, per: str = "batch") -> Routing:
+    """Routing from the CLI's strategy name (`make eval strategy=...`)."""
+    if strategy not in _FACTORIES:
+        raise ConfigError("strategy", f"unknown value '{strategy}' (choose {'|'.join(STRATEGIES)})")
+    return _FACTORIES[strategy](expert, seed, per)

@@ -1,0 +1,178 @@
+"""Multiple Choice Learning diffusion: K expert score nets trained with a WTA-style rule.
+
+Per step one x0, sigma and noise per sample, shared by all experts; the K experts run as one
+stacked forward (`StackedExperts`), giving the [B, K] DSM loss matrix m (per-pixel mean, with
+gradient). The assignment rule turns the routing losses (m * pixels, the reference's pixel sum)
+into weights, and each expert minimises its weighted, per-expert normalised loss. Sampling
+integrates the PF-ODE through a routing strategy (mixlab.moe.routing).
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mixlab.diffusion.precond import _bc
+from mixlab.errors import ConfigError
+from mixlab.metrics.expert_stats import usage_shares
+from mixlab.moe.assignment import NORMALIZATIONS, weighted_expert_losses
+from mixlab.moe.routing import Routing, SingleExpert
+from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
+from mixlab.systems.score_diffusion import PRECONDS, ScoreDiffusion
+
+
+class _OneExpert(nn.Module):
+    """Expert k of a StackedExperts seen as a plain net(x, c_noise) for the preconditioner."""
+
+    def __init__(self, stacked: StackedExperts, k: int):
+        super().__init__()
+        self.stacked, self.k = [stacked], k  # a list: not a submodule (no duplicated parameters)
+
+    def forward(self, x, c_noise):
+        return self.stacked[0].expert(self.k, x, c_noise)
+
+
+class MCLDiffusion(ScoreDiffusion):
+    """Args (beyond ScoreDiffusion's):
+        assignment: HardWTA | AnnealedWTA | RelaxedWTA | ResilientMCL (mixlab.moe.assignment).
+        num_experts: K >= 1.
+        vectorize: auto (vmap on CUDA, loop of parameter slices on CPU: faster there) | true | false.
+        normalization: per_expert (the reference) | batch (published annealed MCL).
+        scorer: a net (x, c_noise) -> [B, 1], stacked K times as resilient MCL's scoring heads.
+        routing: the Routing used by sample grids and `sample()` when none is given.
+    """
+
+    def __init__(self, net: nn.Module, assignment, num_experts: int = 4, vectorize: str | bool = "auto",
+                 normalization: str = "per_expert", scorer: nn.Module | None = None, routing: Routing | None = None, **kwargs):
+        if not isinstance(num_experts, int) or num_experts < 1:
+            raise ConfigError("model.num_experts", f"must be an integer >= 1, got {num_experts!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError("model.normalization", f"unknown value '{normalization}' (choose {'|'.join(NORMALIZATIONS)})")
+        if str(vectorize) not in ("auto", "True", "False"):
+            raise ConfigError("model.vectorize", f"unknown value '{vectorize}' (choose auto|true|false)")
+        if assignment.uses_scores and scorer is None:
+            raise ConfigError("model.scorer", f"{type(assignment).__name__} needs scoring heads: set model.scorer (mixlab.nets.gating.ScoringHead)")
+        super().__init__(net=StackedExperts(net, num_experts, vectorize=vectorize is True), **kwargs)
+        self.num_experts, self.vectorize_mode = num_experts, str(vectorize)
+        self.assignment, self.normalization = assignment, normalization
+        self.scorer = StackedExperts(scorer, num_experts, vectorize=vectorize is True) if assignment.uses_scores else None
+        self.routing = routing or SingleExpert(0)
+        self.temperature: float | None = None  # written by the TemperatureAnnealing callback
+        self.gate: nn.Module | None = None  # a trained GatingNet, attached for `gated` routing
+        self.register_buffer("usage_shares", torch.full((num_experts,), 1.0 / num_experts), persistent=False)
+
+    @property
+    def experts(self) -> StackedExperts:
+        return self.model.net
+
+    def _set_vectorize(self) -> None:
+        if self.vectorize_mode == "auto":
+            for stacked in (self.experts, self.scorer):
+                if stacked is not None:
+                    stacked.vectorize = self.device.type == "cuda"
+
+    def on_fit_start(self) -> None:
+        self._set_vectorize()
+        if self.assignment.uses_temperature and not any(type(cb).__name__ == "TemperatureAnnealing" for cb in self.trainer.callbacks):
+            raise ConfigError("callbacks.temperature", f"{type(self.assignment).__name__} needs a TemperatureAnnealing callback")
+
+    # ----- training ---------------------------------------------------------------------
+    def loss_matrix(self, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """[B, K] per-sample DSM loss (mean over pixels) of every expert, with gradient."""
+        return self.loss_fn(self.model, x0, sigma, noise).transpose(0, 1)
+
+    def scaled_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x_sigma / sqrt(sigma^2 + sigma_data^2): unit-variance input for gates and heads."""
+        return x / (_bc(sigma, x) ** 2 + self.sigma_data**2).sqrt()
+
+    def _global(self, t: torch.Tensor) -> torch.Tensor:
+        world_size, _ = self.world()
+        return self.trainer.strategy.reduce(t, reduce_op="sum") if world_size > 1 else t
+
+    def training_step(self, batch, batch_idx):
+        x0 = self._prepare(batch[0])
+        sigma, noise = self.draw_noise(x0, self.noise_generator())
+        m = self.loss_matrix(x0, sigma, noise)  # [B, K]
+        route = m.detach() * x0[0].numel()  # the reference routes on the pixel sum
+        scores = None
+        if self.scorer is not None:
+            x = x0 + _bc(sigma, x0) * noise
+            scores = self.scorer(self.scaled_input(x, sigma), sigma.log() / 4).squeeze(-1).transpose(0, 1)  # [B, K]
+        weights, winners = self.assignment(route, temperature=self.temperature, scores=None if scores is None else scores.detach())
+        world_size, _ = self.world()
+        totals = weights.sum(0) if self.normalization == "per_expert" else torch.full_like(weights[0], weights.shape[0])
+        # DDP averages gradients over ranks: normalise by the global weight totals, times W.
+        expert_losses = weighted_expert_losses(m, weights, self.normalization, self._global(totals.detach())) * world_size
+        loss = expert_losses.sum()
+        if scores is not None:
+            head_loss = self.assignment.head_loss(scores, route)
+            loss = loss + head_loss
+            self.log("train/head_loss", head_loss, on_step=False, on_epoch=True, sync_dist=True)
+            self.log("train/head_acc", (scores.argmax(1) == route.argmin(1)).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
+        self.check_finite(loss)
+        self.log("train/loss", m.detach().min(dim=1).values.mean(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/objective", loss.detach() / world_size, on_step=False, on_epoch=True, sync_dist=True)
+        for k in range(self.num_experts):
+            self.log(f"train/expert_{k}_loss", expert_losses[k].detach() / world_size, on_step=False, on_epoch=True, sync_dist=True)
+        return {"loss": loss, "usage": winners}
+
+    def validation_step(self, batch, batch_idx):
+        x0 = self._prepare(batch[0])
+        sigma, noise = self.draw_noise(x0, self._val_gen)
+        m = self.loss_matrix(x0, sigma, noise)
+        self.log("val/loss", m.min(dim=1).values.mean(), prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x0.shape[0])
+
+    def configure_optimizers(self):
+        params = list(self.model.parameters()) + (list(self.scorer.parameters()) if self.scorer is not None else [])
+        optimizer = self.optimizer_factory(params=params)  # elementwise Adam on stacked tensors == K Adams
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Each expert (and the scoring heads together) clipped to its own global norm."""
+        if not gradient_clip_val:
+            return
+        clip_grad_norm_per_expert(self.experts.per_expert_parameters(), float(gradient_clip_val))
+        if self.scorer is not None:
+            torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), float(gradient_clip_val))
+
+    # ----- the expert bank used by routings ---------------------------------------------
+    def eps_all(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.model(x, sigma)  # [K, B, ...]
+
+    def eps_expert(self, k: int, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return PRECONDS[self.precond](_OneExpert(self.experts, k), self.sigma_data)(x, sigma)
+
+    def eps_select(self, choice: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """eps_hat of expert choice[n] for each sample n, running each chosen expert once."""
+        out = torch.empty_like(x)
+        for k in choice.unique().tolist():
+            idx = (choice == k).nonzero(as_tuple=True)[0]
+            out[idx] = self.eps_expert(k, x[idx], sigma[idx])
+        return out
+
+    def gate_logits(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            raise ConfigError("gate_ckpt", "this routing needs a trained gate: train one with experiment=mcl_k4_gate and pass gate_ckpt=PATH")
+        return self.gate(self.scaled_input(x, sigma), sigma.log() / 4)
+
+    def expert_scores(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.scorer is None:
+            raise ConfigError("strategy", "scored routing needs resilient MCL's scoring heads (experiment=mcl_k4_resilient)")
+        return self.scorer(self.scaled_input(x, sigma), sigma.log() / 4).squeeze(-1).transpose(0, 1)
+
+    def eps_function(self, batch_size: int, routing: Routing | None = None) -> Callable:
+        self._set_vectorize()
+        return (routing or self.routing).start(self, batch_size)
+
+    # ----- checkpoint -------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        for key, state in checkpoint.get("callbacks", {}).items():
+            if key.startswith("ExpertUsage") and state.get("history"):
+                self.usage_shares = usage_shares(torch.tensor(state["history"][-1], dtype=torch.float32))
+
+    def grid_routings(self) -> dict[str, Routing]:
+        """Sample grids during training: the default routing, then one grid per expert."""
+        return {"": self.routing, **{f"expert_{k}": SingleExpert(k) for k in range(self.num_experts)}}
