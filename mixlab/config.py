@@ -63,6 +63,17 @@ def validate_diffusion_model(model: DictConfig) -> None:
     check_sampler(model.get("sampler"), "model.sampler")
 
 
+def validate_mcl_model(model: DictConfig, callbacks) -> None:
+    k = model.get("num_experts")
+    require(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "model.num_experts", f"must be an integer >= 1, got {k!r}")
+    target = str((model.get("assignment") or {}).get("_target_", ""))
+    if target.endswith("AnnealedWTA"):
+        require(callbacks.get("temperature") is not None, "callbacks.temperature",
+                "annealed WTA needs the TemperatureAnnealing callback (use callbacks=mcl, or another model/assignment)")
+    if target.endswith("ResilientMCL"):
+        require(model.get("scorer") is not None, "model.scorer", "resilient MCL needs scoring heads (model/assignment=resilient sets them)")
+
+
 def validate_train(cfg: DictConfig) -> int:
     """Validate a composed train config; returns the world size."""
     from mixlab.data.mnist import per_device_batch_size
@@ -72,6 +83,8 @@ def validate_train(cfg: DictConfig) -> int:
     if "sampler" in cfg.model or "sigma_min" in cfg.model:
         validate_diffusion_model(cfg.model)
     callbacks = cfg.get("callbacks") or {}
+    if "num_experts" in cfg.model and "assignment" in cfg.model:
+        validate_mcl_model(cfg.model, callbacks)
     if callbacks.get("sample_grid") is not None:
         check_sampler(callbacks.sample_grid, "callbacks.sample_grid")
     max_epochs = cfg.trainer.get("max_epochs")
@@ -79,3 +92,22 @@ def validate_train(cfg: DictConfig) -> int:
     world = world_size(cfg.trainer)
     per_device_batch_size(cfg.data.batch_size, world)
     return world
+
+
+def build(node, **kwargs):
+    """hydra.utils.instantiate, but a MixlabError raised by a constructor (e.g. a ConfigError
+    naming the key) comes out as itself rather than wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from mixlab.errors import MixlabError
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, MixlabError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+
 from omegaconf import DictConfig, OmegaConf
 
 from mixlab.callbacks.sampling import save_grid
-from mixlab.config import check_choice, check_positive_int, check_sampler, require
+from mixlab.config import build, check_choice, check_positive_int, check_sampler, require
 from mixlab.diffusion.samplers import num_evaluations
 from mixlab.errors import ConfigError
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
     system, run_cfg, ckpt = load_system(cfg.ckpt, device)
     dataset = run_cfg.data.dataset
-    datamodule = instantiate(run_cfg.data, root=cfg.paths.data_dir)
+    datamodule = build(run_cfg.data, root=cfg.paths.data_dir)
     if cfg.n < 2 * max(p["k"] for p in PROTOCOLS.values()):
         raise ConfigError("n", f"{cfg.n} samples is too few for precision/recall; use at least 16")
     real = datamodule.real_images(cfg.n, split="test")  # fails early (clear error) if data is missing

@@ -6,12 +6,12 @@ from netrc import netrc
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mixlab.config import validate_train
+from mixlab.config import build, validate_train
 from mixlab.data.sources import internet_reachable
 from mixlab.errors import ConfigError
 
@@ -38,12 +38,12 @@ def build_loggers(cfg: DictConfig | None) -> list:
         if node._target_.endswith("WandbLogger") and wandb_offline():
             rank_zero_info(f"[mixlab] logger.{name}: wandb in offline mode (no API key or no network); `wandb sync` the run dir later")
             node = OmegaConf.merge(node, {"offline": True})
-        loggers.append(instantiate(node))
+        loggers.append(build(node))
     return loggers
 
 
 def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
-    callbacks = [instantiate(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
+    callbacks = [build(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
     # Weight averaging last: callbacks that sample during validation must see the EMA weights,
     # which it swaps back in its own on_validation_epoch_end (hooks run in list order).
     return sorted(callbacks, key=lambda cb: isinstance(cb, WeightAveraging))
@@ -71,13 +71,13 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data)
     if os.environ.get("LOCAL_RANK", "0") == "0":
         datamodule.prepare_data()  # fails here, before any training, when data is missing
-    system = instantiate(cfg.model)
+    system = build(cfg.model)
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks, loggers = build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(system.run_config)
 

@@ -21,7 +21,7 @@ def test_experiments_exist():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_with_seed_settings(make_cfg, experiment):
     cfg = make_cfg(f"experiment={experiment}")
-    assert cfg.task_name == experiment and cfg.model._target_.endswith("ScoreDiffusion")
+    assert cfg.task_name == experiment and cfg.model._target_.startswith("mixlab.systems.")
     if experiment == "baseline":  # the seed's recipe, exactly
         net = cfg.model.net
         assert (net.base_ch, list(net.ch_mult), net.num_res_blocks, net.time_dim, net.dropout) == (32, [1, 2], 2, 128, 0.05)

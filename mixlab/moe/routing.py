@@ -25,7 +25,17 @@ class Routing(abc.ABC):
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self._generator: torch.Generator | None = None
+
+    @property
+    def generator(self) -> torch.Generator:
+        """Created on first use and continued across batches (not pickled: ddp_spawn)."""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return self._generator
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_generator": None, "bank": None}
 
     def start(self, bank, batch_size: int) -> "Routing":
         self.bank, self.batch_size = bank, batch_size

@@ -46,7 +46,9 @@ class StackedExperts(nn.Module):
         for name, b in buffers.items():
             self.register_buffer("buf__" + self._names[name], b.clone())
         self._buffer_names = list(buffers)
-        self._template = [copy.deepcopy(net).to("meta")]  # a list: not registered as a submodule
+        # The architecture to call with stacked weights; a list so it is not a registered submodule.
+        # A CPU copy, not a meta one: meta tensors cannot be shared with ddp_spawn workers.
+        self._template = [copy.deepcopy(net)]
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = {name: self.stacked[key] for name, key in self._names.items() if key in self.stacked}

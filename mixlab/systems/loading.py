@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+
 from omegaconf import DictConfig, OmegaConf
 
-from mixlab.config import require
+from mixlab.config import build, require
 
 
 def load_system(ckpt_path: str | Path, device: torch.device | str = "cpu", key: str = "ckpt") -> tuple:
@@ -20,7 +20,7 @@ def load_system(ckpt_path: str | Path, device: torch.device | str = "cpu", key: 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     require("mixlab_config" in ckpt, key, f"{path} has no mixlab_config: not written by mixlab's train.py")
     run_cfg: DictConfig = OmegaConf.create(ckpt["mixlab_config"])
-    system = instantiate(run_cfg.model)
+    system = build(run_cfg.model)
     system.load_state_dict(ckpt["state_dict"])  # WeightAveraging stored the EMA weights here
     system.on_load_checkpoint(ckpt)
     return system.to(device).eval(), run_cfg, ckpt
