@@ -10,8 +10,11 @@ n     ?= 2048
 solver ?= heun
 steps ?= 20
 grid  ?= karras
+strategy ?=
+expert ?= 0
+gate_ckpt ?=
 
-.PHONY: help setup data data-fashion weights classifier demo train test eval bench clean
+.PHONY: help setup data data-fashion weights classifier demo train test eval eval-mcl bench bench-mcl clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -44,15 +47,24 @@ demo: data weights classifier  ## ~6 min CPU training of a small baseline, Heun 
 train: data  ## train EXP (default baseline): make train EXP=baseline ARGS="trainer.max_epochs=10"
 	$(PY) train.py experiment=$(EXP) $(ARGS)
 
-eval: weights classifier  ## FID/P/R of a checkpoint: make eval ckpt=PATH [n=2048 solver=heun steps=20]
+eval: weights classifier  ## FID/P/R of a checkpoint: make eval ckpt=PATH [n=2048 solver=heun steps=20 strategy= expert= gate_ckpt=]
 	@test -n "$(ckpt)" || { echo "error: ckpt: give the checkpoint, e.g. make eval ckpt=logs/baseline/runs/<time>/checkpoints/last.ckpt"; exit 2; }
-	$(PY) evaluate.py ckpt=$(ckpt) n=$(n) solver=$(solver) steps=$(steps) grid=$(grid) $(ARGS)
+	$(PY) evaluate.py ckpt=$(ckpt) n=$(n) solver=$(solver) steps=$(steps) grid=$(grid) \
+	  $(if $(strategy),strategy=$(strategy) expert=$(expert)) $(if $(gate_ckpt),gate_ckpt=$(gate_ckpt)) $(ARGS)
+
+eval-mcl: weights classifier  ## every MCL routing strategy: make eval-mcl ckpt=PATH [gate_ckpt=PATH ARGS="baseline_ckpt=PATH"]
+	@test -n "$(ckpt)" || { echo "error: ckpt: give an MCL checkpoint, e.g. make eval-mcl ckpt=logs/mcl_k4/runs/<time>/checkpoints/last.ckpt"; exit 2; }
+	$(PY) -m mixlab.mcl_eval ckpt=$(ckpt) n=$(n) solver=$(solver) steps=$(steps) grid=$(grid) \
+	  $(if $(gate_ckpt),gate_ckpt=$(gate_ckpt)) $(ARGS)
 
 test: setup weights  ## run the test suite (tiny configs, CPU)
 	$(PY) -m pytest -q tests $(ARGS)
 
 bench: data  ## throughput / memory benchmark of the baseline (ratios vs a reference run)
 	$(PY) -m mixlab.bench $(ARGS)
+
+bench-mcl: setup  ## MCL K experts: vectorised (vmap) vs looped training step, ratio in one process
+	$(PY) -m mixlab.bench_mcl $(ARGS)
 
 clean:  ## remove logs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache

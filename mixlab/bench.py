@@ -26,6 +26,21 @@ VARIANTS = {  # name -> (channels_last, autocast dtype or None)
 }
 
 
+def median_step_seconds(step, device: torch.device, steps: int, warmup: int) -> float:
+    """Median wall time of `step()` (one optimizer step) after `warmup` untimed calls."""
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
 def time_variant(device: torch.device, batch: int, steps: int, warmup: int, channels_last: bool, dtype) -> float:
     """Median seconds per optimizer step."""
     torch.manual_seed(0)
@@ -35,22 +50,16 @@ def time_variant(device: torch.device, batch: int, steps: int, warmup: int, chan
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     loss_fn, sigmas = EpsilonLoss(), LogUniformSigma()
     x0 = (torch.rand(batch, 1, 28, 28, device=device) * 2 - 1).contiguous(memory_format=fmt)
-    times = []
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+
+    def step():
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with ctx:
             loss = loss_fn(model, x0, sigmas(batch, device=device), torch.randn_like(x0)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+
+    return median_step_seconds(step, device, steps, warmup)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -83,6 +83,11 @@ def validate_train(cfg: DictConfig) -> int:
     if "sampler" in cfg.model or "sigma_min" in cfg.model:
         validate_diffusion_model(cfg.model)
     callbacks = cfg.get("callbacks") or {}
+    if "experts_ckpt" in cfg.model.keys():  # `in cfg.model` is False while the value is ???
+        from omegaconf import OmegaConf
+
+        require(not OmegaConf.is_missing(cfg.model, "experts_ckpt") and bool(cfg.model.experts_ckpt), "model.experts_ckpt",
+                "give the trained MCL checkpoint the gate routes between: model.experts_ckpt=PATH")
     if "num_experts" in cfg.model and "assignment" in cfg.model:
         validate_mcl_model(cfg.model, callbacks)
     if callbacks.get("sample_grid") is not None:

@@ -43,48 +43,107 @@ def validate_eval(cfg: DictConfig) -> None:
         check_choice(p, list(PROTOCOLS), "protocols")
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    validate_eval(cfg)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
-    system, run_cfg, ckpt = load_system(cfg.ckpt, device)
-    dataset = run_cfg.data.dataset
-    datamodule = build(run_cfg.data, root=cfg.paths.data_dir)
-    if cfg.n < 2 * max(p["k"] for p in PROTOCOLS.values()):
-        raise ConfigError("n", f"{cfg.n} samples is too few for precision/recall; use at least 16")
-    real = datamodule.real_images(cfg.n, split="test")  # fails early (clear error) if data is missing
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
+
+def load_for_eval(cfg: DictConfig, device: torch.device):
+    """(system, run config, checkpoint). A gate checkpoint (experiment=mcl_k4_gate) evaluates
+    its experts with the gate attached; `gate_ckpt=` attaches a gate to an MCL checkpoint."""
+    from mixlab.systems.mcl_gate import MCLGate
+
+    system, run_cfg, ckpt = load_system(cfg.ckpt, device)
+    if isinstance(system, MCLGate):
+        system = system.attach()
+        run_cfg = OmegaConf.create(system.run_config)
+    if cfg.get("gate_ckpt"):
+        gate, _, _ = load_system(cfg.gate_ckpt, device, key="gate_ckpt")
+        require(isinstance(gate, MCLGate), "gate_ckpt", f"{cfg.gate_ckpt} is not a gate checkpoint (experiment=mcl_k4_gate)")
+        require(hasattr(system, "num_experts"), "gate_ckpt", "the evaluated checkpoint is not an MCL model")
+        require(gate.gate.num_experts == system.num_experts, "gate_ckpt",
+                f"the gate routes {gate.gate.num_experts} experts but the model has {system.num_experts}")
+        system.gate = gate.gate.eval()
+    return system, run_cfg, ckpt
+
+
+def routing_from_cfg(cfg: DictConfig, system):
+    """None for single-model systems; the strategy's Routing for MCL (default: the model's own)."""
+    strategy = cfg.get("strategy")
+    if not hasattr(system, "num_experts"):
+        require(strategy in (None, ""), "strategy", "routing strategies apply to MCL checkpoints only")
+        return None
+    if not strategy:
+        return system.routing
+    from mixlab.moe.routing import build_routing
+
+    return build_routing(strategy, expert=cfg.get("expert", 0), seed=cfg.get("routing_seed", 0), per=cfg.get("per", "batch"))
+
+
+class Scorer:
+    """Real-set features (cached on disk) and feature extractors, loaded once per evaluation."""
+
+    def __init__(self, cfg: DictConfig, run_cfg: DictConfig, device: torch.device):
+        if cfg.n < 2 * max(p["k"] for p in PROTOCOLS.values()):
+            raise ConfigError("n", f"{cfg.n} samples is too few for precision/recall; use at least 16")
+        self.cfg, self.dataset = cfg, run_cfg.data.dataset
+        self.datamodule = build(run_cfg.data, root=cfg.paths.data_dir)
+        real = self.datamodule.real_images(cfg.n, split="test")  # fails early (clear error) if data is missing
+        self.extractors, self.real_feats = {}, {}
+        for protocol in cfg.protocols:
+            self.extractors[protocol] = extractor = feature_extractor(protocol, cfg, self.dataset, device)
+            cache = Path(cfg.paths.data_dir) / "stats" / f"{self.dataset}_test_first{cfg.n}_{protocol}.npz"
+            self.real_feats[protocol] = cached_features(extractor, lambda: real, cache, expected_count=cfg.n)
+
+    def __call__(self, fake: torch.Tensor) -> dict:
+        result = {}
+        for protocol, extractor in self.extractors.items():
+            k = PROTOCOLS[protocol]["k"]
+            result[protocol] = fidelity_metrics(self.real_feats[protocol], extractor(fake), k=k, kid=self.cfg.kid)
+            if self.cfg.real_reference:  # what a perfect model would score at this n: train vs test images
+                train_real = self.datamodule.real_images(self.cfg.n, split="train")
+                result[f"{protocol}_real_reference"] = fidelity_metrics(self.real_feats[protocol], extractor(train_real), k=k, kid=self.cfg.kid)
+        return result
+
+
+def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device: torch.device, routing=None, out_dir: Path | None = None) -> dict:
+    """Sample cfg.n images (same initial noise for every routing), score them, write JSON + grid."""
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    fake = system.sample(cfg.n, solver=cfg.solver, steps=cfg.steps, grid=cfg.grid, generator=gen, batch_size=cfg.batch_size)
+    fake = system.sample(cfg.n, solver=cfg.solver, steps=cfg.steps, grid=cfg.grid, generator=gen, batch_size=cfg.batch_size,
+                         **({"routing": routing} if routing is not None else {}))
     sample_s = time.perf_counter() - t0
-
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval"
-    tag = f"{cfg.solver}_{cfg.grid}{cfg.steps}_n{cfg.n}_seed{cfg.seed}"
+    out_dir = out_dir or (Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval")
+    strategy = f"{routing.tag}_" if routing is not None else ""
+    tag = f"{strategy}{cfg.solver}_{cfg.grid}{cfg.steps}_n{cfg.n}_seed{cfg.seed}"
     grid_path = save_grid(fake[:64], out_dir / f"samples_{tag}.png")
     result = {
         "ckpt": str(Path(cfg.ckpt).resolve()), "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"),
-        "dataset": dataset, "n": cfg.n, "solver": cfg.solver, "grid": cfg.grid, "steps": cfg.steps,
+        "dataset": scorer.dataset, "strategy": routing.name if routing is not None else None,
+        "expert": getattr(routing, "expert", None), "n": cfg.n, "solver": cfg.solver, "grid": cfg.grid, "steps": cfg.steps,
         "nfe": num_evaluations(cfg.solver, cfg.steps), "seed": cfg.seed, "sampling_seconds": round(sample_s, 2),
-        "device": str(device), "sample_grid": str(grid_path),
+        "device": str(device), "sample_grid": str(grid_path), **scorer(fake),
     }
-    for protocol in cfg.protocols:
-        extractor = feature_extractor(protocol, cfg, dataset, device)
-        cache = Path(cfg.paths.data_dir) / "stats" / f"{dataset}_test_first{cfg.n}_{protocol}.npz"
-        real_feats = cached_features(extractor, lambda: real, cache, expected_count=cfg.n)
-        k = PROTOCOLS[protocol]["k"]
-        result[protocol] = fidelity_metrics(real_feats, extractor(fake), k=k, kid=cfg.kid)
-        if cfg.real_reference:  # what a perfect model would score at this n: train vs test images
-            train_real = datamodule.real_images(cfg.n, split="train")
-            result[f"{protocol}_real_reference"] = fidelity_metrics(real_feats, extractor(train_real), k=k, kid=cfg.kid)
     metrics_path = out_dir / f"metrics_{tag}.json"
     metrics_path.write_text(json.dumps(result, indent=2))
     result["metrics_json"] = str(metrics_path)
+    return result
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    validate_eval(cfg)
+    device = resolve_device(cfg.device)
+    system, run_cfg, ckpt = load_for_eval(cfg, device)
+    routing = routing_from_cfg(cfg, system)
+    result = sample_and_score(cfg, system, ckpt, Scorer(cfg, run_cfg, device), device, routing)
     print_report(result)
     return result
 
 
 def print_report(result: dict) -> None:
-    print(f"[mixlab] {result['n']} samples, {result['solver']} {result['grid']} {result['steps']} steps "
+    strategy = f"{result['strategy']} routing, " if result.get("strategy") else ""
+    print(f"[mixlab] {strategy}{result['n']} samples, {result['solver']} {result['grid']} {result['steps']} steps "
           f"({result['nfe']} NFE, {result['sampling_seconds']} s on {result['device']})")
     for protocol in PROTOCOLS:
         if protocol in result:

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mixlab.callbacks.history import MetricHistory
 from mixlab.config import build, validate_train
 from mixlab.data.sources import internet_reachable
 from mixlab.errors import ConfigError
@@ -45,8 +46,9 @@ def build_loggers(cfg: DictConfig | None) -> list:
 def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
     callbacks = [build(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
     # Weight averaging last: callbacks that sample during validation must see the EMA weights,
-    # which it swaps back in its own on_validation_epoch_end (hooks run in list order).
-    return sorted(callbacks, key=lambda cb: isinstance(cb, WeightAveraging))
+    # which it swaps back in its own on_validation_epoch_end (hooks run in list order). Metric
+    # history just before it: it records what the others logged at the end of the epoch.
+    return sorted(callbacks, key=lambda cb: (isinstance(cb, WeightAveraging), isinstance(cb, MetricHistory)))
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> str | None:

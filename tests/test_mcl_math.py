@@ -139,3 +139,12 @@ def test_usage_statistics():
     assert effective_experts(torch.full((4,), 0.25)) == pytest.approx(4.0)
     assert effective_experts(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(1.0)
     torch.testing.assert_close(usage_shares(torch.zeros(4)), torch.full((4,), 0.25))
+
+
+def test_bench_mcl_reports_the_three_variants(tmp_path):
+    from mixlab.bench_mcl import main
+
+    rows = main(["--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    assert [r["variant"] for r in rows] == ["loop over experts (reference)", "vmap over stacked experts", "one expert (K=1)"]
+    assert rows[0]["speedup_vs_loop"] == 1.0 and all(r["images_per_sec"] > 0 for r in rows)
+    assert (tmp_path / "b.json").is_file()

@@ -37,6 +37,11 @@ class Routing(abc.ABC):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_generator": None, "bank": None}
 
+    @property
+    def tag(self) -> str:
+        """A file-name-safe label that tells configurations apart (e.g. single_expert2)."""
+        return self.name
+
     def start(self, bank, batch_size: int) -> "Routing":
         self.bank, self.batch_size = bank, batch_size
         return self
@@ -58,6 +63,10 @@ class SingleExpert(Routing):
         super().__init__(seed)
         self.expert = int(expert)
 
+    @property
+    def tag(self) -> str:
+        return f"{self.name}{self.expert}"
+
     def start(self, bank, batch_size):
         if not 0 <= self.expert < bank.num_experts:
             raise ConfigError("expert", f"expert {self.expert} is out of range for a model with {bank.num_experts} experts (0..{bank.num_experts - 1})")
@@ -78,6 +87,10 @@ class RandomExpert(Routing):
             raise ConfigError("per", f"unknown value '{per}' (choose batch|sample)")
         super().__init__(seed)
         self.per = per
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}_per_{self.per}"
 
     def __call__(self, x, sigma):
         n = 1 if self.per == "batch" else x.shape[0]

@@ -1,0 +1,76 @@
+"""Gate training and MCL evaluation on smoke checkpoints: every strategy, the comparison table,
+clear errors for gates and experts."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixlab.errors import ConfigError
+from mixlab.evaluation import evaluate
+from mixlab.mcl_eval import evaluate_mcl
+from mixlab.pipeline import train
+from test_eval import eval_cfg, weights_dir  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def mcl_ckpts(tiny_data, tmp_path_factory):
+    from conftest import compose_train
+
+    out = tmp_path_factory.mktemp("mclrun")
+    experts = train(compose_train(["experiment=mcl_k4_resilient", "debug=smoke"], tiny_data, out / "experts"))
+    gate = train(compose_train(["experiment=mcl_k4_gate", "debug=smoke", f"model.experts_ckpt={experts['last_ckpt']}"],
+                               tiny_data, out / "gate"))
+    return Path(experts["last_ckpt"]), Path(gate["last_ckpt"]), gate
+
+
+def test_gate_trains_on_frozen_experts(mcl_ckpts):
+    experts_path, gate_path, summary = mcl_ckpts
+    assert 0.0 <= summary["metrics"]["val/acc"] <= 1.0 and "train/loss" in summary["metrics"]
+    experts = torch.load(experts_path, weights_only=False)["state_dict"]
+    gate_state = torch.load(gate_path, weights_only=False)["state_dict"]
+    for key, value in experts.items():  # the experts did not move while the gate trained
+        torch.testing.assert_close(gate_state[f"experts.{key}"], value)
+    assert any(k.startswith("gate.") for k in gate_state)
+
+
+def test_gate_needs_an_mcl_checkpoint(make_cfg, tiny_data, tmp_path):
+    baseline = train(make_cfg("experiment=baseline", "debug=smoke", out="base"))
+    with pytest.raises(ConfigError, match="^model.experts_ckpt: .* is a ScoreDiffusion checkpoint"):
+        train(make_cfg("experiment=mcl_k4_gate", "debug=smoke", f"model.experts_ckpt={baseline['last_ckpt']}", out="g"))
+    with pytest.raises(ConfigError, match="^model.experts_ckpt: give the trained MCL checkpoint"):
+        train(make_cfg("experiment=mcl_k4_gate", "debug=smoke", out="g2"))
+
+
+def test_eval_one_strategy_and_errors(mcl_ckpts, tiny_data, weights_dir, tmp_path):  # noqa: F811
+    experts, gate, _ = mcl_ckpts
+    common = ["n=16", "steps=2", "batch_size=16", "protocols=[classifier]", "kid=false"]
+    kw = dict(data_dir=tiny_data, weights_dir=weights_dir, out_dir=tmp_path)
+    result = evaluate(eval_cfg(f"ckpt={experts}", "strategy=single_expert", "expert=2", *common, **kw))
+    assert result["strategy"] == "single_expert" and result["expert"] == 2 and result["classifier"]["fid"] >= 0
+    gated = evaluate(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={gate}", *common, **kw))
+    assert gated["strategy"] == "gated" and Path(gated["metrics_json"]).is_file()
+    assert evaluate(eval_cfg(f"ckpt={gate}", "strategy=committed_gate", *common, **kw))["strategy"] == "committed_gate"
+    with pytest.raises(ConfigError, match="^gate_ckpt: this routing needs a trained gate"):
+        evaluate(eval_cfg(f"ckpt={experts}", "strategy=gated", *common, **kw))
+    with pytest.raises(ConfigError, match="^expert: expert 4 is out of range"):
+        evaluate(eval_cfg(f"ckpt={experts}", "strategy=single_expert", "expert=4", *common, **kw))
+    with pytest.raises(ConfigError, match="^strategy: unknown value 'oracle'"):
+        evaluate(eval_cfg(f"ckpt={experts}", "strategy=oracle", *common, **kw))
+    with pytest.raises(ConfigError, match="^gate_ckpt: .* is not a gate checkpoint"):
+        evaluate(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={experts}", *common, **kw))
+
+
+def test_eval_mcl_writes_the_comparison(mcl_ckpts, tiny_data, weights_dir, tmp_path):  # noqa: F811
+    experts, gate, _ = mcl_ckpts
+    cfg = eval_cfg(f"ckpt={experts}", f"gate_ckpt={gate}", "n=16", "steps=2", "batch_size=16", "protocols=[classifier]", "kid=false",
+                   data_dir=tiny_data, weights_dir=weights_dir, out_dir=tmp_path)
+    rows = evaluate_mcl(cfg)
+    labels = [r["label"] for r in rows]
+    assert labels == [f"single_expert {k}" for k in range(4)] + [
+        "random_expert (batch)", "random_expert (sample)", "best_expert", "mixture_score", "committed_usage",
+        "gated", "committed_gate", "scored", "committed_scores"]
+    table = next(tmp_path.glob("strategy_comparison_*.md")).read_text()
+    assert all(f"| {label} |" in table for label in labels)
+    assert next(tmp_path.glob("strategy_comparison_*.png")).stat().st_size > 10_000
+    assert len({r["sample_grid"] for r in rows}) == len(rows)  # one grid per strategy, none overwritten
