@@ -19,14 +19,14 @@ from mixlab.systems.loading import load_system  # noqa: E402
 
 def applicable_strategies(system) -> list[tuple[str, dict]]:
     """(strategy, kwargs) pairs this checkpoint supports: every single expert, random per batch and
-    per sample, best, mixture, committed_usage; gated/committed_gate with a gate; scored with heads."""
+    per sample, best, mixture, committed_usage; gated/sticky/committed with a gate or scoring heads."""
     plan = [("single_expert", {"expert": k}) for k in range(system.num_experts)]
     plan += [("random_expert", {"per": "batch"}), ("random_expert", {"per": "sample"}), ("best_expert", {}),
              ("mixture_score", {}), ("committed_usage", {})]
     if system.gate is not None:
-        plan += [("gated", {}), ("committed_gate", {})]
+        plan += [("gated", {}), ("sticky_gate", {}), ("committed_gate", {})]
     if system.scorer is not None:
-        plan += [("scored", {}), ("committed_scores", {})]
+        plan += [("scored", {}), ("sticky_scores", {}), ("committed_scores", {})]
     return plan
 
 

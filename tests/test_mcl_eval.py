@@ -69,7 +69,7 @@ def test_eval_mcl_writes_the_comparison(mcl_ckpts, tiny_data, weights_dir, tmp_p
     labels = [r["label"] for r in rows]
     assert labels == [f"single_expert {k}" for k in range(4)] + [
         "random_expert (batch)", "random_expert (sample)", "best_expert", "mixture_score", "committed_usage",
-        "gated", "committed_gate", "scored", "committed_scores"]
+        "gated", "sticky_gate", "committed_gate", "scored", "sticky_scores", "committed_scores"]
     table = next(tmp_path.glob("strategy_comparison_*.md")).read_text()
     assert all(f"| {label} |" in table for label in labels)
     assert next(tmp_path.glob("strategy_comparison_*.png")).stat().st_size > 10_000

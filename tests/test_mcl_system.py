@@ -10,7 +10,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from mixlab.callbacks.annealing import TemperatureAnnealing, annealed_value
 from mixlab.config import build
 from mixlab.errors import ConfigError
-from mixlab.moe.routing import STRATEGIES, Committed, Gated, SingleExpert, build_routing
+from mixlab.moe.routing import STRATEGIES, Committed, Gated, SingleExpert, Sticky, build_routing
 from mixlab.nets.gating import GatingNet
 from mixlab.pipeline import train
 
@@ -25,7 +25,7 @@ def mcl_system(make_cfg):
     return system
 
 
-@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s not in ("scored", "committed_scores")])
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if not s.endswith("scores") and s != "scored"])
 def test_every_routing_samples_deterministically(mcl_system, strategy):
     def draw():
         gen = torch.Generator().manual_seed(3)
@@ -53,6 +53,14 @@ def test_routings_choose_what_they_say(mcl_system):
     committed = Committed("usage").start(mcl_system, 5)
     torch.testing.assert_close(committed(x, sigma), eps_all[1], atol=1e-5, rtol=1e-4)
     assert committed.choice.tolist() == [1] * 5 and committed(x * 0.5, sigma / 2).shape == x.shape
+    sticky = Sticky("gate", margin=2.0).start(mcl_system, 5)  # a margin no probability gap reaches: never switches
+    first = sticky(x, sigma).clone()
+    torch.testing.assert_close(first, gated, atol=1e-5, rtol=1e-4)  # the first call is the gate's choice
+    sticky(x.flip(0), sigma)
+    assert sticky.switches == 0 and torch.equal(sticky.current, pick)
+    loose = Sticky("gate", margin=-1.0).start(mcl_system, 5)  # any gap switches: plain gated routing
+    loose(x, sigma)
+    torch.testing.assert_close(loose(x.flip(0), sigma), Gated("gate").start(mcl_system, 5)(x.flip(0), sigma), atol=1e-5, rtol=1e-4)
     per_batch = build_routing("random_expert", per="batch", seed=0).start(mcl_system, 5)
     out = per_batch(x, sigma)
     assert any(torch.allclose(out, eps_all[k], atol=1e-5, rtol=1e-4) for k in range(4))  # one expert for all

@@ -141,6 +141,33 @@ class Gated(Routing):
         return self.bank.eps_select(self.logits(x, sigma).argmax(dim=1), x, sigma)
 
 
+class Sticky(Gated):
+    """Coherent switching (ours): follow the gate / heads like `gated`, but a sample leaves its
+    current expert only when another one's gate probability exceeds the current one's by
+    `margin`. Experts that specialise by noise level still hand over along sigma, while the
+    call-to-call flip-flopping that breaks trajectories is suppressed (margin 0 == `gated`)."""
+
+    def __init__(self, source: str = "gate", margin: float = 0.2, seed: int = 0):
+        super().__init__(source, seed)
+        self.margin, self.name = float(margin), f"sticky_{'gate' if source == 'gate' else 'scores'}"
+
+    def start(self, bank, batch_size):
+        self.current, self.switches = None, 0
+        return super().start(bank, batch_size)
+
+    def __call__(self, x, sigma):
+        probs = torch.softmax(self.logits(x, sigma), dim=1)
+        best = probs.argmax(dim=1)
+        if self.current is None:
+            self.current = best
+        else:
+            gain = probs.gather(1, best[:, None]) - probs.gather(1, self.current[:, None])
+            switch = gain.squeeze(1) > self.margin
+            self.switches += int(switch.sum())
+            self.current = torch.where(switch, best, self.current)
+        return self.bank.eps_select(self.current, x, sigma)
+
+
 class Committed(Routing):
     """Coherent trajectories (ours): each sample picks one expert at its first network call and
     keeps it to sigma = 0. `source=usage` draws k ~ Categorical(training win rates), i.e. samples
@@ -180,6 +207,8 @@ _FACTORIES = {
     "committed_usage": lambda expert, seed, per: Committed("usage", seed),
     "committed_gate": lambda expert, seed, per: Committed("gate", seed),
     "committed_scores": lambda expert, seed, per: Committed("scores", seed),
+    "sticky_gate": lambda expert, seed, per: Sticky("gate", seed=seed),
+    "sticky_scores": lambda expert, seed, per: Sticky("scores", seed=seed),
 }
 STRATEGIES = tuple(_FACTORIES)
 
