@@ -14,7 +14,7 @@ strategy ?=
 expert ?= 0
 gate_ckpt ?=
 
-.PHONY: help setup data data-fashion weights classifier demo train test eval eval-mcl bench bench-mcl clean
+.PHONY: help setup data data-fashion weights classifier demo train test eval eval-mcl analyze bench bench-mcl clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -59,6 +59,10 @@ eval-mcl: weights classifier  ## every MCL routing strategy: make eval-mcl ckpt=
 
 test: setup weights  ## run the test suite (tiny configs, CPU)
 	$(PY) -m pytest -q tests $(ARGS)
+
+analyze: data  ## MCL analysis figures: make analyze ckpt=PATH [ARGS="gate_ckpt=PATH baseline_ckpt=PATH"]
+	@test -n "$(ckpt)" || { echo "error: ckpt: give an MCL checkpoint, e.g. make analyze ckpt=logs/mcl_k4/runs/<time>/checkpoints/last.ckpt"; exit 2; }
+	$(PY) -m mixlab.mcl_analysis ckpt=$(ckpt) $(if $(gate_ckpt),gate_ckpt=$(gate_ckpt)) $(ARGS)
 
 bench: data  ## throughput / memory benchmark of the baseline (ratios vs a reference run)
 	$(PY) -m mixlab.bench $(ARGS)
