@@ -170,10 +170,11 @@ def analyze(cfg: DictConfig) -> dict:
     usage = system.usage_shares.tolist()
     written["multi_expert_grid"] = _image_rows([draw(SingleExpert(k)) for k in range(K)], [f"expert {k}\n({100 * usage[k]:.0f}% won)" for k in range(K)],
                                                out / "multi_expert_grid.png", title="Each expert alone, same initial noise")
-    frames, sig = trajectory(system, system.routing, min(cfg.n, 6), cfg.steps, cfg.grid, cfg.seed)
+    path_routing = build_routing("gated") if system.gate is not None else system.routing  # the gate when there is one
+    frames, sig = trajectory(system, path_routing, min(cfg.n, 6), cfg.steps, cfg.grid, cfg.seed)
     per_sample = [torch.stack([f[i] for f in frames]) for i in range(frames[0].shape[0])]
     written["trajectory"] = _image_rows(per_sample, [f"sample {i}" for i in range(len(per_sample))], out / "trajectory.png",
-                                        [f"σ={s:.2g}" for s in sig], f"Denoised estimate along the ODE ({system.routing.name} routing)")
+                                        [f"σ={s:.2g}" for s in sig], f"Denoised estimate along the ODE ({path_routing.name} routing)")
     rows, names = [], []
     if cfg.get("baseline_ckpt"):
         from mixlab.systems.loading import load_system
