@@ -92,6 +92,13 @@ def train(cfg: DictConfig) -> dict:
         "global_step": trainer.global_step,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
     }
+    test_metrics = None
+    if cfg.get("test_after_fit") and hasattr(datamodule, "test_dataloader"):
+        # the test split, touched once at the end, with the checkpoint selected on validation
+        results = trainer.test(system, datamodule=datamodule, ckpt_path=summary["best_ckpt"] or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if test_metrics is not None:
+        summary["test_metrics"] = test_metrics
     _write_summary(output_dir, summary)
     return summary
 
