@@ -86,7 +86,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = {
         "run_dir": str(output_dir),
-        "last_ckpt": getattr(trainer.checkpoint_callback, "last_model_path", None),
+        "last_ckpt": getattr(trainer.checkpoint_callback, "last_model_path", None) or _existing(output_dir / "checkpoints" / "last.ckpt"),
         "best_ckpt": getattr(trainer.checkpoint_callback, "best_model_path", None),
         "sample_grid": next((str(cb.last_path) for cb in callbacks if getattr(cb, "last_path", None)), None),
         "global_step": trainer.global_step,
@@ -101,6 +101,10 @@ def train(cfg: DictConfig) -> dict:
         summary["test_metrics"] = test_metrics
     _write_summary(output_dir, summary)
     return summary
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
 
 
 @rank_zero_only
