@@ -61,8 +61,14 @@ def smoke_submodels(standin_data, tmp_path_factory) -> dict[str, list[str]]:
             summary = train(cfg)
             assert 0 <= summary["test_metrics"]["test/acc"] <= 1 and Path(summary["best_ckpt"]).is_file()
             ckpts[task].append(summary["best_ckpt"])
+            ckpt = torch.load(summary["last_ckpt"], weights_only=False)
+            assert ckpt["mixlab_config"]["task_name"] == f"pretrain_task_{task}"
+            assert ckpt["state_dict"]["net.head.1.weight"].shape[0] == 5
     ckpts["b"] *= 3
     return ckpts
+
+
+RUNS: dict[str, dict] = {}  # summaries of the smoke runs, reused by the eval-moe test
 
 
 def test_moe_experiments_exist_with_reference_settings(moe_cfg):
@@ -78,33 +84,36 @@ def test_moe_experiments_exist_with_reference_settings(moe_cfg):
     assert b.model.num_classes == 12 and b.data.image_size == 64 and b.data.source._target_.endswith("ImageFolderSource")
 
 
-@pytest.mark.parametrize("experiment", MOE_EXPERIMENTS)
+def test_pretrain_experiments_run_under_smoke(smoke_submodels):
+    # the fixture ran pretrain_task_a (subsets 1-3) and pretrain_task_b (subset 2) under debug=smoke_moe
+    assert len(smoke_submodels["a"]) == 3 and all(Path(p).is_file() for p in smoke_submodels["a"] + smoke_submodels["b"])
+
+
+@pytest.mark.parametrize("experiment", [e for e in MOE_EXPERIMENTS if e.startswith("moe")])
 def test_experiment_runs_under_smoke(moe_cfg, smoke_submodels, experiment):
     task = experiment[-1]
     overrides = [f"experiment={experiment}"]
-    if experiment.startswith("moe"):
-        overrides.append(f"model.init_from=[{','.join(smoke_submodels[task])}]")
+    overrides.append(f"model.init_from=[{','.join(smoke_submodels[task])}]")
     cfg = moe_cfg(*overrides)
-    summary = train(cfg)
+    summary = RUNS[experiment] = train(cfg)
     run = Path(summary["run_dir"])
     assert Path(summary["last_ckpt"]).is_file() and Path(summary["best_ckpt"]).is_file()
     assert np.isfinite(summary["metrics"]["val/acc"]) and "test/acc" in summary["test_metrics"]
     ckpt = torch.load(summary["last_ckpt"], weights_only=False)
     assert ckpt["mixlab_config"]["task_name"] == experiment
-    if experiment.startswith("moe"):
-        assert float(ckpt["state_dict"]["net.gate.temperature"]) == pytest.approx(0.5)  # cosine end, in the ckpt
-        names = cfg.data.subsets
-        assert any(k.startswith(f"val/acc_class/{names[0][0]}") for k in summary["metrics"])
-        for key in ("train/ce", "train/diversity", "train/balance", "usage/expert_0", "temperature", "val/gate/expert_0/" + names[0][0]):
-            assert key in summary["metrics"], key
-        figures = {p.name for p in (run / "figures").glob("*.png")}
-        assert {"expert_analysis_epoch002.png", "expert_usage_training.png", "expert_analysis_test.png"} <= figures
+    assert float(ckpt["state_dict"]["net.gate.temperature"]) == pytest.approx(0.5)  # cosine end, in the ckpt
+    names = cfg.data.subsets
+    assert any(k.startswith(f"val/acc_class/{names[0][0]}") for k in summary["metrics"])
+    for key in ("train/ce", "train/diversity", "train/balance", "usage/expert_0", "temperature", "val/gate/expert_0/" + names[0][0]):
+        assert key in summary["metrics"], key
+    figures = {p.name for p in (run / "figures").glob("*.png")}
+    assert {"expert_analysis_epoch002.png", "expert_usage_training.png", "expert_analysis_test.png"} <= figures
 
 
 def test_eval_moe_writes_table_and_figures(moe_cfg, smoke_submodels, tmp_path):
     from mixlab.moe_eval import evaluate_classifier
 
-    summary = train(moe_cfg("experiment=moe_task_a", out="m"))
+    summary = RUNS.get("moe_task_a") or train(moe_cfg("experiment=moe_task_a", out="m"))
     table = evaluate_classifier(summary["best_ckpt"], tmp_path / "eval")
     for name in ("accuracy.md", "accuracy.json", "confusion_matrix.png", "sample_predictions.png", "expert_analysis.png"):
         assert (tmp_path / "eval" / name).is_file(), name
