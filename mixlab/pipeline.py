@@ -6,6 +6,7 @@ from netrc import netrc
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -13,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mixlab.config import validate_train
 from mixlab.data.sources import internet_reachable
-from mixlab.errors import ConfigError
+from mixlab.errors import ConfigError, MixlabError
 
 
 def wandb_offline() -> bool:
@@ -28,6 +29,20 @@ def wandb_offline() -> bool:
         except (OSError, Exception):
             key = False
     return not (key and internet_reachable("api.wandb.ai", 443))
+
+
+def instantiate_checked(node, **kwargs):
+    """`instantiate`, re-raising a user-facing MixlabError (e.g. a ConfigError from a
+    constructor) as itself instead of Hydra's InstantiationException wrapper."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, MixlabError):
+            raise cause from None
+        raise
 
 
 def build_loggers(cfg: DictConfig | None) -> list:
@@ -71,10 +86,10 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_checked(cfg.data)
     if os.environ.get("LOCAL_RANK", "0") == "0":
         datamodule.prepare_data()  # fails here, before any training, when data is missing
-    system = instantiate(cfg.model)
+    system = instantiate_checked(cfg.model)
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks, loggers = build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
