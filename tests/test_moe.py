@@ -198,3 +198,24 @@ def test_imagefolder_loader_reads_class_folders(tmp_path):
     assert images[0, 0, 0, 0] == 100 and images[2, 0, 0, 0] == 0
     with pytest.raises(ConfigError, match="^data.subsets: unknown class name 'patas'"):
         ImageFolderSource(tmp_path).load("train", ["patas"])
+
+
+def test_standin_maps_a_class_name_to_the_same_images_in_a_subset_and_in_the_union(tmp_path):
+    from test_moe_train import write_tiny_standin
+
+    from mixlab.data.image_sources import DigitFashionStandIn
+
+    write_tiny_standin(tmp_path, per_class=4)
+    src, vocab = DigitFashionStandIn(tmp_path, per_class={"train": 4, "test": 4}), ["a", "b", "c", "d", "e", "f"]
+    union, union_labels = src.load("train", vocab, vocabulary=vocab)
+    sub, sub_labels = src.load("train", ["d", "e"], vocabulary=vocab)
+    assert sub_labels.tolist() == [0] * 4 + [1] * 4
+    assert union.shape[1:] == (32, 32, 3) and len(union) == 24
+
+    def blob_centre(images):  # the tiny MNIST/Fashion blobs sit at a class-dependent place
+        dev = np.abs(images.astype(float) - images[:, :1, :1].astype(float)).mean(-1).mean(0)
+        return np.unravel_index(dev.argmax(), dev.shape)
+
+    # class "d" is vocabulary entry 3 (MNIST digit 3, blob at row 6+2*3, col 6, +2 padding)
+    assert blob_centre(sub[:4]) == blob_centre(union[union_labels == 3]) == (14, 8)
+    assert blob_centre(sub[4:]) == blob_centre(union[union_labels == 4]) == (16, 8)

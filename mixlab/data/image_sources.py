@@ -6,7 +6,7 @@ list of class names, ``images`` uint8 [N,H,W,3] and ``labels`` int64 [N] indexin
 - ``ImageFolderSource``: ``<root>/<split>/<class name>/*.{png,jpg,jpeg}`` (Tiny-ImageNet style
   after its val/ is sorted into class folders), resized to ``image_size``.
 - ``DigitFashionStandIn``: the OFFLINE STAND-IN, not CIFAR/ImageNet. Class k of the task's
-  class list is MNIST digit k (k < 10) or Fashion-MNIST class k - 10, padded to 32x32,
+  class list (the union over its sub-datasets, whichever subset is loaded) is MNIST digit k (k < 10) or Fashion-MNIST class k - 10, padded to 32x32,
   colourised with random per-image foreground/background colours and resized to
   ``image_size``. Same interface, so every code path runs without the internet.
 """
@@ -111,23 +111,32 @@ class DigitFashionStandIn:
     """Offline stand-in (see module doc). ``per_class`` caps images per class and split
     (CIFAR-100 has 500 train / 100 test per class)."""
 
+    needs_vocabulary = True
+
     def __init__(self, root: str | os.PathLike = "data", image_size: int = 32, per_class: dict | None = None,
                  download: bool = True, seed: int = 0):
         self.root, self.image_size, self.download, self.seed = root, int(image_size), download, int(seed)
         self.per_class = {"train": 500, "test": 100, **(per_class or {})}
 
-    def load(self, split: str, wanted: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, split: str, wanted: list[str], vocabulary: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`vocabulary`: all class names of the task (the union over sub-datasets), so that a
+        class name maps to the same stand-in class whether one subset or the union is loaded."""
         _check_split(split)
-        if len(wanted) > 20:
-            raise ConfigError("data.subsets", f"the digit/fashion stand-in has 20 classes, the task asks for {len(wanted)}")
+        vocabulary = list(vocabulary or wanted)
+        if len(vocabulary) > 20:
+            raise ConfigError("data.subsets", f"the digit/fashion stand-in has 20 classes, the task asks for {len(vocabulary)}")
+        missing = [n for n in wanted if n not in vocabulary]
+        if missing:
+            raise ConfigError("data.subsets", f"unknown class name '{missing[0]}' (not in the task's classes)")
         rng = np.random.default_rng(self.seed + (0 if split == "train" else 1))
         chunks, labels = [], []
-        for k in range(len(wanted)):
+        for label, name in enumerate(wanted):
+            k = vocabulary.index(name)
             dataset, cls = ("mnist", k) if k < 10 else ("fashion_mnist", k - 10)
             imgs, labs = sources.load_split(self.root, dataset, split, download=self.download)
             idx = np.flatnonzero(labs == cls)[: self.per_class[split]]
             chunks.append(imgs[idx])
-            labels.append(np.full(len(idx), k, dtype=np.int64))
+            labels.append(np.full(len(idx), label, dtype=np.int64))
         gray = torch.from_numpy(np.concatenate(chunks)).float().div(255.0)  # [N,28,28]
         gray = F.pad(gray, (2, 2, 2, 2)).unsqueeze(1)  # [N,1,32,32]
         if self.image_size != 32:

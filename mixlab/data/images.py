@@ -94,8 +94,14 @@ class ImageTaskDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def _load(self, split: str, names: list[str] | None = None):
+        names = self.class_names if names is None else names
+        if getattr(self.source, "needs_vocabulary", False):  # the stand-in maps names via the task's union
+            return self.source.load(split, names, vocabulary=task_classes(self.subsets, None))
+        return self.source.load(split, names)
+
     def prepare_data(self) -> None:
-        self.source.load("train", self.class_names[:1])  # fails early with the fix when data is missing
+        self._load("train", self.class_names[:1])  # fails early with the fix when data is missing
 
     def _limit(self, images: np.ndarray, labels: np.ndarray, split: str):
         limit = self.limits[split]
@@ -108,10 +114,10 @@ class ImageTaskDataModule(L.LightningDataModule):
         """Load, carve val, compute train stats, normalise (idempotent)."""
         if self.sets:
             return
-        images, labels = self.source.load("train", self.class_names)
+        images, labels = self._load("train")
         tr, va = carve_validation(labels, self.val_fraction, self.seed)
         parts = {"train": self._limit(images[tr], labels[tr], "train"), "val": self._limit(images[va], labels[va], "val")}
-        test_images, test_labels = self.source.load("test", self.class_names)
+        test_images, test_labels = self._load("test")
         parts["test"] = self._limit(test_images, test_labels, "test")
         self.mean, self.std = channel_stats(parts["train"][0])  # train only
         for split, (imgs, labs) in parts.items():
