@@ -6,6 +6,8 @@ EXP   ?= baseline
 DATASET ?= mnist
 ARGS  ?=
 ckpt  ?=
+TASK  ?= a
+MOE_ARGS ?= data/source=standin
 n     ?= 2048
 solver ?= heun
 steps ?= 20
@@ -14,7 +16,7 @@ strategy ?=
 expert ?= 0
 gate_ckpt ?=
 
-.PHONY: help setup data data-fashion weights classifier demo train test eval eval-mcl analyze bench bench-mcl clean
+.PHONY: help setup data data-fashion weights classifier demo train test eval eval-mcl analyze bench bench-mcl clean data-moe pretrain-moe eval-moe
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -73,3 +75,18 @@ bench-mcl: setup  ## MCL K experts: vectorised (vmap) vs looped training step, r
 clean:  ## remove logs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+data-moe: data data-fashion  ## offline stand-in for the MoE tasks (MNIST + Fashion-MNIST; real: data/source=cifar100|imagefolder)
+
+pretrain-moe: data-moe  ## 3 per-subset CNNs, then the MoE of task TASK=a|b initialised from them (MOE_ARGS="data/source=standin ...")
+	@set -e; dir=logs/moe_pipeline_task_$(TASK)/$$(date +%Y-%m-%d_%H-%M-%S); ckpts=; \
+	  for s in 1 2 3; do \
+	    $(PY) train.py experiment=pretrain_task_$(TASK) data.subset=$$s $(MOE_ARGS) $(ARGS) hydra.run.dir=$$dir/pretrain_$$s; \
+	    ckpts=$$ckpts$${ckpts:+,}$$(ls $$dir/pretrain_$$s/checkpoints/best_*.ckpt | head -1); \
+	  done; \
+	  $(PY) train.py experiment=moe_task_$(TASK) "model.init_from=[$$ckpts]" $(MOE_ARGS) $(ARGS) hydra.run.dir=$$dir/moe; \
+	  $(PY) -m mixlab.moe_eval --ckpt $$(ls $$dir/moe/checkpoints/best_*.ckpt | head -1)
+
+eval-moe:  ## accuracy table, confusion matrix, sample predictions of a classifier checkpoint: make eval-moe ckpt=PATH
+	@test -n "$(ckpt)" || { echo "error: ckpt: give the checkpoint, e.g. make eval-moe ckpt=logs/moe_task_a/runs/<time>/checkpoints/best_epoch042.ckpt"; exit 2; }
+	$(PY) -m mixlab.moe_eval --ckpt $(ckpt) $(ARGS)

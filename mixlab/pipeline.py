@@ -6,7 +6,6 @@ from netrc import netrc
 from pathlib import Path
 
 import lightning as L
-
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -88,14 +87,25 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = {
         "run_dir": str(output_dir),
-        "last_ckpt": getattr(trainer.checkpoint_callback, "last_model_path", None),
+        "last_ckpt": getattr(trainer.checkpoint_callback, "last_model_path", None) or _existing(output_dir / "checkpoints" / "last.ckpt"),
         "best_ckpt": getattr(trainer.checkpoint_callback, "best_model_path", None),
         "sample_grid": next((str(cb.last_path) for cb in callbacks if getattr(cb, "last_path", None)), None),
         "global_step": trainer.global_step,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
     }
+    test_metrics = None
+    if cfg.get("test_after_fit") and hasattr(datamodule, "test_dataloader"):
+        # the test split, touched once at the end, with the checkpoint selected on validation
+        results = trainer.test(system, datamodule=datamodule, ckpt_path=summary["best_ckpt"] or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if test_metrics is not None:
+        summary["test_metrics"] = test_metrics
     _write_summary(output_dir, summary)
     return summary
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
 
 
 @rank_zero_only

@@ -11,7 +11,8 @@ from mixlab.pipeline import train
 from mixlab.systems.base import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# image-classifier experiments (pretrain_task_*, moe_task_*) run under debug=smoke_moe in test_moe_train.py
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if "_task_" not in p.stem)
 
 
 def test_experiments_exist():

@@ -1,0 +1,78 @@
+"""Image classifiers: the per-subset CNN (`ImageClassifier`) and the multi-task MoE
+(`MoEClassifierSystem`, mixlab.systems.moe_classifier). Accuracy via torchmetrics."""
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from mixlab.errors import ConfigError
+from mixlab.systems.base import MixlabSystem
+
+
+class ImageClassifier(MixlabSystem):
+    """CE training of `net` (x -> logits [B,C]); logs {train,val,test}/loss, /acc and
+    /acc_class/<name> (per-class accuracy, class names from the datamodule)."""
+
+    def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, seed: int = 0):
+        super().__init__(seed=seed)
+        self.net, self.optimizer_factory, self.num_classes = net, optimizer, int(num_classes)
+        self.class_names: list[str] = [str(c) for c in range(self.num_classes)]
+        for split in ("val", "test"):
+            setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro"))
+            setattr(self, f"{split}_acc_class", MulticlassAccuracy(self.num_classes, average=None))
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names: Sequence[str] | None = getattr(dm, "class_names", None)
+        if names is not None:
+            if len(names) != self.num_classes:
+                raise ConfigError("model.num_classes", f"is {self.num_classes} but the data has {len(names)} classes ({', '.join(names)})")
+            self.class_names = list(names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.check_finite(loss)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
+        return loss
+
+    def _eval_step(self, batch, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
+        getattr(self, f"{split}_acc").update(logits, y)
+        getattr(self, f"{split}_acc_class").update(logits, y)
+        return logits, y
+
+    def validation_step(self, batch, batch_idx: int):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int):
+        self._eval_step(batch, "test")
+
+    def _log_accuracy(self, split: str) -> None:
+        acc, per_class = getattr(self, f"{split}_acc"), getattr(self, f"{split}_acc_class")
+        self.log(f"{split}/acc", acc.compute(), prog_bar=split == "val")
+        for name, value in zip(self.class_names, per_class.compute()):
+            self.log(f"{split}/acc_class/{name}", value)
+        acc.reset()
+        per_class.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test")
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())

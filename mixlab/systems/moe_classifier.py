@@ -1,0 +1,120 @@
+"""Multi-task MoE classifier: CE + diversity_weight * diversity + balance_weight * balance
+(seed README formulas, mixlab.moe.losses). The gate temperature is the net's buffer
+(checkpointed; TemperatureAnnealing writes it through `self.temperature`). Every
+`analysis_every_n_epochs` (and at the last epoch / test) rank 0 draws the expert analysis:
+mean gate per expert per class and accuracy with only expert k (one-hot gate)."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+
+from mixlab.moe.init import init_moe_from_submodels
+from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
+from mixlab.nets.moe_classifier import MoEClassifier
+from mixlab.systems.image_classifier import ImageClassifier
+
+
+class MoEClassifierSystem(ImageClassifier):
+    def __init__(self, net: MoEClassifier, optimizer: Callable, num_classes: int, diversity_weight: float = 0.1,
+                 balance_weight: float = 0.5, init_from: list[str] | None = None, analysis_every_n_epochs: int = 10,
+                 seed: int = 0):
+        super().__init__(net, optimizer, num_classes, seed=seed)
+        self.diversity_weight, self.balance_weight = float(diversity_weight), float(balance_weight)
+        self.init_from = list(init_from) if init_from else None
+        if self.init_from:  # fail before training on a count mismatch; weights are loaded in setup("fit")
+            from mixlab.errors import ConfigError
+
+            if len(self.init_from) != net.num_experts:
+                raise ConfigError("model.init_from", f"got {len(self.init_from)} checkpoints for {net.num_experts} experts")
+        self.analysis_every_n_epochs = int(analysis_every_n_epochs)
+        self._stats: dict[str, torch.Tensor] = {}
+        self.last_analysis: Path | None = None
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.net.gate.temperature
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # setup runs before Lightning restores a resumed checkpoint, which then overwrites these
+        if stage == "fit" and self.init_from:
+            init_moe_from_submodels(self.net, self.init_from)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int):
+        x, y = batch
+        logits, gates = self.net(x)
+        world, _ = self.world()
+        ce = F.cross_entropy(logits, y)
+        # the seed's diversity is a sum over the batch: scale the local sum so that DDP's
+        # gradient averaging gives the global batch's sum (N devices x B/N == 1 device x B)
+        div = diversity_loss(gates) * world
+        bal = balance_loss(gates)
+        loss = ce + self.diversity_weight * div + self.balance_weight * bal
+        self.check_finite(loss)
+        log = dict(on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, **log)
+        self.log_dict({"train/ce": ce, "train/diversity": div, "train/balance": bal, "train/gate_entropy": gate_entropy(gates)}, **log)
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
+        return {"loss": loss, "usage": gates.detach()}
+
+    # ----- expert analysis ----------------------------------------------------------------
+    def _accumulate(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        experts, gates, gate_feats = self.net.expert_features(x)
+        E, C = self.net.num_experts, self.num_classes
+        onehot_y = F.one_hot(y, C).to(gates.dtype)  # [B,C]
+        correct = torch.stack([
+            (self.net.classify(experts, F.one_hot(torch.full_like(y, k), E).to(gates.dtype), gate_feats).argmax(1) == y).to(gates.dtype)
+            for k in range(E)])  # [E,B]
+        add = {"gate_sum": gates.T @ onehot_y, "count": onehot_y.sum(0), "expert_correct": correct @ onehot_y}
+        for key, value in add.items():
+            self._stats[key] = self._stats.get(key, 0) + value.detach().double()
+
+    def _eval_step(self, batch, split: str):
+        logits, y = super()._eval_step(batch, split)
+        self._accumulate(batch[0], y)
+        return logits, y
+
+    def expert_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(contribution [E,C] = mean gate per class, expert-only accuracy [E,C] in %), reduced over ranks."""
+        stats = {k: self.trainer.strategy.reduce(v, reduce_op="sum") if self._trainer is not None else v for k, v in self._stats.items()}
+        count = stats["count"].clamp_min(1)
+        return (stats["gate_sum"] / count).float().cpu(), (100 * stats["expert_correct"] / count).float().cpu()
+
+    def _analyse(self, split: str, tag: str) -> None:
+        if not self._stats:
+            return
+        contribution, expert_acc = self.expert_statistics()
+        self._stats = {}
+        for k in range(contribution.shape[0]):
+            for c, name in enumerate(self.class_names):
+                self.log(f"{split}/gate/expert_{k}/{name}", contribution[k, c], rank_zero_only=True)
+        self.log(f"{split}/gate_max_mean", contribution.max(0).values.mean(), rank_zero_only=True)
+        self._plot(contribution, expert_acc, tag)
+
+    @rank_zero_only
+    def _plot(self, contribution: torch.Tensor, expert_acc: torch.Tensor, tag: str) -> None:
+        from mixlab.moe.figures import plot_expert_analysis
+
+        path = Path(self.trainer.default_root_dir) / "figures" / f"expert_analysis_{tag}.png"
+        self.last_analysis = plot_expert_analysis(contribution.numpy(), expert_acc.numpy(), self.class_names, path,
+                                                  title=f"{tag}, T = {float(self.temperature):.2f}")
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.log("temperature_eval", float(self.temperature))
+        epoch = self.current_epoch + 1
+        last = self.trainer.max_epochs is not None and epoch >= self.trainer.max_epochs
+        every = self.analysis_every_n_epochs
+        if not self.trainer.sanity_checking and every > 0 and (epoch % every == 0 or last):
+            self._analyse("val", f"epoch{epoch:03d}")
+        self._stats = {}
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._analyse("test", "test")
