@@ -1,5 +1,5 @@
 """MoE / per-subset experiments end to end on the offline stand-in (tiny MNIST + Fashion-MNIST
-written here): every pretrain_* / moe_* experiment under debug=smoke_moe (the MoE initialised
+written here): every pretrain_* / moe_* experiment under debug=smoke (the MoE initialised
 from smoke sub-model checkpoints), DDP ddp_spawn with 2 CPU processes, and eval-moe."""
 
 import json
@@ -44,7 +44,7 @@ def standin_data(tmp_path_factory) -> Path:
 @pytest.fixture
 def moe_cfg(standin_data, tmp_path):
     def _make(*overrides: str, out: str = "run"):
-        return compose_train([*overrides, "debug=smoke_moe"], standin_data, tmp_path / out)
+        return compose_train([*overrides, "debug=smoke"], standin_data, tmp_path / out)
 
     return _make
 
@@ -56,7 +56,7 @@ def smoke_submodels(standin_data, tmp_path_factory) -> dict[str, list[str]]:
     ckpts = {"a": [], "b": []}
     for task, subsets in (("a", (1, 2, 3)), ("b", (2,))):
         for s in subsets:
-            cfg = compose_train([f"experiment=pretrain_task_{task}", f"data.subset={s}", "debug=smoke_moe", "trainer.max_epochs=1"],
+            cfg = compose_train([f"experiment=pretrain_task_{task}", f"data.subset={s}", "debug=smoke", "trainer.max_epochs=1"],
                                 standin_data, out / f"{task}{s}")
             summary = train(cfg)
             assert 0 <= summary["test_metrics"]["test/acc"] <= 1 and Path(summary["best_ckpt"]).is_file()
@@ -85,7 +85,7 @@ def test_moe_experiments_exist_with_reference_settings(moe_cfg):
 
 
 def test_pretrain_experiments_run_under_smoke(smoke_submodels):
-    # the fixture ran pretrain_task_a (subsets 1-3) and pretrain_task_b (subset 2) under debug=smoke_moe
+    # the fixture ran pretrain_task_a (subsets 1-3) and pretrain_task_b (subset 2) under debug=smoke
     assert len(smoke_submodels["a"]) == 3 and all(Path(p).is_file() for p in smoke_submodels["a"] + smoke_submodels["b"])
 
 

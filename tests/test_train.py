@@ -11,7 +11,8 @@ from mixlab.pipeline import train
 from mixlab.systems.base import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
-# image-classifier experiments (pretrain_task_*, moe_task_*) run under debug=smoke_moe in test_moe_train.py
+# image-classifier experiments (pretrain_task_*, moe_task_*) run under debug=smoke in test_moe_train.py,
+# where the MoE is initialised from the smoke sub-models it trains first
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if "_task_" not in p.stem)
 
 

@@ -25,11 +25,9 @@ class MCLGate(MixlabSystem):
         gate: partial taking num_experts -> nn.Module (x_scaled, c_noise) -> logits [B, K].
         experts_ckpt: checkpoint of a trained MCLDiffusion run.
         optimizer: partial taking params.
-        net: ignored. The experts' architecture comes from their checkpoint; the key only lets
-            debug=smoke (which shrinks `model.net` for every model) compose with this one.
     """
 
-    def __init__(self, gate: Callable[..., nn.Module], experts_ckpt: str, optimizer: Callable, seed: int = 0, net=None):
+    def __init__(self, gate: Callable[..., nn.Module], experts_ckpt: str, optimizer: Callable, seed: int = 0):
         super().__init__(seed=seed)
         from mixlab.systems.mcl_diffusion import MCLDiffusion
 
