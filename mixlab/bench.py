@@ -62,6 +62,27 @@ def time_variant(device: torch.device, batch: int, steps: int, warmup: int, chan
     return median_step_seconds(step, device, steps, warmup)
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+
+
+def measure(timers: list[tuple[str, dict, object]], batch: int, device: torch.device, ratio_key: str, json_path: str | None) -> list[dict]:
+    """Run each (name, extra row fields, seconds-per-step callable), print and return rows with
+    images/s and the ratio to the first (the reference); optionally write them as JSON."""
+    rows, ref = [], None
+    for name, extra, seconds in timers:
+        sec = seconds()
+        ref = ref or sec
+        row = {"variant": name, **extra, "sec_per_step": sec, "images_per_sec": batch / sec, ratio_key: ref / sec,
+               "peak_memory_mb": peak_memory_mb(device)}
+        rows.append(row)
+        print(f"  {name:<30} {row['images_per_sec']:9.1f} img/s   x{row[ratio_key]:.2f}   peak {row['peak_memory_mb']:.0f} MB")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -78,21 +99,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    rows, ref = [], None
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up")
-    for name in args.variants:
-        sec = time_variant(device, args.batch, args.steps, args.warmup, *VARIANTS[name])
-        ref = ref or sec
-        row = {"variant": name, "sec_per_step": sec, "images_per_sec": args.batch / sec, "speedup_vs_reference": ref / sec,
-               "peak_memory_mb": peak_memory_mb(device)}
-        rows.append(row)
-        print(f"  {name:<22} {row['images_per_sec']:9.1f} img/s   x{row['speedup_vs_reference']:.2f}   peak {row['peak_memory_mb']:.0f} MB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
-
+    print(f"device {device} ({device_name(device)}), batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up")
+    timers = [(name, {}, lambda name=name: time_variant(device, args.batch, args.steps, args.warmup, *VARIANTS[name])) for name in args.variants]
+    return measure(timers, args.batch, device, "speedup_vs_reference", args.json)
 
 if __name__ == "__main__":
     main()

@@ -8,11 +8,10 @@ Reports images/s and the ratio to the loop (the reference), plus one plain basel
 """
 
 import argparse
-import json
 
 import torch
 
-from mixlab.bench import median_step_seconds, peak_memory_mb
+from mixlab.bench import device_name, measure, median_step_seconds
 from mixlab.diffusion.loss import EpsilonLoss
 from mixlab.diffusion.schedule import LogUniformSigma
 from mixlab.moe.assignment import AnnealedWTA, weighted_expert_losses
@@ -52,22 +51,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"K={args.experts} seed ScoreNets, batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up")
-    rows, ref = [], None
-    for name, k, vectorize in (("loop over experts (reference)", args.experts, False), ("vmap over stacked experts", args.experts, True),
-                               ("one expert (K=1)", 1, False)):
-        sec = mcl_step_seconds(device, k, args.batch, vectorize, args.steps, args.warmup)
-        ref = ref or sec
-        row = {"variant": name, "experts": k, "sec_per_step": sec, "images_per_sec": args.batch / sec,
-               "speedup_vs_loop": ref / sec, "peak_memory_mb": peak_memory_mb(device)}
-        rows.append(row)
-        print(f"  {name:<30} {row['images_per_sec']:8.1f} img/s   x{row['speedup_vs_loop']:.2f}   peak {row['peak_memory_mb']:.0f} MB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
-
+    print(f"device {device} ({device_name(device)}), K={args.experts} seed ScoreNets, batch {args.batch}, "
+          f"median of {args.steps} steps after {args.warmup} warm-up")
+    plan = (("loop over experts (reference)", args.experts, False), ("vmap over stacked experts", args.experts, True), ("one expert (K=1)", 1, False))
+    timers = [(name, {"experts": k}, lambda k=k, v=v: mcl_step_seconds(device, k, args.batch, v, args.steps, args.warmup)) for name, k, v in plan]
+    return measure(timers, args.batch, device, "speedup_vs_loop", args.json)
 
 if __name__ == "__main__":
     main()
