@@ -56,7 +56,7 @@ eval: weights classifier  ## FID/P/R of a checkpoint: make eval ckpt=PATH [n=204
 
 eval-mcl: weights classifier  ## every MCL routing strategy: make eval-mcl ckpt=PATH [gate_ckpt=PATH ARGS="baseline_ckpt=PATH"]
 	@test -n "$(ckpt)" || { echo "error: ckpt: give an MCL checkpoint, e.g. make eval-mcl ckpt=logs/mcl_k4/runs/<time>/checkpoints/last.ckpt"; exit 2; }
-	$(PY) -m mixlab.mcl_eval ckpt=$(ckpt) n=$(n) solver=$(solver) steps=$(steps) grid=$(grid) \
+	$(PY) -m mixlab.mcl.evaluate ckpt=$(ckpt) n=$(n) solver=$(solver) steps=$(steps) grid=$(grid) \
 	  $(if $(gate_ckpt),gate_ckpt=$(gate_ckpt)) $(ARGS)
 
 test: setup weights  ## run the test suite (tiny configs, CPU)
@@ -64,13 +64,13 @@ test: setup weights  ## run the test suite (tiny configs, CPU)
 
 analyze: data  ## MCL analysis figures: make analyze ckpt=PATH [ARGS="gate_ckpt=PATH baseline_ckpt=PATH"]
 	@test -n "$(ckpt)" || { echo "error: ckpt: give an MCL checkpoint, e.g. make analyze ckpt=logs/mcl_k4/runs/<time>/checkpoints/last.ckpt"; exit 2; }
-	$(PY) -m mixlab.mcl_analysis ckpt=$(ckpt) $(if $(gate_ckpt),gate_ckpt=$(gate_ckpt)) $(ARGS)
+	$(PY) -m mixlab.mcl.analysis ckpt=$(ckpt) $(if $(gate_ckpt),gate_ckpt=$(gate_ckpt)) $(ARGS)
 
 bench: data  ## throughput / memory benchmark of the baseline (ratios vs a reference run)
-	$(PY) -m mixlab.bench $(ARGS)
+	$(PY) -m mixlab.score.bench $(ARGS)
 
 bench-mcl: setup  ## MCL K experts: vectorised (vmap) vs looped training step, ratio in one process
-	$(PY) -m mixlab.bench_mcl $(ARGS)
+	$(PY) -m mixlab.mcl.bench $(ARGS)
 
 clean:  ## remove logs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache
@@ -85,8 +85,8 @@ pretrain-moe: data-moe  ## 3 per-subset CNNs, then the MoE of task TASK=a|b init
 	    ckpts=$$ckpts$${ckpts:+,}$$(ls $$dir/pretrain_$$s/checkpoints/best_*.ckpt | head -1); \
 	  done; \
 	  $(PY) train.py experiment=moe_task_$(TASK) "model.init_from=[$$ckpts]" $(MOE_ARGS) $(ARGS) hydra.run.dir=$$dir/moe; \
-	  $(PY) -m mixlab.moe_eval --ckpt $$(ls $$dir/moe/checkpoints/best_*.ckpt | head -1)
+	  $(PY) -m mixlab.moe.evaluate --ckpt $$(ls $$dir/moe/checkpoints/best_*.ckpt | head -1)
 
 eval-moe:  ## accuracy table, confusion matrix, sample predictions of a classifier checkpoint: make eval-moe ckpt=PATH
 	@test -n "$(ckpt)" || { echo "error: ckpt: give the checkpoint, e.g. make eval-moe ckpt=logs/moe_task_a/runs/<time>/checkpoints/best_epoch042.ckpt"; exit 2; }
-	$(PY) -m mixlab.moe_eval --ckpt $(ckpt) $(ARGS)
+	$(PY) -m mixlab.moe.evaluate --ckpt $(ckpt) $(ARGS)

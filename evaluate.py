@@ -1,10 +1,10 @@
 """Evaluate a checkpoint: `python evaluate.py ckpt=PATH [n=2048 solver=heun steps=20]`."""
 
-from mixlab.cli import hydra_entry
+from mixlab.core.cli import hydra_entry
 
 
 def task():
-    from mixlab.evaluation import evaluate
+    from mixlab.score.evaluate import evaluate
 
     return evaluate
 

@@ -1,10 +1,10 @@
 """Train a mixlab system: `python train.py experiment=baseline [key=value ...]`."""
 
-from mixlab.cli import hydra_entry
+from mixlab.core.cli import hydra_entry
 
 
 def task():
-    from mixlab.pipeline import train
+    from mixlab.core.pipeline import train
 
     return train
 

@@ -66,7 +66,7 @@ class NaNAfterLoss:
     """EpsilonLoss that turns NaN from the `after`-th call on (to test the non-finite guard)."""
 
     def __init__(self, after: int = 3):
-        from mixlab.diffusion.loss import EpsilonLoss
+        from mixlab.score.losses import EpsilonLoss
 
         self.after, self.calls, self.inner = after, 0, EpsilonLoss()
 

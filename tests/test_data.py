@@ -13,7 +13,7 @@ import torch
 
 from mixlab.data import fetch, sources
 from mixlab.data.mnist import EpochSeededSampler, MNISTDataModule, per_device_batch_size
-from mixlab.errors import ConfigError, DataNotFoundError
+from mixlab.core.errors import ConfigError, DataNotFoundError
 
 
 def write_layout(root, dataset="mnist", n_train=40, n_test=20, gz=False):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixlab.pipeline import train
+from mixlab.core.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # SGD, not Adam: Adam divides by sqrt(v), so on parameters whose gradient is ~0 it turns

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from mixlab.diffusion.loss import EDMLoss, EpsilonLoss
-from mixlab.diffusion.precond import EDMPrecond, EpsilonPrecond
-from mixlab.diffusion.samplers import euler, heun, num_evaluations, sample
-from mixlab.diffusion.schedule import LogNormalSigma, LogUniformSigma, geometric_sigmas, karras_sigmas
+from mixlab.score.losses import EDMLoss, EpsilonLoss
+from mixlab.score.precond import EDMPrecond, EpsilonPrecond
+from mixlab.score.solvers import euler, heun, num_evaluations, sample
+from mixlab.score.schedule import LogNormalSigma, LogUniformSigma, geometric_sigmas, karras_sigmas
 from mixlab.nets.scorenet import ScoreNet
 
 MU, S = 0.3, 0.5  # data ~ N(MU, S^2 I)

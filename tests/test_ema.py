@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mixlab.callbacks.ema import EMA, EMAUpdate
-from mixlab.errors import ConfigError
-from mixlab.pipeline import build_callbacks
+from mixlab.core.errors import ConfigError
+from mixlab.core.pipeline import build_callbacks
 
 
 class LinearDescent(L.LightningModule):

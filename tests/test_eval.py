@@ -9,11 +9,11 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from mixlab.data.sources import load_split
-from mixlab.errors import ConfigError
-from mixlab.evaluation import evaluate
+from mixlab.core.errors import ConfigError
+from mixlab.score.evaluate import evaluate
 from mixlab.data.mnist import to_model_range
 from mixlab.metrics.classifier import save_classifier, train_classifier
-from mixlab.pipeline import train
+from mixlab.core.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]
 INCEPTION = ROOT / "data" / "weights" / "inception_v3_fid.pth"

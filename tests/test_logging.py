@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mixlab.pipeline import train, wandb_offline
+from mixlab.core.pipeline import train, wandb_offline
 
 
 def test_wandb_goes_offline_without_a_key(monkeypatch, tmp_path):

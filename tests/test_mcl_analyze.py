@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from mixlab.errors import ConfigError
-from mixlab.mcl_analysis import analyze, win_fractions_by_group
-from mixlab.pipeline import train
+from mixlab.core.errors import ConfigError
+from mixlab.mcl.analysis import analyze, win_fractions_by_group
+from mixlab.core.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["expert_vs_digit", "expert_vs_sigma", "multi_expert_grid", "trajectory", "strategy_comparison",

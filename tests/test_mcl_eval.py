@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixlab.errors import ConfigError
-from mixlab.evaluation import evaluate
-from mixlab.mcl_eval import evaluate_mcl
-from mixlab.pipeline import train
+from mixlab.core.errors import ConfigError
+from mixlab.score.evaluate import evaluate
+from mixlab.mcl.evaluate import evaluate_mcl
+from mixlab.core.pipeline import train
 from test_eval import eval_cfg, weights_dir  # noqa: F401  (fixture)
 
 

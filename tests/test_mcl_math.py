@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mixlab.errors import ConfigError
+from mixlab.core.errors import ConfigError
 from mixlab.metrics.expert_stats import dead_experts, effective_experts, usage_shares
-from mixlab.moe.assignment import AnnealedWTA, HardWTA, RelaxedWTA, ResilientMCL, weighted_expert_losses
+from mixlab.mcl.assignment import AnnealedWTA, HardWTA, RelaxedWTA, ResilientMCL, weighted_expert_losses
 from mixlab.nets.scorenet import ScoreNet
 from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
 
@@ -142,7 +142,7 @@ def test_usage_statistics():
 
 
 def test_bench_mcl_reports_the_three_variants(tmp_path):
-    from mixlab.bench_mcl import main
+    from mixlab.mcl.bench import main
 
     rows = main(["--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "b.json")])
     assert [r["variant"] for r in rows] == ["loop over experts (reference)", "vmap over stacked experts", "one expert (K=1)"]

@@ -8,11 +8,11 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from mixlab.callbacks.annealing import TemperatureAnnealing, annealed_value
-from mixlab.config import build
-from mixlab.errors import ConfigError
-from mixlab.moe.routing import STRATEGIES, Committed, Gated, SingleExpert, Sticky, build_routing
+from mixlab.core.config import build
+from mixlab.core.errors import ConfigError
+from mixlab.mcl.routing import STRATEGIES, Committed, Gated, SingleExpert, Sticky, build_routing
 from mixlab.nets.gating import GatingNet
-from mixlab.pipeline import train
+from mixlab.core.pipeline import train
 
 SMOKE = ["experiment=mcl_k4", "debug=smoke"]
 

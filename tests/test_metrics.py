@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixlab.errors import DataNotFoundError
+from mixlab.core.errors import DataNotFoundError
 from mixlab.metrics.classifier import load_classifier, main as classifier_main, save_classifier, train_classifier
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, cached_features, fidelity_metrics, to_uint8_rgb
 from mixlab.metrics.inception import WEIGHTS_FILE, ensure_inception_weights

@@ -8,10 +8,10 @@ import torch
 
 from mixlab.data.image_sources import CIFAR100Source, ImageFolderSource
 from mixlab.data.images import carve_validation, channel_stats, normalise, task_classes
-from mixlab.errors import ConfigError
+from mixlab.core.errors import ConfigError
 from mixlab.moe.init import average_state_dicts, init_moe_from_submodels
 from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
-from mixlab.nets.moe_classifier import GatingNetwork, MoEClassifier, SafeBatchNorm1d, SubModel
+from mixlab.moe.net import GatingNetwork, MoEClassifier, SafeBatchNorm1d, SubModel
 
 WIDTHS = (4, 8, 8, 16)
 

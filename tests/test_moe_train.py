@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import compose_train
-from mixlab.errors import ConfigError
-from mixlab.pipeline import train
+from mixlab.core.errors import ConfigError
+from mixlab.core.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]
 MOE_EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if "_task_" in p.stem)
@@ -111,7 +111,7 @@ def test_experiment_runs_under_smoke(moe_cfg, smoke_submodels, experiment):
 
 
 def test_eval_moe_writes_table_and_figures(moe_cfg, smoke_submodels, tmp_path):
-    from mixlab.moe_eval import evaluate_classifier
+    from mixlab.moe.evaluate import evaluate_classifier
 
     summary = RUNS.get("moe_task_a") or train(moe_cfg("experiment=moe_task_a", out="m"))
     table = evaluate_classifier(summary["best_ckpt"], tmp_path / "eval")

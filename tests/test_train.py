@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mixlab.data.sources import DataNotFoundError
-from mixlab.errors import ConfigError
-from mixlab.pipeline import train
-from mixlab.systems.base import NonFiniteLossError
+from mixlab.core.errors import ConfigError
+from mixlab.core.pipeline import train
+from mixlab.core.system import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 # image-classifier experiments (pretrain_task_*, moe_task_*) run under debug=smoke in test_moe_train.py,
@@ -23,7 +23,7 @@ def test_experiments_exist():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_with_seed_settings(make_cfg, experiment):
     cfg = make_cfg(f"experiment={experiment}")
-    assert cfg.task_name == experiment and cfg.model._target_.startswith("mixlab.systems.")
+    assert cfg.task_name == experiment and cfg.model._target_.startswith("mixlab.")
     if experiment == "baseline":  # the seed's recipe, exactly
         net = cfg.model.net
         assert (net.base_ch, list(net.ch_mult), net.num_res_blocks, net.time_dim, net.dropout) == (32, [1, 2], 2, 128, 0.05)

@@ -51,7 +51,7 @@ class TemperatureAnnealing(L.Callback):
     """
 
     def __init__(self, start: float, end: float, schedule: str = "exponential", interval: str = "epoch", total: int | None = None):
-        from mixlab.config import check_choice, require
+        from mixlab.core.config import check_choice, require
 
         check_choice(schedule, list(SCHEDULES), "callbacks.temperature.schedule")
         check_choice(interval, list(INTERVALS), "callbacks.temperature.interval")

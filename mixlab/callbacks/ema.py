@@ -35,7 +35,7 @@ class EMA(WeightAveraging):
 
     def __init__(self, decay: float = 0.999, warmup: bool = False, use_buffers: bool = True):
         if not 0.0 < decay < 1.0:
-            from mixlab.errors import ConfigError
+            from mixlab.core.errors import ConfigError
 
             raise ConfigError("callbacks.ema.decay", f"must be in (0, 1), got {decay}")
         super().__init__(use_buffers=use_buffers, avg_fn=EMAUpdate(decay, warmup))

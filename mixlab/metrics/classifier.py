@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mixlab.data.mnist import to_model_range
-from mixlab.errors import DataNotFoundError
+from mixlab.core.errors import DataNotFoundError
 from mixlab.nets.lenet import MNISTClassifier
 
 

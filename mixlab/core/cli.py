@@ -9,9 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mixlab.errors import MixlabError
+from mixlab.core.errors import MixlabError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_or_exit(fn: Callable[[DictConfig], object], cfg: DictConfig) -> None:

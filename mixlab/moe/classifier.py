@@ -1,5 +1,5 @@
 """Image classifiers: the per-subset CNN (`ImageClassifier`) and the multi-task MoE
-(`MoEClassifierSystem`, mixlab.systems.moe_classifier). Accuracy via torchmetrics."""
+(`MoEClassifierSystem`, mixlab.moe.system). Accuracy via torchmetrics."""
 
 from collections.abc import Callable, Sequence
 
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from mixlab.errors import ConfigError
-from mixlab.systems.base import MixlabSystem
+from mixlab.core.errors import ConfigError
+from mixlab.core.system import MixlabSystem
 
 
 class ImageClassifier(MixlabSystem):

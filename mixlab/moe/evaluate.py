@@ -1,5 +1,5 @@
 """Evaluate an image-classifier checkpoint (MoE or per-subset model) on its test split:
-`python -m mixlab.moe_eval --ckpt PATH [--out DIR] [--split test]` (`make eval-moe ckpt=PATH`).
+`python -m mixlab.moe.evaluate --ckpt PATH [--out DIR] [--split test]` (`make eval-moe ckpt=PATH`).
 
 Writes to DIR (default <run dir>/eval): accuracy.md + accuracy.json (overall and per class),
 confusion_matrix.png, sample_predictions.png (one test image for each of up to 10 classes with
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixlab.config import build, require
+from mixlab.core.config import build, require
 from mixlab.moe.figures import plot_confusion, plot_expert_analysis, plot_sample_predictions
-from mixlab.systems.loading import load_system
+from mixlab.core.checkpoint import load_system
 
 
 @torch.no_grad()
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--split", default="test")
     args = parser.parse_args(argv)
-    from mixlab.errors import MixlabError
+    from mixlab.core.errors import MixlabError
 
     try:
         evaluate_classifier(args.ckpt, args.out, args.split)

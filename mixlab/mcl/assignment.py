@@ -44,7 +44,7 @@ class RelaxedWTA:
 
     def __init__(self, alpha: float = 0.1):
         if not 0.0 <= alpha <= 1.0:
-            from mixlab.errors import ConfigError
+            from mixlab.core.errors import ConfigError
 
             raise ConfigError("model.assignment.alpha", f"must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)

@@ -11,10 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mixlab.config import check_choice, require  # noqa: E402
-from mixlab.evaluation import Scorer, load_for_eval, resolve_device, sample_and_score, validate_eval  # noqa: E402
-from mixlab.moe.routing import STRATEGIES, build_routing  # noqa: E402
-from mixlab.systems.loading import load_system  # noqa: E402
+from mixlab.core.config import check_choice, require  # noqa: E402
+from mixlab.score.evaluate import Scorer, load_for_eval, resolve_device, sample_and_score, validate_eval  # noqa: E402
+from mixlab.mcl.routing import STRATEGIES, build_routing  # noqa: E402
+from mixlab.core.checkpoint import load_system  # noqa: E402
 
 
 def applicable_strategies(system) -> list[tuple[str, dict]]:
@@ -108,7 +108,7 @@ def plot_comparison(rows: list[dict], protocols: list[str], path: Path) -> None:
 
 
 def main() -> None:
-    from mixlab.cli import hydra_entry
+    from mixlab.core.cli import hydra_entry
 
     hydra_entry("eval", lambda: evaluate_mcl)
 

@@ -8,7 +8,7 @@ weighting of the denoiser error ||D - x0||^2: 1/sigma^2 (seed) vs 1/sigma^2 + 1/
 import torch
 from torch import nn
 
-from mixlab.diffusion.precond import _bc
+from mixlab.score.precond import _bc
 
 
 def per_sample_mean(err: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from mixlab.callbacks.plots import plot_usage_history  # noqa: E402
-from mixlab.config import check_positive_int, require  # noqa: E402
+from mixlab.core.config import check_positive_int, require  # noqa: E402
 from mixlab.data.mnist import to_model_range  # noqa: E402
 from mixlab.data.sources import load_split  # noqa: E402
-from mixlab.evaluation import load_for_eval, resolve_device  # noqa: E402
-from mixlab.mcl_eval import applicable_strategies, label  # noqa: E402
-from mixlab.moe.routing import SingleExpert, build_routing  # noqa: E402
+from mixlab.score.evaluate import load_for_eval, resolve_device  # noqa: E402
+from mixlab.mcl.evaluate import applicable_strategies, label  # noqa: E402
+from mixlab.mcl.routing import SingleExpert, build_routing  # noqa: E402
 
 
 # ----- statistics (pure) -------------------------------------------------------------------
@@ -177,7 +177,7 @@ def analyze(cfg: DictConfig) -> dict:
                                         [f"σ={s:.2g}" for s in sig], f"Denoised estimate along the ODE ({path_routing.name} routing)")
     rows, names = [], []
     if cfg.get("baseline_ckpt"):
-        from mixlab.systems.loading import load_system
+        from mixlab.core.checkpoint import load_system
 
         rows.append(draw(None, load_system(cfg.baseline_ckpt, device, key="baseline_ckpt")[0]))
         names.append("baseline")
@@ -203,7 +203,7 @@ def analyze(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    from mixlab.cli import hydra_entry
+    from mixlab.core.cli import hydra_entry
 
     hydra_entry("mcl_analysis", lambda: analyze)
 

@@ -3,9 +3,9 @@
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from mixlab.diffusion.samplers import SOLVERS
-from mixlab.diffusion.schedule import SIGMA_GRIDS
-from mixlab.errors import ConfigError
+from mixlab.score.solvers import SOLVERS
+from mixlab.score.schedule import SIGMA_GRIDS
+from mixlab.core.errors import ConfigError
 
 
 def require(ok: bool, key: str, problem: str) -> None:
@@ -55,7 +55,7 @@ def world_size(trainer: DictConfig) -> int:
 
 
 def validate_diffusion_model(model: DictConfig) -> None:
-    from mixlab.systems.score_diffusion import PRECONDS
+    from mixlab.score.system import PRECONDS
 
     check_choice(model.get("precond", "eps"), list(PRECONDS), "model.precond")
     smin, smax = model.get("sigma_min", 0.01), model.get("sigma_max", 80.0)
@@ -105,7 +105,7 @@ def build(node, **kwargs):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from mixlab.errors import MixlabError
+    from mixlab.core.errors import MixlabError
 
     try:
         return instantiate(node, **kwargs)

@@ -120,7 +120,7 @@ class MoEClassifier(nn.Module):
                  temperature: float = 2.0):
         super().__init__()
         if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-            from mixlab.errors import ConfigError
+            from mixlab.core.errors import ConfigError
 
             raise ConfigError("model.net.num_experts", f"must be an integer >= 1, got {num_experts!r}")
         self.num_experts, self.num_classes = num_experts, num_classes

@@ -5,10 +5,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mixlab.diffusion.precond import EDMPrecond, EpsilonPrecond
-from mixlab.diffusion.samplers import sample
-from mixlab.diffusion.schedule import sigma_grid
-from mixlab.systems.base import MixlabSystem
+from mixlab.score.precond import EDMPrecond, EpsilonPrecond
+from mixlab.score.solvers import sample
+from mixlab.score.schedule import sigma_grid
+from mixlab.core.system import MixlabSystem
 
 PRECONDS: dict[str, Callable[[nn.Module, float], nn.Module]] = {
     "eps": lambda net, sigma_data: EpsilonPrecond(net),
@@ -115,7 +115,7 @@ class ScoreDiffusion(MixlabSystem):
         routing=None,
     ) -> torch.Tensor:
         """n images in [-1, 1] on CPU, [n, C, H, W], integrated in chunks of batch_size.
-        `routing` picks experts in mixture systems (mixlab.moe.routing); ignored here."""
+        `routing` picks experts in mixture systems (mixlab.mcl.routing); ignored here."""
         opts = {**self.sampler_defaults, **{k: v for k, v in dict(solver=solver, steps=steps, grid=grid).items() if v}}
         sigmas = self.sigmas(opts["steps"], opts["grid"])
         was_training = self.model.training

@@ -1,4 +1,4 @@
-"""MCL training-step benchmark: `make bench-mcl` / `python -m mixlab.bench_mcl [--experts 4 --batch 128]`.
+"""MCL training-step benchmark: `make bench-mcl` / `python -m mixlab.mcl.bench [--experts 4 --batch 128]`.
 
 Times one full MCL optimizer step (the K experts' loss matrix, annealed-WTA weights, per-expert
 losses, backward, per-expert clipping, Adam) of the seed's ScoreNet experts, with the experts
@@ -11,13 +11,13 @@ import argparse
 
 import torch
 
-from mixlab.bench import device_name, measure, median_step_seconds
-from mixlab.diffusion.loss import EpsilonLoss
-from mixlab.diffusion.schedule import LogUniformSigma
-from mixlab.moe.assignment import AnnealedWTA, weighted_expert_losses
+from mixlab.core.bench import device_name, measure, median_step_seconds
+from mixlab.score.losses import EpsilonLoss
+from mixlab.score.schedule import LogUniformSigma
+from mixlab.mcl.assignment import AnnealedWTA, weighted_expert_losses
 from mixlab.nets.scorenet import ScoreNet
 from mixlab.nets.stacked import clip_grad_norm_per_expert
-from mixlab.systems.mcl_diffusion import MCLDiffusion
+from mixlab.mcl.system import MCLDiffusion
 
 
 def mcl_step_seconds(device: torch.device, experts: int, batch: int, vectorize: bool, steps: int, warmup: int) -> float:

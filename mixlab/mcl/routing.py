@@ -14,7 +14,7 @@ import abc
 
 import torch
 
-from mixlab.errors import ConfigError
+from mixlab.core.errors import ConfigError
 
 
 class Routing(abc.ABC):

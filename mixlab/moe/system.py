@@ -13,8 +13,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mixlab.moe.init import init_moe_from_submodels
 from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
-from mixlab.nets.moe_classifier import MoEClassifier
-from mixlab.systems.image_classifier import ImageClassifier
+from mixlab.moe.net import MoEClassifier
+from mixlab.moe.classifier import ImageClassifier
 
 
 class MoEClassifierSystem(ImageClassifier):
@@ -25,7 +25,7 @@ class MoEClassifierSystem(ImageClassifier):
         self.diversity_weight, self.balance_weight = float(diversity_weight), float(balance_weight)
         self.init_from = list(init_from) if init_from else None
         if self.init_from:  # fail before training on a count mismatch; weights are loaded in setup("fit")
-            from mixlab.errors import ConfigError
+            from mixlab.core.errors import ConfigError
 
             if len(self.init_from) != net.num_experts:
                 raise ConfigError("model.init_from", f"got {len(self.init_from)} checkpoints for {net.num_experts} experts")

@@ -6,7 +6,7 @@ import torch
 
 from omegaconf import DictConfig, OmegaConf
 
-from mixlab.config import build, require
+from mixlab.core.config import build, require
 
 
 def load_system(ckpt_path: str | Path, device: torch.device | str = "cpu", key: str = "ckpt") -> tuple:

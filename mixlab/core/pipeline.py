@@ -11,9 +11,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mixlab.callbacks.history import MetricHistory
-from mixlab.config import build, validate_train
+from mixlab.core.config import build, validate_train
 from mixlab.data.sources import internet_reachable
-from mixlab.errors import ConfigError
+from mixlab.core.errors import ConfigError
 
 
 def wandb_offline() -> bool:

@@ -4,7 +4,7 @@ Per step one x0, sigma and noise per sample, shared by all experts; the K expert
 stacked forward (`StackedExperts`), giving the [B, K] DSM loss matrix m (per-pixel mean, with
 gradient). The assignment rule turns the routing losses (m * pixels, the reference's pixel sum)
 into weights, and each expert minimises its weighted, per-expert normalised loss. Sampling
-integrates the PF-ODE through a routing strategy (mixlab.moe.routing).
+integrates the PF-ODE through a routing strategy (mixlab.mcl.routing).
 """
 
 from collections.abc import Callable
@@ -12,13 +12,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mixlab.diffusion.precond import _bc
-from mixlab.errors import ConfigError
+from mixlab.score.precond import _bc
+from mixlab.core.errors import ConfigError
 from mixlab.metrics.expert_stats import usage_shares
-from mixlab.moe.assignment import NORMALIZATIONS, weighted_expert_losses
-from mixlab.moe.routing import Routing, SingleExpert
+from mixlab.mcl.assignment import NORMALIZATIONS, weighted_expert_losses
+from mixlab.mcl.routing import Routing, SingleExpert
 from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
-from mixlab.systems.score_diffusion import PRECONDS, ScoreDiffusion
+from mixlab.score.system import PRECONDS, ScoreDiffusion
 
 
 class _OneExpert(nn.Module):
@@ -34,7 +34,7 @@ class _OneExpert(nn.Module):
 
 class MCLDiffusion(ScoreDiffusion):
     """Args (beyond ScoreDiffusion's):
-        assignment: HardWTA | AnnealedWTA | RelaxedWTA | ResilientMCL (mixlab.moe.assignment).
+        assignment: HardWTA | AnnealedWTA | RelaxedWTA | ResilientMCL (mixlab.mcl.assignment).
         num_experts: K >= 1.
         vectorize: auto (vmap on CUDA, loop of parameter slices on CPU: faster there) | true | false.
         normalization: per_expert (the reference) | batch (published annealed MCL).

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixlab.diffusion.precond import _bc
-from mixlab.diffusion.schedule import LogUniformSigma
-from mixlab.errors import ConfigError
-from mixlab.systems.base import MixlabSystem
-from mixlab.systems.loading import load_system
+from mixlab.score.precond import _bc
+from mixlab.score.schedule import LogUniformSigma
+from mixlab.core.errors import ConfigError
+from mixlab.core.system import MixlabSystem
+from mixlab.core.checkpoint import load_system
 
 
 class MCLGate(MixlabSystem):
@@ -29,7 +29,7 @@ class MCLGate(MixlabSystem):
 
     def __init__(self, gate: Callable[..., nn.Module], experts_ckpt: str, optimizer: Callable, seed: int = 0):
         super().__init__(seed=seed)
-        from mixlab.systems.mcl_diffusion import MCLDiffusion
+        from mixlab.mcl.system import MCLDiffusion
 
         experts, _, _ = load_system(experts_ckpt, "cpu", key="model.experts_ckpt")
         if not isinstance(experts, MCLDiffusion):

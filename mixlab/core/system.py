@@ -6,7 +6,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from mixlab.errors import MixlabError
+from mixlab.core.errors import MixlabError
 
 
 class NonFiniteLossError(MixlabError):

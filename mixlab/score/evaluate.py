@@ -15,11 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mixlab.callbacks.sampling import save_grid
-from mixlab.config import build, check_choice, check_positive_int, check_sampler, require
-from mixlab.diffusion.samplers import num_evaluations
-from mixlab.errors import ConfigError
+from mixlab.core.config import build, check_choice, check_positive_int, check_sampler, require
+from mixlab.score.solvers import num_evaluations
+from mixlab.core.errors import ConfigError
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
-from mixlab.systems.loading import load_system
+from mixlab.core.checkpoint import load_system
 
 
 def feature_extractor(protocol: str, cfg: DictConfig, dataset: str, device: torch.device):
@@ -52,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
 def load_for_eval(cfg: DictConfig, device: torch.device):
     """(system, run config, checkpoint). A gate checkpoint (experiment=mcl_k4_gate) evaluates
     its experts with the gate attached; `gate_ckpt=` attaches a gate to an MCL checkpoint."""
-    from mixlab.systems.mcl_gate import MCLGate
+    from mixlab.mcl.gate import MCLGate
 
     system, run_cfg, ckpt = load_system(cfg.ckpt, device)
     if isinstance(system, MCLGate):
@@ -76,7 +76,7 @@ def routing_from_cfg(cfg: DictConfig, system):
         return None
     if not strategy:
         return system.routing
-    from mixlab.moe.routing import build_routing
+    from mixlab.mcl.routing import build_routing
 
     return build_routing(strategy, expert=cfg.get("expert", 0), seed=cfg.get("routing_seed", 0), per=cfg.get("per", "batch"))
 
