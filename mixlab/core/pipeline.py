@@ -1,4 +1,8 @@
-"""Instantiate datamodule / system / callbacks / loggers / trainer from a config and fit."""
+"""Instantiate system / datamodule / callbacks / loggers / trainer from a config and fit.
+
+Method-free: a system is whatever `model._target_` names; it checks its own configuration
+(`check_config`), may need no data set (`needs_data = False`, its own train_dataloader), and
+owns the batch sizes it defines (`check_world_size`)."""
 
 import json
 import os
@@ -6,14 +10,18 @@ from netrc import netrc
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mixlab.callbacks.history import MetricHistory
-from mixlab.core.config import build, validate_train
-from mixlab.data.sources import internet_reachable
+from mixlab.core.checkpoint import resolve_resume, system_class
+from mixlab.core.config import build, check_missing, check_optimizer_numbers, check_trainer, require
+from mixlab.core.distributed import world_size
 from mixlab.core.errors import ConfigError
+from mixlab.core.quiet import quiet_lightning
+from mixlab.core.network import internet_reachable
 
 
 def wandb_offline() -> bool:
@@ -38,7 +46,13 @@ def build_loggers(cfg: DictConfig | None) -> list:
         if node._target_.endswith("WandbLogger") and wandb_offline():
             rank_zero_info(f"[mixlab] logger.{name}: wandb in offline mode (no API key or no network); `wandb sync` the run dir later")
             node = OmegaConf.merge(node, {"offline": True})
-        loggers.append(build(node))
+        try:
+            loggers.append(build(node))
+        except InstantiationException as err:
+            if isinstance(err.__cause__, ModuleNotFoundError):  # e.g. tensorboard is an optional extra
+                raise ConfigError(f"logger.{name}", f"{str(err.__cause__).splitlines()[0]} (make setup installs the "
+                                                    "optional extras; or choose another logger=)") from None
+            raise
     return loggers
 
 
@@ -50,32 +64,38 @@ def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
     return sorted(callbacks, key=lambda cb: (isinstance(cb, WeightAveraging), isinstance(cb, MetricHistory)))
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> str | None:
-    """`last` -> newest last.ckpt of this task's runs; None -> auto-resume this run dir if it has one."""
-    own = output_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path in (None, ""):
-        return str(own) if own.exists() else None
-    if ckpt_path == "last":
-        found = sorted(task_dir.glob("runs/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ConfigError("ckpt_path", f"'last' but no {task_dir}/runs/*/checkpoints/last.ckpt exists; pass a path instead")
-        return str(found[-1])
-    if not Path(ckpt_path).is_file():
-        raise ConfigError("ckpt_path", f"checkpoint file {ckpt_path} does not exist")
-    return str(ckpt_path)
+def check_run_config(cfg: DictConfig):
+    """Everything that can be checked before data or training: trainer and optimizer numbers,
+    values left `???`, and the system's own checks. Returns (system class, world size)."""
+    require(cfg.get("model") is not None and "_target_" in cfg.model, "model", "missing from the config (choose one: model=NAME or experiment=NAME)")
+    require(cfg.get("trainer") is not None, "trainer", "missing from the config")
+    system_cls = system_class(cfg.model._target_)
+    system_cls.check_config(cfg)
+    check_missing(cfg.model)
+    if cfg.get("data") is not None:
+        check_missing(cfg.data)
+    elif system_cls.needs_data:
+        raise ConfigError("data", f"{system_cls.__name__} trains on a data set: choose one (data=NAME)")
+    check_trainer(cfg.trainer)
+    check_optimizer_numbers(cfg.model)
+    return system_cls, world_size(cfg.trainer)
 
 
 def train(cfg: DictConfig) -> dict:
     """Fit the configured system; returns (and writes, rank 0) a summary with paths and metrics."""
-    validate_train(cfg)
+    quiet_lightning()
+    _, world = check_run_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name)
-    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_resume(cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = build(cfg.data)
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        datamodule.prepare_data()  # fails here, before any training, when data is missing
     system = build(cfg.model)
+    system.check_world_size(world)
+    datamodule = build(cfg.data) if cfg.get("data") is not None else None
+    if datamodule is not None:
+        datamodule.check_world_size(world)
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            datamodule.prepare_data()  # fails here, before any training, when data is missing
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks, loggers = build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -87,19 +107,16 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = {
         "run_dir": str(output_dir),
-        "last_ckpt": getattr(trainer.checkpoint_callback, "last_model_path", None) or _existing(output_dir / "checkpoints" / "last.ckpt"),
-        "best_ckpt": getattr(trainer.checkpoint_callback, "best_model_path", None),
+        "last_ckpt": _existing(output_dir / "checkpoints" / "last.ckpt"),
+        "best_ckpt": getattr(trainer.checkpoint_callback, "best_model_path", None) or None,
         "sample_grid": next((str(cb.last_path) for cb in callbacks if getattr(cb, "last_path", None)), None),
         "global_step": trainer.global_step,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
     }
-    test_metrics = None
-    if cfg.get("test_after_fit") and hasattr(datamodule, "test_dataloader"):
+    if cfg.get("test_after_fit"):
         # the test split, touched once at the end, with the checkpoint selected on validation
         results = trainer.test(system, datamodule=datamodule, ckpt_path=summary["best_ckpt"] or None, verbose=False)
-        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    if test_metrics is not None:
-        summary["test_metrics"] = test_metrics
+        summary["test_metrics"] = {k: float(v) for k, v in (results[0] if results else {}).items()}
     _write_summary(output_dir, summary)
     return summary
 

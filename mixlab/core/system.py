@@ -1,5 +1,7 @@
 """What every mixlab LightningModule shares: the run config stored in each checkpoint, a
-non-finite-loss guard, a device-count-invariant noise stream, and RNG state across resume."""
+non-finite-loss guard, a device-count-invariant noise stream, RNG state across resume, and the
+hooks through which the method-free core talks to a method (its config checks, its evaluator,
+its sample sets, whether it needs a data set)."""
 
 from typing import Any
 
@@ -14,14 +16,57 @@ class NonFiniteLossError(MixlabError):
 
 
 class MixlabSystem(L.LightningModule):
-    """Base LightningModule. Subclasses draw training noise with `self.noise_generator()`."""
+    """Base LightningModule. Subclasses draw training noise with `self.noise_generator()`.
 
-    def __init__(self, seed: int = 0):
+    What the core asks of a system (override as needed):
+        evaluator: name of its default evaluator, conf/evaluator/<name>.yaml (`evaluate.py ckpt=`).
+        needs_data: False for systems that draw their own batches (they define train_dataloader).
+        check_config(cfg): classmethod, checks the composed run config before anything is built.
+        check_world_size(n): the batch sizes the system owns split over n processes.
+        sample_sets(): named extra keyword sets for `sample()` drawn by the SampleGrid callback.
+        compiled_modules(): what `model.compile=true` compiles.
+    """
+
+    evaluator: str | None = None
+    needs_data: bool = True
+
+    def __init__(self, seed: int = 0, compile: bool = False):
         super().__init__()
         self.run_config: dict | None = None  # the composed Hydra config, set by the pipeline
         self.noise_seed = int(seed)
+        self.compile_nets = bool(compile)
         self._noise_gen: torch.Generator | None = None
         self._pending_rng: dict | None = None
+
+    # ----- what the core asks of a method -------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise ConfigError naming the key for a bad value in the composed config (no data or
+        training has happened yet). Constructors check their own arguments as well."""
+
+    def check_world_size(self, world_size: int) -> None:
+        """Batch sizes configured on the system (data-free systems) must split over the ranks."""
+
+    def sample_sets(self) -> dict[str, dict]:
+        """{name: extra sample() keywords}: the sample grids drawn during training ('' = default)."""
+        return {"": {}}
+
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        """Modules whose forward `model.compile=true` wraps in torch.compile (in place, so
+        parameter names and checkpoints are unchanged)."""
+        return []
+
+    def on_fit_start(self) -> None:
+        """Subclasses that override this call super().on_fit_start()."""
+        if self.compile_nets and not getattr(self, "_compiled", False):
+            modules = self.compiled_modules()
+            if not modules:
+                from mixlab.core.errors import ConfigError
+
+                raise ConfigError("model.compile", f"{type(self).__name__} does not name modules to compile")
+            for module in modules:
+                module.compile()
+            self._compiled = True
 
     # ----- randomness -------------------------------------------------------------------
     def noise_generator(self) -> torch.Generator:

@@ -13,12 +13,11 @@ Batches ``(x, y)``: x float32 [B,3,H,W] normalised, y int64 [B].
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from mixlab.data.mnist import EpochSeededSampler, per_device_batch_size
+from mixlab.data.base import EpochSeededSampler, GlobalBatchDataModule
 from mixlab.core.errors import ConfigError
 
 
@@ -69,24 +68,22 @@ def augment_batch(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
-class ImageTaskDataModule(L.LightningDataModule):
+class ImageTaskDataModule(GlobalBatchDataModule):
     """``batch_size`` is GLOBAL (split over devices, divisibility checked)."""
 
     def __init__(self, source, subsets: list[list[str]], subset: int | None = None, task: str = "task", image_size: int | None = None,
                  batch_size: int = 32, val_fraction: float = 0.1, augment: bool = False, num_workers: int = 0,
                  train_limit: int | None = None, val_limit: int | None = None, test_limit: int | None = None,
                  seed: int = 0):
-        super().__init__()
+        super().__init__(batch_size)
         self.subsets = [list(s) for s in subsets]
         self.class_names = task_classes(self.subsets, subset)
-        per_device_batch_size(batch_size, 1)
         if not 0 < val_fraction < 1:
             raise ConfigError("data.val_fraction", f"must be in (0, 1), got {val_fraction}")
         self.source, self.subset, self.task, self.image_size = source, subset, task, image_size
-        self.batch_size, self.val_fraction, self.augment, self.num_workers = batch_size, val_fraction, augment, num_workers
+        self.val_fraction, self.augment, self.num_workers = val_fraction, augment, num_workers
         self.limits = {"train": train_limit, "val": val_limit, "test": test_limit}
         self.seed = int(seed)
-        self.per_device_batch_size, self.rank, self.world_size = batch_size, 0, 1
         self.sets: dict[str, TensorDataset] = {}
         self.mean = self.std = None
 
@@ -124,9 +121,7 @@ class ImageTaskDataModule(L.LightningDataModule):
             self.sets[split] = TensorDataset(normalise(imgs, self.mean, self.std), torch.from_numpy(labs))
 
     def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None:
-            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
-        self.per_device_batch_size = per_device_batch_size(self.batch_size, self.world_size)
+        self.bind_trainer()
         self.build()
         if self.batch_size > len(self.sets["train"]):
             raise ConfigError("data.batch_size", f"global batch size {self.batch_size} exceeds the {len(self.sets['train'])} training images")

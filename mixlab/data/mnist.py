@@ -7,29 +7,15 @@ train = the train split, val = the test split (both optionally truncated to thei
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from mixlab.data import sources
 from mixlab.core.errors import ConfigError
-
-
-def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
-    """Split the global batch over ``world_size`` processes; it must divide evenly."""
-    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int) or global_batch_size <= 0:
-        raise ConfigError("data.batch_size", "must be a positive integer")
-    if global_batch_size % world_size:
-        raise ConfigError(
-            "data.batch_size",
-            f"global batch size {global_batch_size} is not divisible by {world_size} devices "
-            "(trainer.devices x trainer.num_nodes)",
-        )
-    return global_batch_size // world_size
+from mixlab.data import sources
+from mixlab.data.base import EpochSeededSampler, GlobalBatchDataModule
 
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:
@@ -38,35 +24,7 @@ def to_model_range(images: np.ndarray) -> torch.Tensor:
     return (x / 127.5 - 1.0).unsqueeze(1)
 
 
-class EpochSeededSampler(Sampler[int]):
-    """This rank's share of an epoch's order of ``range(n)``, which depends only on seed + epoch.
-
-    The order (a permutation when ``shuffle``, else ``0..n-1``) is the same on every rank; rank r
-    of W takes positions r, r + W, r + 2W, ... of it. With a per-device batch of B/W, the W
-    ranks' j-th batches together hold exactly global batch j of a single process with batch B,
-    so N devices reproduce one (the trainer runs with ``use_distributed_sampler=False``).
-    Lightning calls ``set_epoch`` each epoch, so a resumed run sees the same order.
-    """
-
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), shuffle, 0
-        self.rank, self.world_size = int(rank), int(world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(self.n)
-        return iter(order[: len(self) * self.world_size][self.rank :: self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return self.n // self.world_size
-
-
-class MNISTDataModule(L.LightningDataModule):
+class MNISTDataModule(GlobalBatchDataModule):
     """MNIST or Fashion-MNIST from ``<root>/<Name>/raw`` (see ``mixlab.data.sources``).
 
     ``batch_size`` is the GLOBAL batch size; each process loads ``batch_size / world_size``.
@@ -89,18 +47,15 @@ class MNISTDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         download: bool = True,
     ):
-        super().__init__()
+        super().__init__(batch_size)
         sources.dataset_dir_name(dataset)  # fail fast on unknown names
-        per_device_batch_size(batch_size, 1)  # fail fast on non-positive sizes
         for key, limit in (("data.train_limit", train_limit), ("data.val_limit", val_limit)):
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
                 raise ConfigError(key, f"must be a positive integer or null, got {limit!r}")
         self.root, self.dataset = root, dataset
-        self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
+        self.num_workers, self.shuffle = num_workers, shuffle
         self.train_limit, self.val_limit, self.seed = train_limit, val_limit, seed
         self.pin_memory, self.download = pin_memory, download
-        self.per_device_batch_size = batch_size
-        self.rank, self.world_size = 0, 1  # set from the trainer in setup()
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
 
@@ -122,9 +77,8 @@ class MNISTDataModule(L.LightningDataModule):
         return TensorDataset(to_model_range(images), torch.from_numpy(np.array(labels, dtype=np.int64)))
 
     def setup(self, stage: str | None = None) -> None:
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        self.rank, self.world_size = (self.trainer.global_rank if self.trainer is not None else 0), world_size
-        self.per_device_batch_size = per_device_batch_size(self.batch_size, world_size)
+        self.bind_trainer()
+        world_size = self.world_size
         if self.train_set is None:
             self.train_set = self._tensor_dataset("train", self.train_limit, "data.train_limit")
             self.val_set = self._tensor_dataset("test", self.val_limit, "data.val_limit")

@@ -19,13 +19,12 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-import socket
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from mixlab.core.errors import ConfigError, DataNotFoundError, MixlabError
+from mixlab.core.network import internet_reachable  # noqa: F401  (sources.internet_reachable: patched in tests)
 
 # config name -> torchvision class name (= folder name under the data root)
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -145,26 +144,6 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------- download
-def internet_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
-    """True when a TCP connection to ``host:port`` opens within ``timeout`` seconds.
-
-    Runs in a daemon thread so that a hanging DNS lookup cannot block the caller either.
-    """
-    result = {"ok": False}
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result["ok"] = True
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return result["ok"]
-
-
 def torchvision_download(root: str | os.PathLike, dataset: str) -> None:
     """Download both splits with ``torchvision.datasets.<Name>(root, download=True)``."""
     from torchvision import datasets

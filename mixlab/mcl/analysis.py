@@ -1,4 +1,5 @@
-"""`make analyze ckpt=PATH`: the seed's MCL analysis figures from one checkpoint.
+"""The `mcl_analysis` evaluator, `make analyze ckpt=PATH` (python evaluate.py ckpt=PATH
+evaluator=mcl_analysis): the seed's MCL analysis figures from one checkpoint.
 
 expert_vs_digit, expert_vs_sigma (who wins the DSM loss, by test digit and by noise level),
 multi_expert_grid (each expert alone from the same noise), trajectory (the default routing's
@@ -17,15 +18,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from mixlab.callbacks.plots import plot_usage_history  # noqa: E402
-from mixlab.core.config import check_positive_int, require  # noqa: E402
+from mixlab.core.config import check_positive_int  # noqa: E402
+from mixlab.core.evaluate import resolve_device  # noqa: E402
 from mixlab.data.mnist import to_model_range  # noqa: E402
 from mixlab.data.sources import load_split  # noqa: E402
-from mixlab.score.evaluate import load_for_eval, resolve_device  # noqa: E402
-from mixlab.mcl.evaluate import applicable_strategies, label  # noqa: E402
+from mixlab.mcl.evaluate import applicable_strategies, label, load_bank  # noqa: E402
 from mixlab.mcl.routing import SingleExpert, build_routing  # noqa: E402
 
 
@@ -139,12 +140,10 @@ def _training_curves(history: list[dict], path: Path) -> Path:
 
 # ----- the command -------------------------------------------------------------------------
 def analyze(cfg: DictConfig) -> dict:
-    require(not OmegaConf.is_missing(cfg, "ckpt") and cfg.ckpt, "ckpt", "give an MCL checkpoint: make analyze ckpt=PATH")
     for key in ("n", "steps", "num_eval_samples"):
         check_positive_int(cfg[key], key)
     device = resolve_device(cfg.device)
-    system, run_cfg, ckpt = load_for_eval(cfg, device)
-    require(hasattr(system, "num_experts"), "ckpt", f"{cfg.ckpt} is not an MCL checkpoint")
+    system, run_cfg, ckpt = load_bank(cfg, device)
     out = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     K, written = system.num_experts, {}
@@ -200,13 +199,3 @@ def analyze(cfg: DictConfig) -> dict:
     for name, path in written.items():
         print(f"[mixlab] {name:<22} {path}")
     return stats
-
-
-def main() -> None:
-    from mixlab.core.cli import hydra_entry
-
-    hydra_entry("mcl_analysis", lambda: analyze)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,11 @@
-"""`make eval-mcl ckpt=PATH [gate_ckpt=PATH baseline_ckpt=PATH]`: every routing strategy of an MCL
-checkpoint (and optionally a baseline) scored on the same real features and initial noise; writes
-strategy_comparison.md / .json / .png next to the checkpoint (eval/ dir)."""
+"""The `mcl` evaluator: FID / P / R of an MCL checkpoint through a routing strategy.
+
+`make eval ckpt=PATH strategy=gated gate_ckpt=GATE` scores one strategy; `strategy=all`
+(`make eval-mcl`) scores every strategy that applies (and optionally a baseline checkpoint) on
+the same real features and initial noise and writes strategy_comparison.md / .json / .png next
+to the checkpoint (eval/ dir). A gate checkpoint (experiment=mcl_k4_gate) is evaluated as its
+experts with the gate attached.
+"""
 
 import json
 from pathlib import Path
@@ -9,15 +14,36 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from mixlab.core.config import check_choice, require  # noqa: E402
-from mixlab.score.evaluate import Scorer, load_for_eval, resolve_device, sample_and_score, validate_eval  # noqa: E402
-from mixlab.mcl.routing import STRATEGIES, build_routing  # noqa: E402
 from mixlab.core.checkpoint import load_system  # noqa: E402
+from mixlab.core.config import check_choice, require  # noqa: E402
+from mixlab.core.evaluate import resolve_device  # noqa: E402
+from mixlab.mcl.gate import MCLGate  # noqa: E402
+from mixlab.mcl.routing import STRATEGIES, Routing, build_routing  # noqa: E402
+from mixlab.mcl.system import MCLDiffusion  # noqa: E402
+from mixlab.score.evaluate import Scorer, out_dir_of, print_report, sample_and_score, validate  # noqa: E402
 
 
-def applicable_strategies(system) -> list[tuple[str, dict]]:
+def load_bank(cfg: DictConfig, device: torch.device) -> tuple[MCLDiffusion, DictConfig, dict]:
+    """(MCL system, its run config, the checkpoint), with a gate attached when `cfg.ckpt` is a
+    gate checkpoint or `gate_ckpt=` names one."""
+    system, run_cfg, ckpt = load_system(cfg.ckpt, device)
+    if isinstance(system, MCLGate):
+        system = system.attach()
+        run_cfg = OmegaConf.create(system.run_config)
+    require(isinstance(system, MCLDiffusion), "ckpt", f"{cfg.ckpt} is a {type(system).__name__} checkpoint, not an MCL one")
+    if cfg.get("gate_ckpt"):
+        gate, _, _ = load_system(cfg.gate_ckpt, device, key="gate_ckpt")
+        require(isinstance(gate, MCLGate), "gate_ckpt", f"{cfg.gate_ckpt} is not a gate checkpoint (experiment=mcl_k4_gate)")
+        require(gate.gate.num_experts == system.num_experts, "gate_ckpt",
+                f"the gate routes {gate.gate.num_experts} experts but the model has {system.num_experts}")
+        system.gate = gate.gate.eval()
+    return system, run_cfg, ckpt
+
+
+def applicable_strategies(system: MCLDiffusion) -> list[tuple[str, dict]]:
     """(strategy, kwargs) pairs this checkpoint supports: every single expert, random per batch and
     per sample, best, mixture, committed_usage; gated/sticky/committed with a gate or scoring heads."""
     plan = [("single_expert", {"expert": k}) for k in range(system.num_experts)]
@@ -38,26 +64,41 @@ def label(strategy: str, kwargs: dict) -> str:
     return strategy
 
 
-def evaluate_mcl(cfg: DictConfig) -> list[dict]:
-    validate_eval(cfg)
+def score_routing(cfg, system, ckpt, scorer, device, routing: Routing, name: str, out_dir: Path | None = None) -> dict:
+    fields = {"label": name, "strategy": routing.name, "expert": getattr(routing, "expert", None)}
+    return sample_and_score(cfg, system, ckpt, scorer, device, {"routing": routing}, tag=routing.tag, fields=fields, out_dir=out_dir)
+
+
+def evaluate(cfg: DictConfig) -> dict | list[dict]:
+    validate(cfg)
+    if cfg.strategy not in (None, "", "all"):
+        check_choice(cfg.strategy, ["all", *STRATEGIES], "strategy")
     device = resolve_device(cfg.device)
-    system, run_cfg, ckpt = load_for_eval(cfg, device)
-    require(hasattr(system, "num_experts"), "ckpt", f"{cfg.ckpt} is not an MCL checkpoint; use make eval")
+    system, run_cfg, ckpt = load_bank(cfg, device)
+    if cfg.strategy == "all":
+        return compare(cfg, system, run_cfg, ckpt, device)
+    routing = build_routing(cfg.strategy, expert=cfg.expert, seed=cfg.routing_seed, per=cfg.per) if cfg.strategy else system.routing
+    result = score_routing(cfg, system, ckpt, Scorer(cfg, run_cfg, device), device, routing, f"{routing.name} routing")
+    print_report(result)
+    return result
+
+
+def compare(cfg: DictConfig, system: MCLDiffusion, run_cfg: DictConfig, ckpt: dict, device: torch.device) -> list[dict]:
+    """Every applicable strategy (or `strategies=[...]`), plus `baseline_ckpt` first if given."""
     plan = applicable_strategies(system)
     if cfg.get("strategies"):
         for s in cfg.strategies:
             check_choice(s, list(STRATEGIES), "strategies")
         plan = [(s, kw) for s, kw in plan if s in cfg.strategies]
-    scorer = Scorer(cfg, run_cfg, device)
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval"
+    scorer, out_dir = Scorer(cfg, run_cfg, device), out_dir_of(cfg)
     rows = []
     if cfg.get("baseline_ckpt"):
         baseline, _, base_ckpt = load_system(cfg.baseline_ckpt, device, key="baseline_ckpt")
-        rows.append({"label": "baseline", **sample_and_score(cfg, baseline, base_ckpt, scorer, device, None, out_dir / "baseline")})
+        rows.append({**sample_and_score(cfg, baseline, base_ckpt, scorer, device, out_dir=out_dir / "baseline"), "label": "baseline"})
         print(f"[mixlab] baseline: FID {rows[-1][cfg.protocols[0]]['fid']:.2f}")
     for strategy, kwargs in plan:
         routing = build_routing(strategy, seed=cfg.routing_seed, **kwargs)
-        rows.append({"label": label(strategy, kwargs), **sample_and_score(cfg, system, ckpt, scorer, device, routing, out_dir)})
+        rows.append(score_routing(cfg, system, ckpt, scorer, device, routing, label(strategy, kwargs), out_dir))
         print(f"[mixlab] {rows[-1]['label']}: FID {rows[-1][cfg.protocols[0]]['fid']:.2f} ({rows[-1]['sampling_seconds']} s)")
     write_table(rows, cfg, out_dir, usage=system.usage_shares.tolist())
     return rows
@@ -65,7 +106,7 @@ def evaluate_mcl(cfg: DictConfig) -> list[dict]:
 
 def write_table(rows: list[dict], cfg: DictConfig, out_dir: Path, usage: list[float]) -> None:
     tag = f"{cfg.solver}_{cfg.grid}{cfg.steps}_n{cfg.n}_seed{cfg.seed}"
-    protocols = [p for p in cfg.protocols]
+    protocols = list(cfg.protocols)
     header = "| strategy | " + " | ".join(f"{p} FID | {p} P | {p} R" for p in protocols) + " | sampling s |"
     lines = [f"MCL strategies of `{cfg.ckpt}`: {cfg.n} samples, {cfg.solver} {cfg.grid} {cfg.steps} steps, seed {cfg.seed}; "
              f"training usage {', '.join(f'{100 * u:.0f}%' for u in usage)}", "", header,
@@ -105,13 +146,3 @@ def plot_comparison(rows: list[dict], protocols: list[str], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main() -> None:
-    from mixlab.core.cli import hydra_entry
-
-    hydra_entry("eval", lambda: evaluate_mcl)
-
-
-if __name__ == "__main__":
-    main()

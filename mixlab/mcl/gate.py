@@ -11,13 +11,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mixlab.score.precond import _bc
-from mixlab.score.schedule import LogUniformSigma
+from mixlab.core.checkpoint import load_system
+from mixlab.core.config import require
 from mixlab.core.errors import ConfigError
 from mixlab.core.system import MixlabSystem
-from mixlab.core.checkpoint import load_system
+from mixlab.score.precond import _bc
+from mixlab.score.schedule import LogUniformSigma
 
 
 class MCLGate(MixlabSystem):
@@ -26,6 +28,13 @@ class MCLGate(MixlabSystem):
         experts_ckpt: checkpoint of a trained MCLDiffusion run.
         optimizer: partial taking params.
     """
+
+    evaluator = "mcl"  # a gate checkpoint is evaluated as its experts with the gate attached
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        given = "experts_ckpt" in cfg.model.keys() and not OmegaConf.is_missing(cfg.model, "experts_ckpt") and cfg.model.experts_ckpt
+        require(bool(given), "model.experts_ckpt", "give the trained MCL checkpoint the gate routes between: model.experts_ckpt=PATH")
 
     def __init__(self, gate: Callable[..., nn.Module], experts_ckpt: str, optimizer: Callable, seed: int = 0):
         super().__init__(seed=seed)

@@ -10,14 +10,16 @@ integrates the PF-ODE through a routing strategy (mixlab.mcl.routing).
 from collections.abc import Callable
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from mixlab.score.precond import _bc
+from mixlab.core.config import is_int, require
 from mixlab.core.errors import ConfigError
-from mixlab.metrics.expert_stats import usage_shares
 from mixlab.mcl.assignment import NORMALIZATIONS, weighted_expert_losses
 from mixlab.mcl.routing import Routing, SingleExpert
+from mixlab.metrics.expert_stats import usage_shares
 from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
+from mixlab.score.precond import _bc
 from mixlab.score.system import PRECONDS, ScoreDiffusion
 
 
@@ -41,6 +43,18 @@ class MCLDiffusion(ScoreDiffusion):
         scorer: a net (x, c_noise) -> [B, 1], stacked K times as resilient MCL's scoring heads.
         routing: the Routing used by sample grids and `sample()` when none is given.
     """
+
+    evaluator = "mcl"
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        super().check_config(cfg)
+        k = cfg.model.get("num_experts")
+        require(is_int(k) and k >= 1, "model.num_experts", f"must be an integer >= 1, got {k!r}")
+        target = str((cfg.model.get("assignment") or {}).get("_target_", ""))
+        if target.endswith("AnnealedWTA"):
+            require((cfg.get("callbacks") or {}).get("temperature") is not None, "callbacks.temperature",
+                    "annealed WTA needs the TemperatureAnnealing callback (callbacks=mcl, or another model/assignment)")
 
     def __init__(self, net: nn.Module, assignment, num_experts: int = 4, vectorize: str | bool = "auto",
                  normalization: str = "per_expert", scorer: nn.Module | None = None, routing: Routing | None = None, **kwargs):
@@ -72,6 +86,7 @@ class MCLDiffusion(ScoreDiffusion):
                     stacked.vectorize = self.device.type == "cuda"
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._set_vectorize()
         if self.assignment.uses_temperature and not any(type(cb).__name__ == "TemperatureAnnealing" for cb in self.trainer.callbacks):
             raise ConfigError("callbacks.temperature", f"{type(self.assignment).__name__} needs a TemperatureAnnealing callback")
@@ -163,6 +178,7 @@ class MCLDiffusion(ScoreDiffusion):
         return self.scorer(self.scaled_input(x, sigma), sigma.log() / 4).squeeze(-1).transpose(0, 1)
 
     def eps_function(self, batch_size: int, routing: Routing | None = None) -> Callable:
+        """The routing's eps_hat for one batch of trajectories (default: the model's own)."""
         self._set_vectorize()
         return (routing or self.routing).start(self, batch_size)
 
@@ -173,6 +189,6 @@ class MCLDiffusion(ScoreDiffusion):
             if key.startswith("ExpertUsage") and state.get("history"):
                 self.usage_shares = usage_shares(torch.tensor(state["history"][-1], dtype=torch.float32))
 
-    def grid_routings(self) -> dict[str, Routing]:
+    def sample_sets(self) -> dict[str, dict]:
         """Sample grids during training: the default routing, then one grid per expert."""
-        return {"": self.routing, **{f"expert_{k}": SingleExpert(k) for k in range(self.num_experts)}}
+        return {"": {"routing": self.routing}, **{f"expert_{k}": {"routing": SingleExpert(k)} for k in range(self.num_experts)}}

@@ -96,6 +96,35 @@ def load_classifier(path: str | Path, device: str = "cpu", dataset: str = "mnist
     return model.to(device).eval()
 
 
+def build_classifier(root: str | Path, dataset: str, out: str | Path, epochs: int = 5, batch_size: int = 256, lr: float = 1e-3,
+                     seed: int = 0, device: str = "cpu", force: bool = False) -> Path:
+    """Train the feature classifier on `dataset` under `root` and save it to `out` (idempotent
+    unless `force`). `make classifier` runs this."""
+    out = Path(out)
+    if out.is_file() and not force:
+        print(f"classifier already present: {out} (use --force to retrain)")
+        return out
+    from mixlab.data.sources import load_split
+
+    train_u8, train_y = load_split(root, dataset, "train", download=True)
+    test_u8, test_y = load_split(root, dataset, "test", download=True)
+    print(f"training the {dataset} feature classifier on {len(train_u8)} images, testing on {len(test_u8)} ({device})", flush=True)
+    model, acc = train_classifier(
+        to_model_range(train_u8),
+        torch.from_numpy(np.array(train_y, dtype=np.int64)),
+        to_model_range(test_u8),
+        torch.from_numpy(np.array(test_y, dtype=np.int64)),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+    )
+    save_classifier(model, out, dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, test_acc=acc))
+    print(f"test accuracy {acc:.4f}; saved {out}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the MNIST feature classifier used for FID/P/R.")
     parser.add_argument("--root", default="data", help="dataset root folder")
@@ -108,31 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--force", action="store_true", help="retrain even if --out exists")
     args = parser.parse_args(argv)
-
-    out = Path(args.out)
-    if out.is_file() and not args.force:
-        print(f"classifier already present: {out} (use --force to retrain)")
-        return
-    from mixlab.data.sources import load_split
-
-    train_u8, train_y = load_split(args.root, args.dataset, "train", download=True)
-    test_u8, test_y = load_split(args.root, args.dataset, "test", download=True)
-    print(f"training on {len(train_u8)} {args.dataset} images, testing on {len(test_u8)} ({args.device})")
-    model, acc = train_classifier(
-        to_model_range(train_u8),
-        torch.from_numpy(np.array(train_y, dtype=np.int64)),
-        to_model_range(test_u8),
-        torch.from_numpy(np.array(test_y, dtype=np.int64)),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-    )
-    meta = dict(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                seed=args.seed, test_acc=acc)
-    save_classifier(model, out, meta)
-    print(f"test accuracy {acc:.4f}; saved {out}")
+    build_classifier(args.root, args.dataset, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.device, args.force)
 
 
 if __name__ == "__main__":

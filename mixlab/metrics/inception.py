@@ -1,7 +1,8 @@
 """FID Inception weights in torch-fidelity's format, obtained with or without internet.
 
-`ensure_inception_weights` is the eval-time lookup (never downloads). `fetch_inception_weights`
-(run by `make weights` as `python -m mixlab.metrics.inception --dir data/weights`) provides the file:
+`ensure_inception_weights` is a lookup that never downloads. `fetch_inception_weights` (run by
+`make weights` as `python -m mixlab.metrics.inception --dir data/weights`, and by the `fid`
+evaluator when the file is missing) provides the file:
 
 1. already present -> nothing to do;
 2. online -> download torch-fidelity's own converted TF-Inception file;
@@ -30,7 +31,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
-from mixlab.data.sources import internet_reachable
+from mixlab.core.network import internet_reachable
 from mixlab.core.errors import DataNotFoundError
 
 WEIGHTS_FILE = "inception_v3_fid.pth"
@@ -134,11 +135,12 @@ def verify_conversion(weights_path: Path, script_model, n_images: int = 3, seed:
     return (ours - ref).abs().max().item()
 
 
-def fetch_inception_weights(weights_dir: str | Path = "data/weights") -> Path:
+def fetch_inception_weights(weights_dir: str | Path = "data/weights", quiet: bool = False) -> Path:
     """Make sure the Inception file exists in `weights_dir` (idempotent); return its path."""
     path = Path(weights_dir) / WEIGHTS_FILE
     if path.is_file():
-        print(f"Inception weights already present: {path}")
+        if not quiet:
+            print(f"Inception weights already present: {path}")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

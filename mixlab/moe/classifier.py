@@ -16,8 +16,10 @@ class ImageClassifier(MixlabSystem):
     """CE training of `net` (x -> logits [B,C]); logs {train,val,test}/loss, /acc and
     /acc_class/<name> (per-class accuracy, class names from the datamodule)."""
 
-    def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, seed: int = 0):
-        super().__init__(seed=seed)
+    evaluator = "classifier"
+
+    def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, seed: int = 0, compile: bool = False):
+        super().__init__(seed=seed, compile=compile)
         self.net, self.optimizer_factory, self.num_classes = net, optimizer, int(num_classes)
         self.class_names: list[str] = [str(c) for c in range(self.num_classes)]
         for split in ("val", "test"):
@@ -34,6 +36,9 @@ class ImageClassifier(MixlabSystem):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.net]
 
     def training_step(self, batch, batch_idx: int):
         x, y = batch

@@ -1,5 +1,5 @@
-"""Evaluate an image-classifier checkpoint (MoE or per-subset model) on its test split:
-`python -m mixlab.moe.evaluate --ckpt PATH [--out DIR] [--split test]` (`make eval-moe ckpt=PATH`).
+"""The `classifier` evaluator: an image-classifier checkpoint (MoE or per-subset model) on its
+test split: `make eval ckpt=PATH [split=test out_dir=DIR]` (or `make eval-moe`).
 
 Writes to DIR (default <run dir>/eval): accuracy.md + accuracy.json (overall and per class),
 confusion_matrix.png, sample_predictions.png (one test image for each of up to 10 classes with
@@ -8,16 +8,17 @@ The data module is rebuilt from the checkpoint's config, so the normalisation st
 the training split's; the gate temperature is the checkpoint's buffer (the final one).
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
-from mixlab.core.config import build, require
-from mixlab.moe.figures import plot_confusion, plot_expert_analysis, plot_sample_predictions
 from mixlab.core.checkpoint import load_system
+from mixlab.core.config import build, require
+from mixlab.core.evaluate import resolve_device
+from mixlab.moe.figures import plot_confusion, plot_expert_analysis, plot_sample_predictions
 
 
 @torch.no_grad()
@@ -48,9 +49,10 @@ def confusion(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> np.n
     return torch.bincount(label * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes).numpy()
 
 
-def evaluate_classifier(ckpt: str | Path, out: str | Path | None = None, split: str = "test", seed: int = 0) -> dict:
+def evaluate_classifier(ckpt: str | Path, out: str | Path | None = None, split: str = "test", seed: int = 0,
+                        device: torch.device | None = None) -> dict:
     require(split in ("val", "test"), "split", f"unknown split '{split}' (choose val|test)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or resolve_device("auto")
     system, run_cfg, _ = load_system(ckpt, device)
     dm = build(run_cfg.data)
     dm.setup("test")
@@ -97,19 +99,6 @@ def evaluate_classifier(ckpt: str | Path, out: str | Path | None = None, split: 
     return table
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--split", default="test")
-    args = parser.parse_args(argv)
-    from mixlab.core.errors import MixlabError
-
-    try:
-        evaluate_classifier(args.ckpt, args.out, args.split)
-    except MixlabError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-if __name__ == "__main__":
-    main()
+def evaluate(cfg: DictConfig) -> dict:
+    """The `classifier` evaluator (conf/evaluator/classifier.yaml)."""
+    return evaluate_classifier(cfg.ckpt, cfg.get("out_dir"), cfg.split, cfg.seed, resolve_device(cfg.device))

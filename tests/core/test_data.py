@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from mixlab.data import fetch, sources
-from mixlab.data.mnist import EpochSeededSampler, MNISTDataModule, per_device_batch_size
+from mixlab.core.distributed import per_device_batch_size
+from mixlab.data.base import EpochSeededSampler
+from mixlab.data.mnist import MNISTDataModule
 from mixlab.core.errors import ConfigError, DataNotFoundError
 
 

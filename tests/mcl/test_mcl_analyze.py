@@ -1,29 +1,18 @@
 """`make analyze` on a smoke MCL checkpoint: every figure written, statistics consistent."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 
 from mixlab.core.errors import ConfigError
 from mixlab.mcl.analysis import analyze, win_fractions_by_group
-from mixlab.core.pipeline import train
+from support import compose_eval
 
-ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["expert_vs_digit", "expert_vs_sigma", "multi_expert_grid", "trajectory", "strategy_comparison",
            "expert_usage_training", "training_curves"]
 
 
 def analyze_cfg(*overrides, data_dir, out_dir):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("mcl_analysis.yaml", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.data_dir, cfg.out_dir = str(data_dir), str(out_dir)
-    return cfg
+    return compose_eval("evaluator=mcl_analysis", *overrides, data_dir=data_dir, out_dir=out_dir)
 
 
 def test_win_fractions_by_group_by_hand():
@@ -36,9 +25,9 @@ def test_win_fractions_by_group_by_hand():
     np.testing.assert_allclose(m[:, 0], 0)  # no sample of digit 0: an empty column, not NaN
 
 
-def test_analyze_writes_every_figure(make_cfg, tiny_data, tmp_path):
-    ckpt = train(make_cfg("experiment=mcl_k4", "debug=smoke"))["last_ckpt"]
-    stats = analyze(analyze_cfg(f"ckpt={ckpt}", "n=3", "steps=2", "num_eval_samples=40", data_dir=tiny_data, out_dir=tmp_path))
+def test_analyze_writes_every_figure(smoke_runs, data_dir, tmp_path):
+    ckpt = smoke_runs.run("mcl_k4")["last_ckpt"]
+    stats = analyze(analyze_cfg(f"ckpt={ckpt}", "n=3", "steps=2", "num_eval_samples=40", data_dir=data_dir, out_dir=tmp_path))
     for name in FIGURES:
         assert (tmp_path / f"{name}.png").stat().st_size > 2000, name
     assert (tmp_path / "analysis.json").is_file()
@@ -48,5 +37,5 @@ def test_analyze_writes_every_figure(make_cfg, tiny_data, tmp_path):
     np.testing.assert_allclose(digit[:, present].sum(0), 1.0)
     sigma = np.array(stats["expert_vs_sigma"]["fractions"])
     assert sigma.shape == (4, 20) and np.allclose(sigma[:, sigma.sum(0) > 0].sum(0), 1.0)
-    with pytest.raises(ConfigError, match="^ckpt: give an MCL checkpoint"):
-        analyze(analyze_cfg(data_dir=tiny_data, out_dir=tmp_path))
+    with pytest.raises(ConfigError, match="^ckpt: .* is a ScoreDiffusion checkpoint, not an MCL one"):
+        analyze(analyze_cfg(f"ckpt={smoke_runs.run('baseline')['last_ckpt']}", data_dir=data_dir, out_dir=tmp_path))

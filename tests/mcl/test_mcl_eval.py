@@ -1,26 +1,26 @@
-"""Gate training and MCL evaluation on smoke checkpoints: every strategy, the comparison table,
+"""Gate training and the `mcl` evaluator on smoke checkpoints: every strategy, the comparison table,
 clear errors for gates and experts."""
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from mixlab.core.errors import ConfigError
-from mixlab.score.evaluate import evaluate
-from mixlab.mcl.evaluate import evaluate_mcl
 from mixlab.core.pipeline import train
-from test_eval import eval_cfg, weights_dir  # noqa: F401  (fixture)
+from mixlab.mcl.evaluate import evaluate
+from support import compose_eval
+
+
+def eval_cfg(*overrides, data_dir, weights_dir, out_dir):
+    return compose_eval("evaluator=mcl", *overrides, data_dir=data_dir, weights_dir=weights_dir, out_dir=out_dir)
 
 
 @pytest.fixture(scope="module")
-def mcl_ckpts(tiny_data, tmp_path_factory):
-    from conftest import compose_train
-
-    out = tmp_path_factory.mktemp("mclrun")
-    experts = train(compose_train(["experiment=mcl_k4_resilient", "debug=smoke"], tiny_data, out / "experts"))
-    gate = train(compose_train(["experiment=mcl_k4_gate", "debug=smoke", f"model.experts_ckpt={experts['last_ckpt']}"],
-                               tiny_data, out / "gate"))
+def mcl_ckpts(smoke_runs):
+    experts = smoke_runs.run("mcl_k4_resilient")
+    gate = smoke_runs.run("mcl_k4_gate", f"model.experts_ckpt={experts['last_ckpt']}")
     return Path(experts["last_ckpt"]), Path(gate["last_ckpt"]), gate
 
 
@@ -34,7 +34,7 @@ def test_gate_trains_on_frozen_experts(mcl_ckpts):
     assert any(k.startswith("gate.") for k in gate_state)
 
 
-def test_gate_needs_an_mcl_checkpoint(make_cfg, tiny_data, tmp_path):
+def test_gate_needs_an_mcl_checkpoint(make_cfg, data_dir, tmp_path):
     baseline = train(make_cfg("experiment=baseline", "debug=smoke", out="base"))
     with pytest.raises(ConfigError, match="^model.experts_ckpt: .* is a ScoreDiffusion checkpoint"):
         train(make_cfg("experiment=mcl_k4_gate", "debug=smoke", f"model.experts_ckpt={baseline['last_ckpt']}", out="g"))
@@ -42,12 +42,18 @@ def test_gate_needs_an_mcl_checkpoint(make_cfg, tiny_data, tmp_path):
         train(make_cfg("experiment=mcl_k4_gate", "debug=smoke", out="g2"))
 
 
-def test_eval_one_strategy_and_errors(mcl_ckpts, tiny_data, weights_dir, tmp_path):  # noqa: F811
+def test_eval_one_strategy_and_errors(mcl_ckpts, data_dir, weights_dir, tmp_path):  # noqa: F811
     experts, gate, _ = mcl_ckpts
     common = ["n=16", "steps=2", "batch_size=16", "protocols=[classifier]", "kid=false"]
-    kw = dict(data_dir=tiny_data, weights_dir=weights_dir, out_dir=tmp_path)
+    kw = dict(data_dir=data_dir, weights_dir=weights_dir, out_dir=tmp_path)
     result = evaluate(eval_cfg(f"ckpt={experts}", "strategy=single_expert", "expert=2", *common, **kw))
-    assert result["strategy"] == "single_expert" and result["expert"] == 2 and result["classifier"]["fid"] >= 0
+    assert result["strategy"] == "single_expert" and result["expert"] == 2
+    fid = result["classifier"]["fid"]
+    assert math.isfinite(fid) and fid > 1.0  # a 2-epoch smoke model is far from the data
+    again = evaluate(eval_cfg(f"ckpt={experts}", "strategy=single_expert", "expert=2", *common, **{**kw, "out_dir": tmp_path / "again"}))
+    assert again["classifier"] == result["classifier"]  # same seed, same samples, same numbers
+    other = evaluate(eval_cfg(f"ckpt={experts}", "strategy=single_expert", "expert=0", *common, **kw))
+    assert other["classifier"]["fid"] != fid  # another expert, other samples
     gated = evaluate(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={gate}", *common, **kw))
     assert gated["strategy"] == "gated" and Path(gated["metrics_json"]).is_file()
     assert evaluate(eval_cfg(f"ckpt={gate}", "strategy=committed_gate", *common, **kw))["strategy"] == "committed_gate"
@@ -61,11 +67,11 @@ def test_eval_one_strategy_and_errors(mcl_ckpts, tiny_data, weights_dir, tmp_pat
         evaluate(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={experts}", *common, **kw))
 
 
-def test_eval_mcl_writes_the_comparison(mcl_ckpts, tiny_data, weights_dir, tmp_path):  # noqa: F811
+def test_eval_mcl_writes_the_comparison(mcl_ckpts, data_dir, weights_dir, tmp_path):  # noqa: F811
     experts, gate, _ = mcl_ckpts
-    cfg = eval_cfg(f"ckpt={experts}", f"gate_ckpt={gate}", "n=16", "steps=2", "batch_size=16", "protocols=[classifier]", "kid=false",
-                   data_dir=tiny_data, weights_dir=weights_dir, out_dir=tmp_path)
-    rows = evaluate_mcl(cfg)
+    cfg = eval_cfg(f"ckpt={experts}", "strategy=all", f"gate_ckpt={gate}", "n=16", "steps=2", "batch_size=16", "protocols=[classifier]", "kid=false",
+                   data_dir=data_dir, weights_dir=weights_dir, out_dir=tmp_path)
+    rows = evaluate(cfg)
     labels = [r["label"] for r in rows]
     assert labels == [f"single_expert {k}" for k in range(4)] + [
         "random_expert (batch)", "random_expert (sample)", "best_expert", "mixture_score", "committed_usage",

@@ -1,7 +1,6 @@
 """DDP on CPU (gloo): in-process ddp_spawn, the real `ddp` launcher as a subprocess, and
 N processes x B/N reproducing 1 process x B."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +9,7 @@ import pytest
 import torch
 
 from mixlab.core.pipeline import train
-
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT, env_for_subprocess
 # SGD, not Adam: Adam divides by sqrt(v), so on parameters whose gradient is ~0 it turns
 # reduction-order rounding into lr-sized steps; SGD keeps the comparison at float precision.
 EXACT = ["experiment=baseline", "debug=smoke", "model.net.dropout=0.0", "trainer.max_epochs=2",
@@ -38,20 +36,19 @@ def test_two_processes_reach_the_weights_of_one(make_cfg):
 
 
 @pytest.mark.slow
-def test_real_ddp_launcher_as_subprocess(tiny_data, tmp_path):
+def test_real_ddp_launcher_as_subprocess(data_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     cmd = [sys.executable, "train.py", "experiment=baseline", "debug=smoke", "trainer=ddp_cpu", "trainer.devices=2",
-           f"paths.data_dir={tiny_data}", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+           f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "[mixlab] checkpoint:" in proc.stdout and proc.stdout.count("[mixlab] run dir:") == 1  # rank 0 prints
 
 
-def test_cli_reports_a_bad_config_in_one_line(tiny_data, tmp_path):
+def test_cli_reports_a_bad_config_in_one_line(data_dir, tmp_path):
     cmd = [sys.executable, "train.py", "experiment=baseline", "debug=smoke", "trainer=ddp_cpu", "trainer.devices=3",
-           f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path / 'bad'}"]
+           f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'bad'}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: data.batch_size: global batch size 16 is not divisible by 3")

@@ -1,0 +1,43 @@
+"""Distributed helpers that know no method: how many processes a trainer config asks for, and
+how a global batch splits over them."""
+
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from mixlab.core.errors import ConfigError
+
+
+def world_size(trainer: DictConfig) -> int:
+    """Number of processes the trainer config asks for (devices x num_nodes)."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    nodes = 1 if nodes is None else nodes
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if isinstance(devices, (list, ListConfig)):
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    elif str(devices) in ("auto", "-1"):
+        gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if gpu else 1
+    else:
+        try:
+            count = int(devices)
+        except ValueError:
+            raise ConfigError("trainer.devices", f"cannot read '{devices}' as a device count") from None
+        if count <= 0:
+            raise ConfigError("trainer.devices", f"must be >= 1 (or auto / -1), got {devices}")
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError("trainer.num_nodes", f"must be an integer >= 1, got {nodes!r}")
+    return count * int(nodes)
+
+
+def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "data.batch_size") -> int:
+    """Split the global batch over `world_size` processes; it must divide evenly. `key` names
+    where the batch size is configured (data.batch_size, or model.batch_size for a system
+    that draws its own batches)."""
+    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int) or global_batch_size <= 0:
+        raise ConfigError(key, f"must be a positive integer, got {global_batch_size!r}")
+    if global_batch_size % world_size:
+        raise ConfigError(key, f"global batch size {global_batch_size} is not divisible by {world_size} devices "
+                               "(trainer.devices x trainer.num_nodes)")
+    return global_batch_size // world_size
