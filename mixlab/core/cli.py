@@ -61,7 +61,7 @@ def check_overrides(config_name: str, overrides: list[str], context: str = "") -
         key = found.group(1) if found else "overrides"
         first = message.splitlines()[0].rstrip(".")
         if "not in struct" in message or "Could not override" in message:
-            first = f"not an option{' ' + context if context else ''} (a typo? `+{key}=...` adds a new key)"
+            first = f"not an option {context}" if context else f"not a key of the config (a typo? `+{key}=...` adds a new key)"
         elif "Could not find" in message:
             options = re.search(r"Available options in '[^']+':\s*(.*)", message, re.S)
             first = f"{first}; available: {' '.join(options.group(1).split()) if options else '?'}"
