@@ -80,3 +80,15 @@ def test_eval_mcl_writes_the_comparison(mcl_ckpts, data_dir, weights_dir, tmp_pa
     assert all(f"| {label} |" in table for label in labels)
     assert next(tmp_path.glob("strategy_comparison_*.png")).stat().st_size > 10_000
     assert len({r["sample_grid"] for r in rows}) == len(rows)  # one grid per strategy, none overwritten
+
+
+def test_unreadable_experts_and_gate_checkpoints_are_one_line(mcl_ckpts, make_cfg, data_dir, weights_dir, tmp_path):
+    experts, _, _ = mcl_ckpts
+    bad = tmp_path / "cut.ckpt"
+    bad.write_bytes(experts.read_bytes()[:4000])  # a truncated copy
+    with pytest.raises(ConfigError) as err:
+        train(make_cfg("experiment=mcl_k4_gate", "debug=smoke", f"model.experts_ckpt={bad}", out="g3"))
+    assert str(err.value).startswith(f"model.experts_ckpt: cannot read checkpoint {bad}") and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=f"^gate_ckpt: cannot read checkpoint {bad}"):
+        evaluate(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={bad}", "n=16", data_dir=data_dir,
+                          weights_dir=weights_dir, out_dir=tmp_path))

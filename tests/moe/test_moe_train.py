@@ -95,6 +95,15 @@ def test_bad_moe_config_names_the_key(data_dir, tmp_path, override, key):
     assert str(err.value).startswith(key)
 
 
+def test_an_unreadable_submodel_checkpoint_is_one_line(data_dir, tmp_path):
+    bad = tmp_path / "sub.ckpt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    cfg = compose_train(["experiment=moe_task_a", "debug=smoke", f"model.init_from=[{bad},{bad},{bad}]"], data_dir, tmp_path / "run")
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value).startswith(f"model.init_from: cannot read checkpoint {bad}") and "\n" not in str(err.value)
+
+
 @pytest.mark.slow
 def test_moe_ddp_spawn_two_cpu_processes(smoke_runs, tmp_path):
     # test_after_fit=false: under ddp_spawn, Lightning's CSVLogger fails to rewrite its header when a
