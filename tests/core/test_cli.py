@@ -3,6 +3,7 @@ system class, and every user error is one line on stderr (exit code 2), no trace
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,11 @@ import pytest
 from support import ROOT, env_for_subprocess
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+def run(script: str, *args: str, run_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """`python <script> args` in the project root; Hydra's run dir under a tmp dir (never logs/)."""
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="cli-"))
+    return subprocess.run([sys.executable, script, *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env_for_subprocess(),
+                          capture_output=True, text=True, timeout=300)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -64,13 +68,13 @@ def test_a_run_dir_or_task_dir_stands_for_its_checkpoint(baseline_ckpt):
     (["model.optimizer.lr=-1"], "model.optimizer.lr"),
 ])
 def test_train_reports_a_bad_override_in_one_line(data_dir, tmp_path, args, key):
-    line = one_line_error(run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}",
-                              f"hydra.run.dir={tmp_path / 'run'}", *args))
+    line = one_line_error(run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}", *args,
+                              run_dir=tmp_path / "run"))
     assert line.startswith(f"error: {key}:")
 
 
 def test_a_normal_run_prints_no_tips_or_deprecation_noise(data_dir, tmp_path):
-    proc = run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}", run_dir=tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     for noise in ("Tip:", "deprecated", "Deprecat", "litlogger", "LeafSpec"):
