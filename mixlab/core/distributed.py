@@ -1,5 +1,7 @@
-"""Distributed helpers that know no method: how many processes a trainer config asks for, and
-how a global batch splits over them."""
+"""Distributed helpers that know no method: how many processes a trainer config asks for, how
+a global batch splits over them, and a process's rank on its node before the trainer exists."""
+
+import os
 
 import torch
 from omegaconf import DictConfig, ListConfig
@@ -41,3 +43,14 @@ def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "d
         raise ConfigError(key, f"global batch size {global_batch_size} is not divisible by {world_size} devices "
                                "(trainer.devices x trainer.num_nodes)")
     return global_batch_size // world_size
+
+
+def local_rank() -> int:
+    """This process's rank on its node, readable before the Trainer exists: LOCAL_RANK (set for
+    the processes Lightning's own launcher or torchrun start), SLURM_LOCALID (srun's tasks, which
+    Lightning does not start and leaves without LOCAL_RANK), else 0."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0

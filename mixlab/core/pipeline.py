@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mixlab.callbacks.history import MetricHistory
 from mixlab.core.checkpoint import resolve_resume, system_class
 from mixlab.core.config import build, check_missing, check_optimizer_numbers, check_trainer, require
-from mixlab.core.distributed import world_size
+from mixlab.core.distributed import local_rank, world_size
 from mixlab.core.errors import ConfigError
 from mixlab.core.quiet import quiet_lightning
 from mixlab.core.network import internet_reachable
@@ -94,7 +94,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build(cfg.data) if cfg.get("data") is not None else None
     if datamodule is not None:
         datamodule.check_world_size(world)
-        if os.environ.get("LOCAL_RANK", "0") == "0":
+        if local_rank() == 0:  # one process per node may download; under srun every task runs this
             datamodule.prepare_data()  # fails here, before any training, when data is missing
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks, loggers = build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))

@@ -9,11 +9,7 @@ import pytest
 import torch
 
 from mixlab.core.pipeline import train
-from support import ROOT, env_for_subprocess
-# SGD, not Adam: Adam divides by sqrt(v), so on parameters whose gradient is ~0 it turns
-# reduction-order rounding into lr-sized steps; SGD keeps the comparison at float precision.
-EXACT = ["experiment=baseline", "debug=smoke", "model.net.dropout=0.0", "trainer.max_epochs=2",
-         "model.optimizer._target_=torch.optim.SGD", "model.optimizer.lr=0.05"]
+from support import EXACT, ROOT, env_for_subprocess
 
 
 def _raw_weights(run_dir: Path) -> dict:
