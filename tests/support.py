@@ -174,8 +174,8 @@ class DataFreeScoreDiffusion(ScoreDiffusion):
     needs_data = False
     batch_size = 16
 
-    def check_world_size(self, world_size):
-        per_device_batch_size(self.batch_size, world_size, key="model.batch_size")
+    def check_batch_split(self, world_size, accumulate=1):
+        per_device_batch_size(self.batch_size, world_size, key="model.batch_size", accumulate=accumulate)
 
     def _loader(self, n):
         x = torch.rand(n, *self.image_shape, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -33,16 +33,27 @@ def world_size(trainer: DictConfig) -> int:
     return count * int(nodes)
 
 
-def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "data.batch_size") -> int:
-    """Split the global batch over `world_size` processes; it must divide evenly. `key` names
-    where the batch size is configured (data.batch_size, or model.batch_size for a system
-    that draws its own batches)."""
+def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "data.batch_size", accumulate: int = 1) -> int:
+    """The micro-batch of one process: the global batch (what one optimizer step sees) split over
+    `world_size` processes and `accumulate` gradient-accumulation steps; it must divide evenly.
+    `key` names where the batch size is configured (data.batch_size, or model.batch_size for a
+    system that draws its own batches)."""
     if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int) or global_batch_size <= 0:
         raise ConfigError(key, f"must be a positive integer, got {global_batch_size!r}")
-    if global_batch_size % world_size:
-        raise ConfigError(key, f"global batch size {global_batch_size} is not divisible by {world_size} devices "
-                               "(trainer.devices x trainer.num_nodes)")
-    return global_batch_size // world_size
+    if global_batch_size % (world_size * accumulate):
+        split = f"{world_size} devices (trainer.devices x trainer.num_nodes)"
+        if accumulate > 1:
+            split += f" x {accumulate} accumulation steps (trainer.accumulate_grad_batches)"
+        raise ConfigError(key, f"global batch size {global_batch_size} is not divisible by {split}")
+    return global_batch_size // (world_size * accumulate)
+
+
+def accumulation(trainer: DictConfig) -> int:
+    """trainer.accumulate_grad_batches as a positive integer (1 when unset)."""
+    value = trainer.get("accumulate_grad_batches") or 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError("trainer.accumulate_grad_batches", f"must be an integer >= 1, got {value!r}")
+    return value
 
 
 def local_rank() -> int:

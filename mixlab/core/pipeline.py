@@ -2,7 +2,7 @@
 
 Method-free: a system is whatever `model._target_` names; it checks its own configuration
 (`check_config`), may need no data set (`needs_data = False`, its own train_dataloader), and
-owns the batch sizes it defines (`check_world_size`)."""
+owns the batch sizes it defines (`check_batch_split`)."""
 
 import json
 import os
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mixlab.callbacks.history import MetricHistory
 from mixlab.core.checkpoint import resolve_resume, system_class
 from mixlab.core.config import build, check_missing, check_optimizer_numbers, check_trainer, require
-from mixlab.core.distributed import local_rank, world_size
+from mixlab.core.distributed import accumulation, local_rank, world_size
 from mixlab.core.errors import ConfigError
 from mixlab.core.quiet import quiet_lightning
 from mixlab.core.network import internet_reachable
@@ -90,10 +90,11 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     system = build(cfg.model)
-    system.check_world_size(world)
+    accumulate = accumulation(cfg.trainer)
+    system.check_batch_split(world, accumulate)
     datamodule = build(cfg.data) if cfg.get("data") is not None else None
     if datamodule is not None:
-        datamodule.check_world_size(world)
+        datamodule.check_batch_split(world, accumulate)
         if local_rank() == 0:  # one process per node may download; under srun every task runs this
             datamodule.prepare_data()  # fails here, before any training, when data is missing
     system.run_config = OmegaConf.to_container(cfg, resolve=True)

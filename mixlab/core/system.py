@@ -3,6 +3,7 @@ non-finite-loss guard, a device-count-invariant noise stream, RNG state across r
 hooks through which the method-free core talks to a method (its config checks, its evaluator,
 its sample sets, whether it needs a data set)."""
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -22,7 +23,7 @@ class MixlabSystem(L.LightningModule):
         evaluator: name of its default evaluator, conf/evaluator/<name>.yaml (`evaluate.py ckpt=`).
         needs_data: False for systems that draw their own batches (they define train_dataloader).
         check_config(cfg): classmethod, checks the composed run config before anything is built.
-        check_world_size(n): the batch sizes the system owns split over n processes.
+        check_batch_split(n, a): the batch sizes the system owns split over n processes x a accumulation steps.
         sample_sets(): named extra keyword sets for `sample()` drawn by the SampleGrid callback.
         compiled_modules(): what `model.compile=true` compiles.
     """
@@ -37,6 +38,7 @@ class MixlabSystem(L.LightningModule):
         self.compile_nets = bool(compile)
         self._noise_gen: torch.Generator | None = None
         self._pending_rng: dict | None = None
+        self._step_draws: tuple[torch.Tensor, ...] | None = None
 
     # ----- what the core asks of a method -------------------------------------------------
     @classmethod
@@ -44,8 +46,9 @@ class MixlabSystem(L.LightningModule):
         """Raise ConfigError naming the key for a bad value in the composed config (no data or
         training has happened yet). Constructors check their own arguments as well."""
 
-    def check_world_size(self, world_size: int) -> None:
-        """Batch sizes configured on the system (data-free systems) must split over the ranks."""
+    def check_batch_split(self, world_size: int, accumulate: int = 1) -> None:
+        """Batch sizes configured on the system (data-free systems) must split over the ranks
+        and accumulation steps (`mixlab.core.distributed.per_device_batch_size`)."""
 
     def sample_sets(self) -> dict[str, dict]:
         """{name: extra sample() keywords}: the sample grids drawn during training ('' = default)."""
@@ -86,6 +89,20 @@ class MixlabSystem(L.LightningModule):
         if self._trainer is None:
             return 1, 0
         return self.trainer.world_size, self.trainer.global_rank
+
+    def step_draw(self, batch_idx: int, rows: int, draw: Callable[[int], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        """This rank's `rows` rows, for this micro-batch, of tensors drawn once per optimizer step
+        for its whole global batch (`draw(n)` returns tensors with n rows, n = world x
+        accumulation x rows): N devices x A accumulation steps then see the noise 1 device sees.
+        Micro-batch a of the step holds rows [a W rows, (a + 1) W rows), interleaved over the
+        ranks like the data samplers (mixlab.data.base)."""
+        world_size, rank = self.world()
+        accumulate = int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
+        micro = batch_idx % accumulate
+        if micro == 0 or self._step_draws is None:
+            self._step_draws = draw(world_size * accumulate * rows)
+        block = slice(micro * world_size * rows, (micro + 1) * world_size * rows)
+        return tuple(t[block][rank::world_size] for t in self._step_draws)
 
     def rank_slice(self, global_draw: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a tensor drawn for the global batch (matches DistributedSampler's

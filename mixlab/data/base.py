@@ -1,6 +1,7 @@
-"""What every mixlab DataModule shares: `batch_size` is the GLOBAL batch, split over the
-processes (divisibility checked before training, naming `data.batch_size`), and a sampler whose
-order is the same on every rank, so N devices reproduce one."""
+"""What every mixlab DataModule shares: `batch_size` is the GLOBAL batch of one optimizer step,
+split over the processes and gradient-accumulation steps (divisibility checked before training,
+naming `data.batch_size`), and a sampler whose order is the same on every rank, so N devices
+reproduce one."""
 
 from collections.abc import Iterator
 
@@ -21,14 +22,20 @@ class GlobalBatchDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.per_device_batch_size, self.rank, self.world_size = batch_size, 0, 1
 
-    def check_world_size(self, world_size: int) -> None:
+    def check_batch_split(self, world_size: int, accumulate: int = 1) -> None:
         """Called by the pipeline before training: the global batch must split evenly."""
-        per_device_batch_size(self.batch_size, world_size)
+        per_device_batch_size(self.batch_size, world_size, accumulate=accumulate)
 
     def bind_trainer(self) -> None:
+        """Rank, world size and micro-batch from the trainer: `batch_size` is what one optimizer
+        step sees, split over the processes and the accumulation steps. Rank r's micro-batch m
+        holds global positions r, r + W, ... of the m-th block of W x micro positions (the
+        sampler interleaves), so N devices x A accumulation steps see the batch of one device."""
+        accumulate = 1
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
-        self.per_device_batch_size = per_device_batch_size(self.batch_size, self.world_size)
+            accumulate = int(self.trainer.accumulate_grad_batches)
+        self.per_device_batch_size = per_device_batch_size(self.batch_size, self.world_size, accumulate=accumulate)
 
 
 class EpochSeededSampler(Sampler[int]):

@@ -94,12 +94,18 @@ class ScoreDiffusion(MixlabSystem):
         return self.model(x, sigma)
 
     # ----- training ---------------------------------------------------------------------
-    def draw_noise(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """sigma [B] and eps [B, C, H, W] for this rank's share of the global batch."""
-        world_size, _ = self.world()
-        n = x0.shape[0] * world_size
-        sigma = self.sigma_sampler(n, generator=generator, device=x0.device)
-        noise = torch.randn((n, *x0.shape[1:]), generator=generator, device=x0.device)
+    def draw_noise(self, x0: torch.Tensor, generator: torch.Generator, batch_idx: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """sigma [B] and eps [B, C, H, W] for this rank's share of the global batch. Training
+        (`batch_idx` given) draws once per optimizer step, for all devices and accumulation
+        steps (`step_draw`); validation draws per batch."""
+
+        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            sigma = self.sigma_sampler(n, generator=generator, device=x0.device)
+            return sigma, torch.randn((n, *x0.shape[1:]), generator=generator, device=x0.device)
+
+        if batch_idx is not None:
+            return self.step_draw(batch_idx, x0.shape[0], draw)
+        sigma, noise = draw(x0.shape[0] * self.world()[0])
         return self.rank_slice(sigma), self.rank_slice(noise)
 
     def _prepare(self, x0: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,7 @@ class ScoreDiffusion(MixlabSystem):
 
     def training_step(self, batch, batch_idx):
         x0 = self._prepare(batch[0])
-        sigma, noise = self.draw_noise(x0, self.noise_generator())
+        sigma, noise = self.draw_noise(x0, self.noise_generator(), batch_idx)
         loss = self.loss_fn(self.model, x0, sigma, noise).mean()
         self.check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)

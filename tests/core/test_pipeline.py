@@ -161,3 +161,19 @@ def test_data_free_system_trains_from_its_own_loader(make_cfg):
 def test_a_system_that_needs_data_says_so(make_cfg):
     with pytest.raises(ConfigError, match="^data: ScoreDiffusion trains on a data set"):
         train(_without_data(make_cfg("experiment=baseline", "debug=smoke")))
+
+
+def test_the_global_batch_splits_over_devices_and_accumulation(make_cfg):
+    """data.batch_size is what one optimizer step sees: 2 accumulation steps of 8 reach the
+    weights of one step of 16 (SGD, no dropout; same data, and the noise of each sample)."""
+    exact = ["experiment=baseline", "debug=smoke", "model.net.dropout=0.0", "model.optimizer._target_=torch.optim.SGD",
+             "model.optimizer.lr=0.05", "trainer.max_epochs=1", "trainer.limit_train_batches=8"]
+    one = train(make_cfg(*exact, "trainer.limit_train_batches=4", out="one"))
+    two = train(make_cfg(*exact, "trainer.accumulate_grad_batches=2", out="two"))
+    assert one["global_step"] == two["global_step"] == 4
+    w1 = torch.load(one["last_ckpt"], weights_only=False)["current_model_state"]
+    w2 = torch.load(two["last_ckpt"], weights_only=False)["current_model_state"]
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"^data.batch_size: global batch size 16 is not divisible by 1 devices .* x 3 accumulation"):
+        train(make_cfg(*exact, "trainer.accumulate_grad_batches=3", out="three"))
