@@ -34,7 +34,7 @@ class GlobalBatchDataModule(L.LightningDataModule):
         accumulate = 1
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
-            accumulate = int(self.trainer.accumulate_grad_batches)
+            accumulate = int(getattr(self.trainer, "accumulate_grad_batches", 1))
         self.per_device_batch_size = per_device_batch_size(self.batch_size, self.world_size, accumulate=accumulate)
 
 
