@@ -40,13 +40,14 @@ class BenchMCL(_Unlogged, MCLDiffusion):
     pass
 
 
-def build_system(device: torch.device, experts: int = 0, rule=None, vectorize: bool = False, sparse: bool = False):
+def build_system(device: torch.device, experts: int = 0, rule=None, vectorize: bool = False, sparse: bool = False,
+                 dropout: float = 0.05):
     """The baseline system (experts=0) or an MCL system with K=experts, in train mode on `device`."""
     torch.manual_seed(0)
     common = dict(loss=EpsilonLoss(), sigma_sampler=LogUniformSigma(), optimizer=partial(torch.optim.Adam, lr=3e-4))
     if not experts:
-        return BenchBaseline(net=ScoreNet(), **common).to(device).train()
-    system = BenchMCL(net=ScoreNet(), assignment=rule, num_experts=experts, vectorize=vectorize, sparse=sparse, **common)
+        return BenchBaseline(net=ScoreNet(dropout=dropout), **common).to(device).train()
+    system = BenchMCL(net=ScoreNet(dropout=dropout), assignment=rule, num_experts=experts, vectorize=vectorize, sparse=sparse, **common)
     system.temperature = 1.0  # annealed WTA's tau (the cost does not depend on it)
     return system.to(device).train()
 
@@ -89,12 +90,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dropout", type=float, default=0.05, help="ScoreNet dropout (the seed's 0.05; masks cost CPU time)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    print(f"device {device} ({device_name(device)}), seed ScoreNets, batch {args.batch}, "
+    print(f"device {device} ({device_name(device)}), seed ScoreNets (dropout {args.dropout}), batch {args.batch}, "
           f"median of {args.steps} steps after {args.warmup} warm-up; cost = seconds per step / baseline's")
-    timers = [(name, extra, lambda kw=kw: step_seconds(build_system(device, **kw), device, args.batch, args.steps, args.warmup))
+    timers = [(name, extra, lambda kw=kw: step_seconds(build_system(device, dropout=args.dropout, **kw), device, args.batch, args.steps, args.warmup))
               for name, extra, kw in plan(args.experts, device)]
     return measure(timers, args.batch, device, "cost_vs_baseline", args.json, ratio="cost")
 
