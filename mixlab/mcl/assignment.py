@@ -8,6 +8,9 @@ Every rule is called as `rule(losses, temperature=None, scores=None) -> (weights
   scoring heads' choice for resilient MCL).
 `weighted_expert_losses` then turns weights and the per-pixel-mean losses into one loss per
 expert, normalised per expert as in the reference (a low-weight expert takes full-size steps).
+`one_hot` says whether a rule's weights are always one-hot (each sample trains exactly one
+expert): MCLDiffusion's sparse path (`model.sparse=auto`) then runs each expert's gradient
+forward on its own samples only.
 """
 
 import torch
@@ -20,6 +23,7 @@ class HardWTA:
     """Only the winner (argmin loss) trains on a sample: w = one-hot(argmin_k loss)."""
 
     uses_temperature = uses_scores = False
+    one_hot = True
 
     def __call__(self, losses, temperature=None, scores=None):
         w = winners_one_hot(losses)
@@ -30,6 +34,7 @@ class AnnealedWTA:
     """w_nk = softmax_k(-loss_nk / (tau + 1e-8)); tau -> 0 is hard WTA, tau -> inf uniform."""
 
     uses_temperature, uses_scores = True, False
+    one_hot = False
 
     def __call__(self, losses, temperature=None, scores=None):
         if temperature is None:
@@ -41,6 +46,7 @@ class RelaxedWTA:
     """Winner weight 1, every loser weight alpha (the reference: alpha = 0.1)."""
 
     uses_temperature = uses_scores = False
+    one_hot = False
 
     def __init__(self, alpha: float = 0.1):
         if not 0.0 <= alpha <= 1.0:
@@ -60,6 +66,7 @@ class ResilientMCL:
     CE(s, argmin_k loss) alongside the experts (`head_loss`)."""
 
     uses_temperature, uses_scores = False, True
+    one_hot = True
 
     def __call__(self, losses, temperature=None, scores=None):
         if scores is None:

@@ -1,44 +1,86 @@
 """MCL training-step benchmark: `make bench-mcl` / `python -m mixlab.mcl.bench [--experts 4 --batch 128]`.
 
-Times one full MCL optimizer step (the K experts' loss matrix, annealed-WTA weights, per-expert
-losses, backward, per-expert clipping, Adam) of the seed's ScoreNet experts, with the experts
-run as one vmap over stacked parameters vs a Python loop over parameter slices, in one process.
-Reports images/s and the ratio to the loop (the reference), plus one plain baseline step
-(K = 1) for the cost of K experts.
+The reference row is one optimizer step of the plain baseline system (ScoreDiffusion's eps loss on
+EpsilonPrecond(ScoreNet()), backward, global grad-norm clipping at 1, Adam). Then MCL steps with K
+seed ScoreNets, driven through MCLDiffusion's own `training_step` (what training runs: loss
+matrix, assignment rule, per-expert losses; dense or sparse), backward, per-expert clipping and
+Adam: annealed WTA dense (loop over parameter slices / vmap), hard WTA dense (loop) and sparse.
+Each row reports images/s and cost_vs_baseline = its seconds per step / the baseline's: a dense
+K-expert step is about K baseline steps; the sparse one about K/3 + 1 (K no-grad forwards, then
+one forward/backward over the batch split among the winners).
 """
 
 import argparse
+from functools import partial
 
 import torch
 
 from mixlab.core.bench import device_name, measure, median_step_seconds
+from mixlab.mcl.assignment import AnnealedWTA, HardWTA
+from mixlab.mcl.system import MCLDiffusion
+from mixlab.nets.scorenet import ScoreNet
 from mixlab.score.losses import EpsilonLoss
 from mixlab.score.schedule import LogUniformSigma
-from mixlab.mcl.assignment import AnnealedWTA, weighted_expert_losses
-from mixlab.nets.scorenet import ScoreNet
-from mixlab.nets.stacked import clip_grad_norm_per_expert
-from mixlab.mcl.system import MCLDiffusion
+from mixlab.score.system import ScoreDiffusion
 
 
-def mcl_step_seconds(device: torch.device, experts: int, batch: int, vectorize: bool, steps: int, warmup: int) -> float:
+class _Unlogged:
+    """No Trainer runs these systems: `self.log` is a no-op (the step's metrics are not wanted)."""
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+
+class BenchBaseline(_Unlogged, ScoreDiffusion):
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)  # Lightning's gradient_clip_val (norm)
+
+
+class BenchMCL(_Unlogged, MCLDiffusion):
+    pass
+
+
+def build_system(device: torch.device, experts: int = 0, rule=None, vectorize: bool = False, sparse: bool = False,
+                 dropout: float = 0.05):
+    """The baseline system (experts=0) or an MCL system with K=experts, in train mode on `device`."""
     torch.manual_seed(0)
-    system = MCLDiffusion(net=ScoreNet(), assignment=AnnealedWTA(), num_experts=experts, vectorize=vectorize,
-                          loss=EpsilonLoss(), sigma_sampler=LogUniformSigma(), optimizer=None).to(device)
-    params = list(system.experts.parameters())
-    opt = torch.optim.Adam(params, lr=3e-4)
+    common = dict(loss=EpsilonLoss(), sigma_sampler=LogUniformSigma(), optimizer=partial(torch.optim.Adam, lr=3e-4))
+    if not experts:
+        return BenchBaseline(net=ScoreNet(dropout=dropout), **common).to(device).train()
+    system = BenchMCL(net=ScoreNet(dropout=dropout), assignment=rule, num_experts=experts, vectorize=vectorize, sparse=sparse, **common)
+    system.temperature = 1.0  # annealed WTA's tau (the cost does not depend on it)
+    return system.to(device).train()
+
+
+def step_seconds(system, device: torch.device, batch: int, steps: int, warmup: int) -> float:
+    """Median seconds of training_step + backward + the system's clipping (at 1) + optimizer step."""
+    optimizer = system.configure_optimizers()
     x0 = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
-    sampler = LogUniformSigma()
 
     def step():
-        m = system.loss_matrix(x0, sampler(batch, device=device), torch.randn_like(x0))  # [B, K]
-        weights, _ = AnnealedWTA()(m.detach() * 784, temperature=1.0)
-        loss = weighted_expert_losses(m, weights).sum()
-        opt.zero_grad(set_to_none=True)
+        out = system.training_step((x0,), 0)
+        loss = out["loss"] if isinstance(out, dict) else out
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_grad_norm_per_expert(system.experts.per_expert_parameters(), 1.0)
-        opt.step()
+        system.configure_gradient_clipping(optimizer, 1.0)
+        optimizer.step()
 
     return median_step_seconds(step, device, steps, warmup)
+
+
+def plan(experts: int, device: torch.device) -> list[tuple[str, dict, dict]]:
+    """(row name, extra row fields, build_system keywords) for every row, the reference first."""
+    auto = device.type == "cuda"  # what model.vectorize=auto picks (the sparse path's routing forward)
+
+    def mcl(rule, path: str, vectorize: bool) -> tuple[dict, dict]:
+        fields = {"experts": experts, "rule": type(rule).__name__, "path": path, "vectorize": vectorize}
+        return fields, dict(experts=experts, rule=rule, vectorize=vectorize, sparse=path == "sparse")
+
+    return [("baseline step (reference)", {"experts": 1, "rule": "-", "path": "baseline", "vectorize": False}, {}),
+            (f"annealed WTA K={experts}, dense loop", *mcl(AnnealedWTA(), "dense", False)),
+            (f"annealed WTA K={experts}, dense vmap", *mcl(AnnealedWTA(), "dense", True)),
+            (f"hard WTA K={experts}, dense loop", *mcl(HardWTA(), "dense", False)),
+            (f"hard WTA K={experts}, sparse", *mcl(HardWTA(), "sparse", auto))]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -48,14 +90,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dropout", type=float, default=0.05, help="ScoreNet dropout (the seed's 0.05; masks cost CPU time)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    print(f"device {device} ({device_name(device)}), K={args.experts} seed ScoreNets, batch {args.batch}, "
-          f"median of {args.steps} steps after {args.warmup} warm-up")
-    plan = (("loop over experts (reference)", args.experts, False), ("vmap over stacked experts", args.experts, True), ("one expert (K=1)", 1, False))
-    timers = [(name, {"experts": k}, lambda k=k, v=v: mcl_step_seconds(device, k, args.batch, v, args.steps, args.warmup)) for name, k, v in plan]
-    return measure(timers, args.batch, device, "speedup_vs_loop", args.json)
+    print(f"device {device} ({device_name(device)}), seed ScoreNets (dropout {args.dropout}), batch {args.batch}, "
+          f"median of {args.steps} steps after {args.warmup} warm-up; cost = seconds per step / baseline's")
+    timers = [(name, extra, lambda kw=kw: step_seconds(build_system(device, dropout=args.dropout, **kw), device, args.batch, args.steps, args.warmup))
+              for name, extra, kw in plan(args.experts, device)]
+    return measure(timers, args.batch, device, "cost_vs_baseline", args.json, ratio="cost")
+
 
 if __name__ == "__main__":
     main()

@@ -5,9 +5,16 @@ stacked forward (`StackedExperts`), giving the [B, K] DSM loss matrix m (per-pix
 gradient). The assignment rule turns the routing losses (m * pixels, the reference's pixel sum)
 into weights, and each expert minimises its weighted, per-expert normalised loss. Sampling
 integrates the PF-ODE through a routing strategy (mixlab.mcl.routing).
+
+Sparse path (`model.sparse`, default auto = on for one-hot rules: hard WTA, resilient MCL): the
+loss matrix is computed without gradient (train mode, dropout on: the reference's routing
+forward), then each expert runs one forward with gradient on its winners only (a second dropout
+mask, as in the reference). Same objective and gradients as the dense path (without dropout).
 """
 
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
@@ -17,6 +24,7 @@ from mixlab.core.config import is_int, require
 from mixlab.core.errors import ConfigError
 from mixlab.mcl.assignment import NORMALIZATIONS, weighted_expert_losses
 from mixlab.mcl.routing import Routing, SingleExpert
+from mixlab.mcl.sparse import SPARSE_CHOICES, sparse_expert_losses, use_sparse
 from mixlab.metrics.expert_stats import usage_shares
 from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
 from mixlab.score.precond import _bc
@@ -34,11 +42,25 @@ class _OneExpert(nn.Module):
         return self.stacked[0].expert(self.k, x, c_noise)
 
 
+@dataclass
+class MCLStep:
+    """One training step's objective and what is logged about it (all [K] / [B, K] tensors)."""
+
+    loss: torch.Tensor  # the objective (with gradient): sum of expert losses (+ head loss)
+    expert_losses: torch.Tensor  # [K], times world size (DDP averages gradients over ranks)
+    routing: torch.Tensor  # [B, K] per-pixel-mean DSM losses of the routing forward (no gradient)
+    winners: torch.Tensor  # [B, K] one-hot, for the ExpertUsage callback
+    scores: torch.Tensor | None = None  # [B, K] resilient heads' logits (with gradient)
+    head_loss: torch.Tensor | None = None
+
+
 class MCLDiffusion(ScoreDiffusion):
     """Args (beyond ScoreDiffusion's):
         assignment: HardWTA | AnnealedWTA | RelaxedWTA | ResilientMCL (mixlab.mcl.assignment).
         num_experts: K >= 1.
         vectorize: auto (vmap on CUDA, loop of parameter slices on CPU: faster there) | true | false.
+        sparse: auto (for rules whose weights are one-hot) | true | false: route with a no-grad
+            K-expert forward, then one forward/backward per expert on its winners only.
         normalization: per_expert (the reference) | batch (published annealed MCL).
         scorer: a net (x, c_noise) -> [B, 1], stacked K times as resilient MCL's scoring heads.
         routing: the Routing used by sample grids and `sample()` when none is given.
@@ -57,18 +79,24 @@ class MCLDiffusion(ScoreDiffusion):
                     "annealed WTA needs the TemperatureAnnealing callback (callbacks=mcl, or another model/assignment)")
 
     def __init__(self, net: nn.Module, assignment, num_experts: int = 4, vectorize: str | bool = "auto",
-                 normalization: str = "per_expert", scorer: nn.Module | None = None, routing: Routing | None = None, **kwargs):
+                 normalization: str = "per_expert", sparse: str | bool = "auto", scorer: nn.Module | None = None, routing: Routing | None = None, **kwargs):
         if not isinstance(num_experts, int) or num_experts < 1:
             raise ConfigError("model.num_experts", f"must be an integer >= 1, got {num_experts!r}")
         if normalization not in NORMALIZATIONS:
             raise ConfigError("model.normalization", f"unknown value '{normalization}' (choose {'|'.join(NORMALIZATIONS)})")
         if str(vectorize) not in ("auto", "True", "False"):
             raise ConfigError("model.vectorize", f"unknown value '{vectorize}' (choose auto|true|false)")
+        if str(sparse) not in SPARSE_CHOICES:
+            raise ConfigError("model.sparse", f"unknown value '{sparse}' (choose auto|true|false)")
+        if sparse is True and not assignment.one_hot:
+            raise ConfigError("model.sparse", f"true needs one-hot weights (hard WTA, resilient MCL); {type(assignment).__name__} "
+                                              "gives every expert a share of every sample: use model.sparse=auto or false")
         if assignment.uses_scores and scorer is None:
             raise ConfigError("model.scorer", f"{type(assignment).__name__} needs scoring heads: set model.scorer (mixlab.nets.gating.ScoringHead)")
         super().__init__(net=StackedExperts(net, num_experts, vectorize=vectorize is True), **kwargs)
         self.num_experts, self.vectorize_mode = num_experts, str(vectorize)
         self.assignment, self.normalization = assignment, normalization
+        self.sparse = use_sparse(sparse, assignment.one_hot)
         self.scorer = StackedExperts(scorer, num_experts, vectorize=vectorize is True) if assignment.uses_scores else None
         self.routing = routing or SingleExpert(0)
         self.temperature: float | None = None  # written by the TemperatureAnnealing callback
@@ -104,10 +132,14 @@ class MCLDiffusion(ScoreDiffusion):
         world_size, _ = self.world()
         return self.trainer.strategy.reduce(t, reduce_op="sum") if world_size > 1 else t
 
-    def training_step(self, batch, batch_idx):
-        x0 = self._prepare(batch[0])
-        sigma, noise = self.draw_noise(x0, self.noise_generator())
-        m = self.loss_matrix(x0, sigma, noise)  # [B, K]
+    def expert_model(self, k: int) -> nn.Module:
+        """Expert k alone behind the system's preconditioner: (x, sigma) -> eps_hat."""
+        return PRECONDS[self.precond](_OneExpert(self.experts, k), self.sigma_data)
+
+    def step_losses(self, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> MCLStep:
+        """The step's objective for this rank's samples, dense or sparse (see the module doc)."""
+        with torch.no_grad() if self.sparse else contextlib.nullcontext():
+            m = self.loss_matrix(x0, sigma, noise)  # [B, K]
         route = m.detach() * x0[0].numel()  # the reference routes on the pixel sum
         scores = None
         if self.scorer is not None:
@@ -116,20 +148,32 @@ class MCLDiffusion(ScoreDiffusion):
         weights, winners = self.assignment(route, temperature=self.temperature, scores=None if scores is None else scores.detach())
         world_size, _ = self.world()
         totals = weights.sum(0) if self.normalization == "per_expert" else torch.full_like(weights[0], weights.shape[0])
-        # DDP averages gradients over ranks: normalise by the global weight totals, times W.
-        expert_losses = weighted_expert_losses(m, weights, self.normalization, self._global(totals.detach())) * world_size
-        loss = expert_losses.sum()
+        totals = self._global(totals.detach())  # DDP averages gradients over ranks: global totals, times W
+        if self.sparse:  # expert k's gradient forward on the samples it won, [n_k]
+            expert_loss = lambda k, idx: self.loss_fn(self.expert_model(k), x0[idx], sigma[idx], noise[idx])  # noqa: E731
+            expert_losses = sparse_expert_losses(expert_loss, weights, self.normalization, totals) * world_size
+        else:
+            expert_losses = weighted_expert_losses(m, weights, self.normalization, totals) * world_size
+        step = MCLStep(expert_losses.sum(), expert_losses, m.detach(), winners, scores)
         if scores is not None:
-            head_loss = self.assignment.head_loss(scores, route)
-            loss = loss + head_loss
-            self.log("train/head_loss", head_loss, on_step=False, on_epoch=True, sync_dist=True)
-            self.log("train/head_acc", (scores.argmax(1) == route.argmin(1)).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
-        self.check_finite(loss)
-        self.log("train/loss", m.detach().min(dim=1).values.mean(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
-        self.log("train/objective", loss.detach() / world_size, on_step=False, on_epoch=True, sync_dist=True)
+            step.head_loss = self.assignment.head_loss(scores, route)
+            step.loss = step.loss + step.head_loss
+        return step
+
+    def training_step(self, batch, batch_idx):
+        x0 = self._prepare(batch[0])
+        sigma, noise = self.draw_noise(x0, self.noise_generator())
+        step = self.step_losses(x0, sigma, noise)
+        self.check_finite(step.loss)
+        world_size, _ = self.world()
+        if step.scores is not None:
+            self.log("train/head_loss", step.head_loss, on_step=False, on_epoch=True, sync_dist=True)
+            self.log("train/head_acc", (step.scores.argmax(1) == step.routing.argmin(1)).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/loss", step.routing.min(dim=1).values.mean(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/objective", step.loss.detach() / world_size, on_step=False, on_epoch=True, sync_dist=True)
         for k in range(self.num_experts):
-            self.log(f"train/expert_{k}_loss", expert_losses[k].detach() / world_size, on_step=False, on_epoch=True, sync_dist=True)
-        return {"loss": loss, "usage": winners}
+            self.log(f"train/expert_{k}_loss", step.expert_losses[k].detach() / world_size, on_step=False, on_epoch=True, sync_dist=True)
+        return {"loss": step.loss, "usage": step.winners}
 
     def validation_step(self, batch, batch_idx):
         x0 = self._prepare(batch[0])
@@ -157,7 +201,7 @@ class MCLDiffusion(ScoreDiffusion):
         return self.model(x, sigma)  # [K, B, ...]
 
     def eps_expert(self, k: int, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return PRECONDS[self.precond](_OneExpert(self.experts, k), self.sigma_data)(x, sigma)
+        return self.expert_model(k)(x, sigma)
 
     def eps_select(self, choice: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """eps_hat of expert choice[n] for each sample n, running each chosen expert once."""

@@ -141,10 +141,12 @@ def test_usage_statistics():
     torch.testing.assert_close(usage_shares(torch.zeros(4)), torch.full((4,), 0.25))
 
 
-def test_bench_mcl_reports_the_three_variants(tmp_path):
+def test_bench_mcl_reports_the_baseline_and_the_mcl_paths(tmp_path):
     from mixlab.mcl.bench import main
 
     rows = main(["--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "b.json")])
-    assert [r["variant"] for r in rows] == ["loop over experts (reference)", "vmap over stacked experts", "one expert (K=1)"]
-    assert rows[0]["speedup_vs_loop"] == 1.0 and all(r["images_per_sec"] > 0 for r in rows)
+    assert [r["variant"] for r in rows] == ["baseline step (reference)", "annealed WTA K=4, dense loop", "annealed WTA K=4, dense vmap",
+                                            "hard WTA K=4, dense loop", "hard WTA K=4, sparse"]
+    assert [r["path"] for r in rows] == ["baseline", "dense", "dense", "dense", "sparse"]
+    assert rows[0]["cost_vs_baseline"] == 1.0 and all(r["images_per_sec"] > 0 and r["cost_vs_baseline"] > 0 for r in rows)
     assert (tmp_path / "b.json").is_file()
