@@ -162,7 +162,7 @@ class MCLDiffusion(ScoreDiffusion):
 
     def training_step(self, batch, batch_idx):
         x0 = self._prepare(batch[0])
-        sigma, noise = self.draw_noise(x0, self.noise_generator())
+        sigma, noise = self.draw_noise(x0, self.noise_generator(), batch_idx)
         step = self.step_losses(x0, sigma, noise)
         self.check_finite(step.loss)
         world_size, _ = self.world()
