@@ -1,5 +1,6 @@
 """DDiT (SEDD's score network): attention against a naive softmax, causality, adaLN-zero init,
-sigma conditioning, bf16 autocast dtypes, sizes of the configs."""
+sigma conditioning, bf16 autocast dtypes, sizes of the configs, and the reference-weights key map
+checked against a forward pass written from the reference code."""
 
 import math
 
@@ -10,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mixlab.nets.dit import DDiT, apply_rotary, attention, rotary_cos_sin
+from mixlab.nets.dit_weights import load_reference_state_dict
 from support import ROOT
 
 V, H, N_BLOCKS, N_HEADS, COND = 37, 32, 2, 4, 16
@@ -167,3 +169,88 @@ def test_config_sizes(name, hidden, n_blocks, expected_millions):
     assert n == non_embedding_formula(hidden, n_blocks, cfg.cond_dim)
     assert abs(n / 1e6 - expected_millions) < 0.05 * expected_millions, n
     assert net.num_params(non_embedding=False) == n + 2 * 50258 * hidden + 50258
+
+
+# ---------------------------------------------------------------- reference weights
+
+
+def reference_state_dict(seed=0) -> dict[str, torch.Tensor]:
+    """Random tensors under the reference SEDD's key names, for the tiny sizes above."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"vocab_embed.embedding": (V, H), "sigma_map.mlp.0.weight": (COND, 256), "sigma_map.mlp.0.bias": (COND,),
+              "sigma_map.mlp.2.weight": (COND, COND), "sigma_map.mlp.2.bias": (COND,)}
+    for i in range(N_BLOCKS):
+        shapes |= {f"blocks.{i}.norm1.weight": (H,), f"blocks.{i}.attn_qkv.weight": (3 * H, H), f"blocks.{i}.attn_out.weight": (H, H),
+                   f"blocks.{i}.norm2.weight": (H,), f"blocks.{i}.mlp.0.weight": (4 * H, H), f"blocks.{i}.mlp.0.bias": (4 * H,),
+                   f"blocks.{i}.mlp.2.weight": (H, 4 * H), f"blocks.{i}.mlp.2.bias": (H,),
+                   f"blocks.{i}.adaLN_modulation.weight": (6 * H, COND), f"blocks.{i}.adaLN_modulation.bias": (6 * H,)}
+    shapes |= {"output_layer.norm_final.weight": (H,), "output_layer.adaLN_modulation.weight": (2 * H, COND),
+               "output_layer.adaLN_modulation.bias": (2 * H,), "output_layer.linear.weight": (V, H), "output_layer.linear.bias": (V,)}
+    sd = {k: (1.0 if "norm" in k else 0.0) + 0.3 * torch.randn(s, generator=g) for k, s in shapes.items()}
+    d = H // N_HEADS
+    sd["rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, d, 2).float() / d)
+    return sd
+
+
+def reference_forward(sd, x, sigma):
+    """The reference SEDD.forward (model/transformer.py) before its scale_by_sigma / scatter step, fp32."""
+    def lin(h, p):
+        return F.linear(h, sd[p + ".weight"], sd.get(p + ".bias"))
+
+    def ln(h, w):
+        return F.layer_norm(h, (H,)) * w
+
+    freqs = torch.exp(-math.log(10000) * torch.arange(128).float() / 128)
+    t = torch.cat([torch.cos(sigma[:, None] * freqs), torch.sin(sigma[:, None] * freqs)], dim=-1)
+    c = F.silu(lin(F.silu(lin(t, "sigma_map.mlp.0")), "sigma_map.mlp.2"))
+    h = sd["vocab_embed.embedding"][x]
+    B, L, d = x.shape[0], x.shape[1], H // N_HEADS
+    f = torch.arange(L).float()[:, None] * sd["rotary_emb.inv_freq"]
+    cos, sin = torch.cat([f, f], -1).cos(), torch.cat([f, f], -1).sin()  # [L, d]
+    for i in range(N_BLOCKS):
+        p = f"blocks.{i}."
+        sh1, sc1, g1, sh2, sc2, g2 = lin(c, p + "adaLN_modulation")[:, None].chunk(6, dim=2)
+        qkv = F.linear(ln(h, sd[p + "norm1.weight"]) * (1 + sc1) + sh1, sd[p + "attn_qkv.weight"])
+        qkv = qkv.view(B, L, 3, N_HEADS, d)  # 'b s (three h d) -> b s three h d'
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k = ((u * cos[:, None] + torch.cat([-u[..., d // 2:], u[..., : d // 2]], -1) * sin[:, None]) for u in (q, k))
+        a = naive_attention(q, k, v, causal=False).reshape(B, L, H)
+        h = h + g1 * F.linear(a, sd[p + "attn_out.weight"])
+        m = lin(F.gelu(lin(ln(h, sd[p + "norm2.weight"]) * (1 + sc2) + sh2, p + "mlp.0"), approximate="tanh"), p + "mlp.2")
+        h = h + g2 * m
+    shift, scale = lin(c, "output_layer.adaLN_modulation")[:, None].chunk(2, dim=2)
+    return lin(ln(h, sd["output_layer.norm_final.weight"]) * (1 + scale) + shift, "output_layer.linear")
+
+
+def test_reference_weights_land_where_the_reference_uses_them():
+    sd = reference_state_dict()
+    model = tiny().eval()
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    load_reference_state_dict(model, sd)
+    assert all(not torch.equal(v, fresh[k]) for k, v in model.state_dict().items())  # every parameter overwritten
+    x, sigma = torch.randint(0, V, (2, 12)), torch.tensor([0.3, 4.0])
+    with torch.no_grad():
+        ours, ref = model(x, sigma), reference_forward(sd, x, sigma)
+    assert ref.abs().amax() > 0.1
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda sd: sd.pop("blocks.1.attn_out.weight"), "missing (DDiT keys) blocks.1.attn.proj.weight"),
+        (lambda sd: sd.__setitem__("blocks.0.mlp.0.bias", torch.zeros(3)), "shape mismatch blocks.0.mlp.0.bias (3,) vs (128,)"),
+        (lambda sd: sd.__setitem__("blocks.2.norm1.weight", torch.ones(H)), "unexpected blocks.2.norm1.weight"),
+        (lambda sd: sd.__setitem__("label_embed.weight", torch.ones(H)), "unexpected label_embed.weight"),
+        (lambda sd: sd.__setitem__("rotary_emb.inv_freq", torch.ones(4)), "rotary_emb.inv_freq is not the base-1e4 rotary"),
+    ],
+)
+def test_reference_weights_errors_are_one_line(edit, message):
+    sd = reference_state_dict()
+    edit(sd)
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        load_reference_state_dict(model, sd)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing copied
