@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 STAMP := .venv/.installed
-EXTRAS ?= test,slurm,tensorboard
+EXTRAS ?= test,slurm,tensorboard,text
 EXP   ?= baseline
 DATASET ?= mnist
 ARGS  ?=
