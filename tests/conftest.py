@@ -10,6 +10,7 @@ as `make weights` does.
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ def data_dir(tmp_path_factory) -> Path:
     write_tiny_mnist(root)
     write_tiny_fashion(root)
     for writer in sorted(TESTS.glob("*/smoke_data.py")):  # each method's own tiny data
+        if str(writer.parent) not in sys.path:  # it may import its folder's helpers
+            sys.path.insert(0, str(writer.parent))
         spec = importlib.util.spec_from_file_location(f"smoke_data_{writer.parent.name}", writer)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
