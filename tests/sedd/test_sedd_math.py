@@ -6,8 +6,10 @@ import pytest
 import torch
 from scipy import stats
 
+from mixlab.core.errors import ConfigError
 from mixlab.sedd.graphs import AbsorbingGraph, UniformGraph
 from mixlab.sedd.noise import GeometricNoise, LogLinearNoise
+from mixlab.sedd.param import RADDScore, ScoreFn, SEDDScore
 from mixlab.sedd.score_entropy import dense_score_entropy, weighted_score_entropy
 
 F64 = torch.float64
@@ -229,3 +231,64 @@ def test_implicit_score_entropy_vanishes_at_the_marginal_ratios_and_the_denoisin
     assert float(l_var.grad.abs().max()) <= 1e-6  # stationary at the marginal ratios
     # E_{x0|x_t} DSE(l) - E_{x0|x_t} DSE(l*) = implicit SE(l; r*): same minimiser, same excess
     torch.testing.assert_close(expected_dse(l_bad) - expected_dse(l_star), implicit_bad, rtol=1e-9, atol=1e-10)
+
+
+# ---------------------------------------------------------------- parameterisations
+
+def test_sedd_param_zero_logits():
+    sb = torch.tensor([0.3, 2.0])
+    x = torch.tensor([[0, 3, N], [N, 1, 2]])
+    absorb, uniform = AbsorbingGraph(N), UniformGraph(N)
+    out = SEDDScore(scale_by_sigma=False)(torch.zeros(2, 3, N), x.clamp_max(N - 1), sb, uniform)
+    assert (out == 0).all()
+    out = SEDDScore(scale_by_sigma=True)(torch.zeros(2, 3, N + 1), x, sb, absorb)
+    offset = -torch.log(torch.expm1(sb)) - math.log(N)  # dim - 1 = n real tokens
+    current = torch.nn.functional.one_hot(x, N + 1).bool()
+    assert (out[current] == 0).all()
+    torch.testing.assert_close(out[~current].reshape(2, -1), offset[:, None].expand(2, 3 * N))
+    assert SEDDScore.time_conditioned and not RADDScore.time_conditioned
+
+
+def test_radd_param_is_p0_times_the_masking_odds():
+    graph, param = AbsorbingGraph(N), RADDScore()
+    logits = torch.randn(2, 5, N + 1, generator=gen(7), dtype=F64)
+    log_p0 = param.log_p0(logits, graph)
+    torch.testing.assert_close(log_p0.exp().sum(-1), torch.ones(2, 5, dtype=F64))
+    assert (log_p0[..., N] == float("-inf")).all()
+    x = torch.tensor([[N, 0, N, 4, N], [1, N, N, N, 2]])
+    sb = torch.tensor([0.4, 3.0], dtype=F64)
+    out = param(logits, x, sb, graph)
+    assert (out.gather(-1, x[..., None]) == 0).all()
+    masked = x == N
+    odds = (torch.exp(-sb) / -torch.expm1(-sb))[:, None, None]
+    torch.testing.assert_close(out.exp()[..., :N][masked], (log_p0.exp()[..., :N] * odds)[masked])
+    f = ScoreFn(IIDLogits(), param, graph)  # the exact score of i.i.d. data at masked positions
+    torch.testing.assert_close(f(x, sb)[masked], exact_log_score(graph)(x, sb)[masked])
+
+
+@pytest.mark.parametrize("param", [SEDDScore(scale_by_sigma=True), RADDScore()], ids=["sedd", "radd"])
+def test_training_loss_gradients_are_finite(param):
+    """The absorbing loss through either parameterisation, down to t = 1e-3 (RADD's -inf MASK column
+    never enters the arithmetic)."""
+    graph, noise = AbsorbingGraph(N), LogLinearNoise()
+    x0 = torch.randint(0, N, (4, 10), generator=gen(19))
+    sigma_bar, sigma = noise(torch.tensor([1e-3, 0.2, 0.6, 1.0]))
+    xt = graph.sample_transition(x0, sigma_bar, gen(20))
+    logits = torch.randn(4, 10, N + 1, generator=gen(21), requires_grad=True)
+    loss = weighted_score_entropy(graph, param(logits, xt, sigma_bar, graph), sigma_bar, sigma, xt, x0)
+    loss.mean().backward()
+    assert torch.isfinite(loss).all() and (loss >= 0).all() and torch.isfinite(logits.grad).all()
+
+
+def key_of(fn) -> str:
+    """The config key named by the ConfigError that fn raises."""
+    with pytest.raises(ConfigError) as err:
+        fn()
+    return err.value.key
+
+
+def test_param_graph_mismatch_names_the_key():
+    absorb, uniform = AbsorbingGraph(N), UniformGraph(N)
+    assert key_of(lambda: SEDDScore(scale_by_sigma=True).check(uniform)) == "model.scale_by_sigma"
+    assert key_of(lambda: RADDScore().check(uniform)) == "model.param"
+    SEDDScore(scale_by_sigma=True).check(absorb), RADDScore().check(absorb), SEDDScore().check(uniform)
