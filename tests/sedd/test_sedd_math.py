@@ -10,6 +10,7 @@ from mixlab.core.errors import ConfigError
 from mixlab.sedd.graphs import AbsorbingGraph, UniformGraph
 from mixlab.sedd.noise import GeometricNoise, LogLinearNoise
 from mixlab.sedd.param import RADDScore, ScoreFn, SEDDScore
+from mixlab.sedd.sampling import AnalyticPredictor, EulerPredictor, fixed_tokens, sample, sample_categorical
 from mixlab.sedd.score_entropy import dense_score_entropy, weighted_score_entropy
 
 F64 = torch.float64
@@ -292,3 +293,103 @@ def test_param_graph_mismatch_names_the_key():
     assert key_of(lambda: SEDDScore(scale_by_sigma=True).check(uniform)) == "model.scale_by_sigma"
     assert key_of(lambda: RADDScore().check(uniform)) == "model.param"
     SEDDScore(scale_by_sigma=True).check(absorb), RADDScore().check(absorb), SEDDScore().check(uniform)
+
+
+# ---------------------------------------------------------------- samplers
+
+def test_exp_race_draws_follow_unnormalised_probabilities():
+    p = torch.tensor([3.0, 0.0, 1.0, 0.5, 0.5], dtype=F64)  # sums to 5, not 1
+    draws = sample_categorical(p.expand(50_000, 5), gen(18))
+    counts = torch.bincount(draws, minlength=5).double()
+    assert counts[1] == 0
+    assert stats.chisquare(counts[p > 0].numpy(), (p[p > 0] / 5 * counts.sum()).numpy()).pvalue > 1e-3
+
+
+def test_euler_and_analytic_steps_coincide_for_absorb_with_loglinear_noise():
+    """e^{dsigma} - 1 = sigma(t) dt exactly for log-linear noise, so both unmask with the exact probability;
+    with geometric noise (and on the uniform graph) they differ."""
+    graph, x = AbsorbingGraph(N), torch.tensor([[N, 2, N, N], [0, N, 5, N]])
+    t = torch.tensor([0.9, 0.3], dtype=F64)
+    score = exact_log_score(graph)
+    for noise, same in ((LogLinearNoise(), True), (GeometricNoise(), False)):
+        pe, pa = EulerPredictor(graph, noise).probs(score, x, t, 0.05), AnalyticPredictor(graph, noise).probs(score, x, t, 0.05)
+        assert torch.allclose(pe, pa, rtol=1e-6, atol=1e-12) == same
+        assert torch.allclose(pa.sum(-1), torch.ones(2, 4, dtype=F64))  # exact score: Tweedie rows are normalised
+    u = UniformGraph(N)
+    pe = EulerPredictor(u, GeometricNoise()).probs(exact_log_score(u), x.clamp_max(N - 1), t, 0.05)
+    pa = AnalyticPredictor(u, GeometricNoise()).probs(exact_log_score(u), x.clamp_max(N - 1), t, 0.05)
+    assert not torch.allclose(pe, pa) and torch.allclose(pa.sum(-1), torch.ones(2, 4, dtype=F64))
+
+
+@pytest.mark.parametrize("predictor", ["euler", "analytic"])
+@pytest.mark.parametrize("kind", GRAPHS)
+def test_samplers_with_the_exact_score_reproduce_the_data_distribution(kind, predictor):
+    graph = GRAPHS[kind]()
+    x, st = sample(exact_log_score(graph), graph, NOISE[kind](), 100, 128, steps=64, predictor=predictor, generator=gen(8))
+    assert x.shape == (100, 128) and x.dtype == torch.long and st["nfe"] == 65
+    assert x.max() < N  # no MASK left
+    assert tv_to_pi(x) < 0.02
+
+
+def test_infill_keeps_the_fixed_positions():
+    graph = AbsorbingGraph(N)
+    fixed = fixed_tokens(24, N, prefix=[5, 5, 5], suffix=[4, 4], infill={10: 5, 12: 5})
+    assert fixed.positions.tolist() == [0, 1, 2, 22, 23, 10, 12]
+    x, _ = sample(exact_log_score(graph), graph, LogLinearNoise(), 400, 24, steps=32, generator=gen(9), fixed=fixed)
+    assert (x[:, fixed.positions] == fixed.tokens).all()
+    free = torch.ones(24, dtype=torch.bool)
+    free[fixed.positions] = False
+    assert tv_to_pi(x[:, free]) < 0.03  # the free positions still follow the data (independent positions)
+    u = UniformGraph(N)
+    x, _ = sample(exact_log_score(u), u, GeometricNoise(), 50, 24, steps=16, generator=gen(9), fixed=(fixed.positions, fixed.tokens), predictor="euler")
+    assert (x[:, fixed.positions] == fixed.tokens).all()
+
+
+def test_cached_and_uncached_samplers_agree_under_one_seed():
+    graph = AbsorbingGraph(N)
+    f = ScoreFn(IIDLogits(), RADDScore(), graph)
+    a, sa = sample(f, graph, LogLinearNoise(), 32, 40, steps=64, generator=gen(10))
+    b, sb = sample(f, graph, LogLinearNoise(), 32, 40, steps=64, generator=gen(10), cache=True)
+    assert torch.equal(a, b)
+    assert sa["nfe"] == 65 and sb["nfe"] < 40
+
+
+def test_cached_sampler_counts_one_evaluation_per_step_that_changed_tokens():
+    """Log-linear noise + exact score: each token is unmasked at an independent uniform step
+    (probability q = (1 - eps)/T each), so the evaluation before step k+1 is needed iff step k changed
+    a token: E[nfe] = 1 + (T - 1)(1 - (1 - q)^L) without the denoiser, ~ T (1 - (1 - 1/T)^L)."""
+    graph, steps, length = AbsorbingGraph(N), 128, 128
+    f = ScoreFn(IIDLogits(), RADDScore(), graph)
+    one = [sample(f, graph, LogLinearNoise(), 1, length, steps, denoise=False, generator=gen(s), cache=True)[1]["nfe"] for s in range(3)]
+    assert all(float(n).is_integer() and 60 < n < steps for n in one), one
+    # sequences are cached independently, so one batch gives the mean of batch-1 runs
+    counts = []
+
+    class Counting(ScoreFn):
+        def network(self, x, sigma_bar):
+            counts.append(x.shape[0])
+            return super().network(x, sigma_bar)
+
+    batch = 96
+    _, st = sample(Counting(IIDLogits(), RADDScore(), graph), graph, LogLinearNoise(), batch, length, steps, denoise=False, generator=gen(11), cache=True)
+    assert st["nfe"] == sum(counts) / batch
+    q = (1 - 1e-5) / steps
+    exact = 1 + (steps - 1) * (1 - (1 - q) ** length)
+    assert st["nfe"] == pytest.approx(steps * (1 - (1 - 1 / steps) ** length), rel=0.02)
+    assert st["nfe"] == pytest.approx(exact, rel=0.01)
+
+
+def test_sampler_errors_name_the_key():
+    absorb = AbsorbingGraph(N)
+    run = lambda **kw: sample(exact_log_score(absorb), absorb, LogLinearNoise(), 2, 8, **({"steps": 4} | kw))
+    assert key_of(lambda: run(steps=0)) == "steps"
+    assert key_of(lambda: run(predictor="heun")) == "predictor"
+    assert key_of(lambda: run(cache=True)) == "cache"  # a time-conditioned score
+    assert key_of(lambda: run(fixed=(torch.tensor([1, 1]), torch.tensor([2, 3])))) == "infill"  # overlap
+    assert key_of(lambda: run(fixed=(torch.tensor([8]), torch.tensor([2])))) == "infill"  # out of range
+    assert key_of(lambda: run(fixed=(torch.tensor([0]), torch.tensor([N])))) == "infill"  # MASK
+    assert key_of(lambda: fixed_tokens(8, N, prefix=[0] * 9)) == "prefix"
+    assert key_of(lambda: fixed_tokens(8, N, prefix=[0, 1, N])) == "prefix"
+    assert key_of(lambda: fixed_tokens(8, N, prefix=[0] * 5, suffix=[1] * 4)) == "suffix"
+    assert key_of(lambda: fixed_tokens(8, N, suffix=[1, 2], infill={7: 3})) == "infill"
+    assert fixed_tokens(8, N) is None and fixed_tokens(8, N, suffix=[1]).key == "suffix"
