@@ -22,6 +22,10 @@ def _bc(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma if sigma.dim() == 0 else sigma.reshape(-1, *([1] * (x.dim() - 1)))
 
 
+def _uniforms(x0: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    return tuple(torch.rand(x0.shape, generator=generator, device=x0.device) for _ in range(2))
+
+
 class Graph(abc.ABC):
     """A rate matrix Q over `dim` states. Vector-valued methods take i [B, L] (long) and return [B, L, dim]."""
 
@@ -62,8 +66,11 @@ class Graph(abc.ABC):
         (Tweedie; `score` holds ratios, not logs)."""
 
     @abc.abstractmethod
-    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x_t ~ p_{t|0}(. | x0) position-wise, x0 [B, L], sigma_bar [B]."""
+    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None,
+                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x_t ~ p_{t|0}(. | x0) position-wise, x0 [B, L], sigma_bar [B]. `draws`: two U[0, 1) tensors
+        shaped like x0 (whether a token moves, and where to), e.g. slices of a draw made for a whole
+        global batch; drawn from `generator` when None."""
 
     @abc.abstractmethod
     def sample_limit(self, shape: tuple[int, ...], generator: torch.Generator | None = None, device="cpu") -> Tensor:
@@ -113,9 +120,11 @@ class UniformGraph(Graph):
         s = _bc(delta_sigma, score[..., 0]).to(score.dtype)[..., None]
         return torch.exp(s) * score - torch.expm1(s) * score.mean(-1, keepdim=True)
 
-    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        move = torch.rand(x0.shape, generator=generator, device=x0.device) < -torch.expm1(-_bc(sigma_bar, x0))
-        new = torch.randint(0, self.dim, x0.shape, generator=generator, device=x0.device)
+    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None,
+                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        u, v = draws if draws is not None else _uniforms(x0, generator)
+        move = u < -torch.expm1(-_bc(sigma_bar, x0))
+        new = (v * self.dim).long().clamp_(max=self.dim - 1)  # uniform over the dim states
         return torch.where(move, new, x0)
 
     def sample_limit(self, shape: tuple[int, ...], generator: torch.Generator | None = None, device="cpu") -> Tensor:
@@ -175,8 +184,10 @@ class AbsorbingGraph(Graph):
         mask = score[..., self.mask_id :] - torch.expm1(s) * score[..., : self.mask_id].sum(-1, keepdim=True)
         return torch.cat([real, mask], dim=-1)
 
-    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        move = torch.rand(x0.shape, generator=generator, device=x0.device) < -torch.expm1(-_bc(sigma_bar, x0))
+    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None,
+                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        u = draws[0] if draws is not None else _uniforms(x0, generator)[0]
+        move = u < -torch.expm1(-_bc(sigma_bar, x0))
         return torch.where(move, torch.full_like(x0, self.mask_id), x0)
 
     def sample_limit(self, shape: tuple[int, ...], generator: torch.Generator | None = None, device="cpu") -> Tensor:
