@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mixlab.core.errors import ConfigError, DataNotFoundError
@@ -296,3 +297,13 @@ class TextDataModule(GlobalBatchDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+
+def text_vocab_size(root: str, corpus: str, tokenizer: str) -> int | None:
+    """The token ids of a built corpus (meta.json), or None when it is not built yet (the system
+    that asks then names `make data-text`). Registered as the config resolver `${text_vocab:...}`."""
+    folder = corpus_dir(root, corpus, tokenizer)
+    return int(read_meta(folder)["vocab_size"]) if (folder / "meta.json").is_file() else None
+
+
+OmegaConf.register_new_resolver("text_vocab", text_vocab_size, replace=True)

@@ -37,7 +37,7 @@ class SEDDScore:
 
     def check(self, graph) -> None:
         if self.scale_by_sigma and not graph.absorbing:
-            raise ConfigError("model.scale_by_sigma",
+            raise ConfigError("model.param.scale_by_sigma",
                               "the 1/(e^sigma_bar - 1) offset is the absorbing graph's; set it false for the uniform graph")
 
     def __call__(self, logits: Tensor, x_t: Tensor, sigma_bar: Tensor, graph) -> Tensor:

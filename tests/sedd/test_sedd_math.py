@@ -291,7 +291,7 @@ def key_of(fn) -> str:
 
 def test_param_graph_mismatch_names_the_key():
     absorb, uniform = AbsorbingGraph(N), UniformGraph(N)
-    assert key_of(lambda: SEDDScore(scale_by_sigma=True).check(uniform)) == "model.scale_by_sigma"
+    assert key_of(lambda: SEDDScore(scale_by_sigma=True).check(uniform)) == "model.param.scale_by_sigma"
     assert key_of(lambda: RADDScore().check(uniform)) == "model.param"
     SEDDScore(scale_by_sigma=True).check(absorb), RADDScore().check(absorb), SEDDScore().check(uniform)
 
