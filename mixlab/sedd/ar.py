@@ -48,6 +48,7 @@ class AutoRegressive(MixlabSystem):
         logits = self.net(inputs, None).float()
         return F.cross_entropy(logits.transpose(1, 2), x, reduction="none")
 
+    @torch.no_grad()
     def nll(self, x: torch.Tensor, skip_first: bool = True) -> torch.Tensor:
         """Mean nats per token of each sequence, [B]; `skip_first` scores tokens 2..L as the
         reference's generative perplexity does."""

@@ -69,8 +69,9 @@ def summarise(terms: dict[str, torch.Tensor]) -> dict:
     n = len(per_seq)
     nats = float(terms["total"].sum()) / total
     se = float(per_seq.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    ppl = math.exp(nats) if nats < 700 else float("inf")
     out = {"sequences": n, "tokens": int(total), "nats_per_token": nats, "nats_per_token_se": se,
-           "ppl_bound": math.exp(nats), "ppl_bound_se": math.exp(nats) * se, "bits_per_token": nats / math.log(2)}
+           "ppl_bound": ppl, "ppl_bound_se": ppl * se, "bits_per_token": nats / math.log(2)}
     for key in ("diffusion", "truncation", "prior"):
         out[f"{key}_nats_per_token"] = float(terms[key].sum()) / total
     return out
