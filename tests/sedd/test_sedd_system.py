@@ -4,6 +4,8 @@ uninterrupted run, the ELBO evaluator on a closed form, sampling with infill, th
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +17,7 @@ from mixlab.core.errors import ConfigError, DataNotFoundError
 from mixlab.core.pipeline import train
 from mixlab.sedd.evaluate import evaluate, evaluate_ar
 from mixlab.sedd.generate import run as sample_text
-from support import compose_eval
+from support import ROOT, compose_eval, env_for_subprocess
 
 CHAR = ["experiment=sedd_absorb_char", "debug=smoke"]
 # SGD, no dropout (the smoke net has none): N processes reach 1 process at float precision
@@ -188,3 +190,11 @@ def test_bad_evaluator_options_name_the_key(smoke_runs, data_dir, tmp_path, eval
     with pytest.raises(ConfigError) as err:
         run(compose_eval(f"ckpt={ckpt}", f"evaluator={evaluator}", option, data_dir=data_dir, out_dir=tmp_path))
     assert str(err.value).startswith(f"{key}:")
+
+
+def test_text_options_on_a_non_sedd_checkpoint_are_one_line(smoke_runs, tmp_path):
+    ckpt = smoke_runs.run("baseline")["last_ckpt"]
+    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt={ckpt}", "prefix=Once upon", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                          env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: prefix: not an option of evaluator 'fid'")
