@@ -35,12 +35,15 @@ from mixlab.data.text_tokenizers import check_tokenizer_name
 
 class TokenBlocks(Dataset):
     """Block i = tokens[i*length : (i+1)*length] of a uint16 token file, as int64 [length].
-    ``limit`` keeps the first blocks only. The memmap opens lazily in each process."""
+    ``limit`` keeps that many blocks spread evenly over the file (block i starts at block
+    floor(i * total / limit)), so a subset covers every document of a split. The memmap opens
+    lazily in each process."""
 
     def __init__(self, path: str | os.PathLike, length: int, limit: int | None = None):
         self.path, self.length = str(path), int(length)
         self.num_tokens = os.path.getsize(self.path) // np.dtype(np.uint16).itemsize
-        self.num_blocks = self.num_tokens // self.length if limit is None else min(limit, self.num_tokens // self.length)
+        self.total_blocks = self.num_tokens // self.length
+        self.num_blocks = self.total_blocks if limit is None else min(limit, self.total_blocks)
         self._tokens, self._pid = None, None
 
     def tokens(self) -> np.memmap:
@@ -54,7 +57,8 @@ class TokenBlocks(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         if not 0 <= i < self.num_blocks:
             raise IndexError(f"block {i} of {self.num_blocks}")
-        return torch.from_numpy(self.tokens()[i * self.length : (i + 1) * self.length].astype(np.int64))
+        start = i * self.total_blocks // self.num_blocks * self.length
+        return torch.from_numpy(self.tokens()[start : start + self.length].astype(np.int64))
 
     def __getstate__(self) -> dict:  # workers reopen the memmap
         return {**self.__dict__, "_tokens": None, "_pid": None}
@@ -241,7 +245,7 @@ class TextDataModule(GlobalBatchDataModule):
     # ------------------------------------------------------------------------------- blocks
     def blocks(self, role: str) -> TokenBlocks:
         """The ``length``-token blocks for ``role`` ("train" | "val" | "test"): the train split of
-        ``corpus``, or ``val_split`` / ``test_split`` of ``eval_corpus``; first ``<role>_limit`` only."""
+        ``corpus``, or ``val_split`` / ``test_split`` of ``eval_corpus``; ``<role>_limit`` blocks spread over it."""
         if role not in self._blocks:
             corpus, split = {"train": (self.corpus, "train"), "val": (self.eval_corpus, self.val_split),
                              "test": (self.eval_corpus, self.test_split)}[role]

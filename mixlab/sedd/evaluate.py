@@ -27,7 +27,7 @@ def out_dir_of(cfg: DictConfig) -> Path:
 
 
 def split_datamodule(run_cfg: DictConfig, cfg: DictConfig):
-    """The run's data module, serving `cfg.split` (val | test) as its test split, first `limit` blocks."""
+    """The run's data module, serving `cfg.split` (val | test) as its test split (`limit` blocks spread over it)."""
     require(cfg.split in ("val", "test"), "split", f"unknown split '{cfg.split}' (choose val|test)")
     if cfg.get("limit") is not None:
         check_positive_int(cfg.limit, "limit")
