@@ -116,7 +116,7 @@ def reference_w2_rows(n: int = 2000, seeds: Iterable[int] = range(5)) -> list[Re
 
 
 def main() -> None:
-    """python -m mixlab.samplers.metrics: print the reference rows (about 15 s on a CPU)."""
+    """python -m mixlab.samplers.metrics: print the reference rows (under a minute on a CPU)."""
     for row in reference_w2_rows():
         print(row)
 
