@@ -89,7 +89,7 @@ class ReplayBuffer:
         return self._weights / self._weights.sum()
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """n draws with replacement, p ∝ 1/(k N + rank): (x [n,d], log R [n])."""
+        """n draws with replacement, p ∝ 1/(k N + rank): (x [n,d], log R [n]); `generator` on the storage device."""
         chosen = torch.multinomial(self.probabilities(), n, replacement=True, generator=generator)
         rows = self._chronological()[chosen]
         return self.x[rows], self.log_r[rows]
