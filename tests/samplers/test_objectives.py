@@ -3,10 +3,12 @@
 import pytest
 import torch
 
+from closed_form import ExactFlow, GaussianTarget, exact_policy
 from mixlab.core.errors import ConfigError
-from mixlab.samplers.nets import FlowNet, ForwardLookingFlow
+from mixlab.samplers.nets import FlowNet, ForwardLookingFlow, reference_log_prob
 from mixlab.samplers.objectives import (DetailedBalance, ForwardLookingSubTB, PathIntegralSampler, SubTrajectoryBalance,
                                         TrajectoryBalance, VarGrad, subtb_weights)
+from mixlab.samplers.rollout import DiffusionRollout, RankNoise
 
 
 def terms(B=4, T=5, seed=0, requires_grad=False):
@@ -133,3 +135,40 @@ def test_errors_name_the_key():
         assert info.value.key == key
     with pytest.raises(TypeError):
         TrajectoryBalance()(**terms())
+
+
+class ForwardLookingResidual(torch.nn.Module):
+    """NN(x, t) that makes the forward-looking flow exact for the Gaussian target:
+    exact log F - (1 - t) log N(x; 0, s2 max(t, dt)) - t log R(x)."""
+
+    def __init__(self, target, s2, T):
+        super().__init__()
+        self.exact, self.target, self.s2, self.dt = ExactFlow(target), target, s2, 1 / T
+
+    def forward(self, x, t):
+        ref = reference_log_prob(x, t, self.s2, self.dt)
+        return self.exact(x, t) - (1 - t) * ref - t * self.target.log_reward(x)
+
+
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_losses_vanish_for_the_exact_sampler(vectorize, direction):
+    """Target Z N(mu, s2 I), constant drift mu, log Z_theta = log Z, log F_t = log Z + log N(x; t mu, s2 t I)."""
+    s2, T = 2.0, 100
+    target = GaussianTarget([1.0, -2.0, 0.5], s2, log_z=3.7)
+    rollout = DiffusionRollout(T=T, sigma2=s2, vectorize=vectorize)
+    policy = exact_policy(target)
+    flows = {"exact": ExactFlow(target), "fl": ForwardLookingFlow(ForwardLookingResidual(target, s2, T), s2, T)}
+    for name, flow in flows.items():
+        if direction == "forward":
+            traj = rollout.forward(policy, target, RankNoise(torch.Generator().manual_seed(0), 16), flow=flow)
+        else:
+            x1 = target.sample(16, torch.Generator().manual_seed(1))
+            traj = rollout.backward(policy, target, x1, RankNoise(torch.Generator().manual_seed(0), 16), flow=flow)
+        losses = {"TB": TrajectoryBalance()(**traj.terms(), log_z=torch.tensor(3.7)), "VarGrad": VarGrad()(**traj.terms()),
+                  "DB": DetailedBalance()(**traj.terms()), "SubTB": SubTrajectoryBalance()(**traj.terms()),
+                  "FL-SubTB": ForwardLookingSubTB()(**traj.terms())}
+        for key, loss in losses.items():
+            assert loss.item() == pytest.approx(0.0, abs=1e-4), (name, key)
+        gap = TrajectoryBalance()(**traj.terms(), log_z=torch.tensor(3.7 - 0.5))
+        assert gap.item() == pytest.approx(0.5 * 0.5**2, abs=1e-4)
