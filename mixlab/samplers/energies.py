@@ -52,6 +52,14 @@ class Energy(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         return None
 
+    def prepare(self) -> None:
+        """Load what the energy reads from disk (a missing file raises DataNotFoundError naming the
+        command that fetches it); the system calls it before training or evaluating."""
+
+    def sample_statistics(self, x: torch.Tensor) -> dict[str, float]:
+        """Energy-specific summaries of samples [n,d] reported beside the generic metrics."""
+        return {}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_reward(x)
 
@@ -99,6 +107,9 @@ class GMM25(Energy):
         dist = torch.cdist(x.double(), self.means.to(x.device))  # [B,25]
         near, idx = dist.min(dim=1)
         return torch.bincount(idx[near <= radius], minlength=len(self.means))
+
+    def sample_statistics(self, x):
+        return {"modes_hit": int((self.mode_counts(x) > 0).sum())}
 
 
 class Funnel(Energy):
@@ -187,6 +198,9 @@ class Manywell(Energy):
     def shallow_share(x: torch.Tensor) -> float:
         """Share of the pairs' a-coordinates in the shallow well (a < 0); exact: MANYWELL_SHALLOW_SHARE."""
         return float((x[:, 0::2] < 0).double().mean())
+
+    def sample_statistics(self, x):
+        return {"shallow_share": self.shallow_share(x), "shallow_share_exact": MANYWELL_SHALLOW_SHARE}
 
 
 def build_energy(node, key: str = "model.energy") -> Energy:

@@ -42,3 +42,13 @@ class LangevinPolicy(nn.Module):
         if grad_log_r is None:
             raise ValueError("LangevinPolicy needs grad log R at x")
         return langevin_output(self.net.unclipped(x, t), self.scale(t), grad_log_r, self.grad_clip, self.net.clip)
+
+
+def langevin_policy(dim: int, hidden: int = 64, harmonics: int = 64, num_layers: int = 2, zero_init: bool = True,
+                    clip: float = 1e4, per_dimension: bool = False, scale_layers: int = 3, scale_init: float = 0.01,
+                    grad_clip: float = 100.0) -> LangevinPolicy:
+    """A LangevinPolicy on a fresh PISPolicy and LangevinScale (config: `_partial_: true`; the
+    system passes the energy's dim)."""
+    net = PISPolicy(dim, hidden, harmonics, num_layers, zero_init, clip)
+    scale = LangevinScale(dim, per_dimension, hidden, harmonics, scale_layers, scale_init)
+    return LangevinPolicy(net, scale, grad_clip)

@@ -146,32 +146,54 @@ class LGCP(Energy):
     """The LGCP posterior over the latent field f [B, grid^2] (unwhitened, as in the reference).
 
     `root`: data root holding finpines/points.csv; `points` [N,2] in the unit square instead
-    (tests). Float64 precision matrix K^-1 as a non-persistent buffer; evaluated in x's dtype."""
+    (tests, smoke runs). Float64 precision matrix K^-1 as a non-persistent buffer; evaluated in
+    x's dtype. `lazy=True` (the configs) reads the points only in `prepare()` (the system calls it
+    before training / evaluating; the first evaluation otherwise), so a config builds without the data."""
 
     def __init__(self, root: str | None = "data", grid: int = 40, signal_variance: float = 1.91,
-                 beta: float = 1 / 33, points: np.ndarray | None = None):
+                 beta: float = 1 / 33, points: np.ndarray | None = None, lazy: bool = False):
         super().__init__()
-        points = load_points(root) if points is None else np.asarray(points, dtype=np.float64)
-        self.dim, self.log_z, self.grid, self.n_points = grid * grid, None, grid, len(points)
-        self.mu = math.log(len(points)) - 0.5 * signal_variance
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+            from mixlab.core.errors import ConfigError
+
+            raise ConfigError("model.energy.grid", f"must be an integer >= 1, got {grid!r}")
+        self.root, self.signal_variance = root, float(signal_variance)
+        self.dim, self.log_z, self.grid = grid * grid, None, grid
         self.cell_area = 1.0 / (grid * grid)
         kernel = grid_kernel(grid, signal_variance, beta)
         chol = torch.linalg.cholesky(kernel)
         self.log_det_kernel = float(2 * torch.log(torch.diagonal(chol)).sum())
         self.log_norm = -0.5 * self.dim * math.log(2 * math.pi) - 0.5 * self.log_det_kernel
         self.register_buffer("precision", torch.cholesky_inverse(chol), persistent=False)  # K^-1
-        self.register_buffer("counts", torch.from_numpy(bin_counts(points, grid)), persistent=False)
+        self.register_buffer("counts", torch.zeros(self.dim, dtype=torch.float64), persistent=False)
+        self.n_points, self.mu, self.points = None, None, None
+        if points is not None:
+            self._set_points(np.asarray(points, dtype=np.float64))
+        elif not lazy:
+            self.prepare()
+
+    def _set_points(self, points: np.ndarray) -> None:
+        self.points, self.n_points = points, len(points)
+        self.mu = math.log(len(points)) - 0.5 * self.signal_variance
+        self.counts.copy_(torch.from_numpy(bin_counts(points, self.grid)))
+
+    def prepare(self) -> None:
+        if self.points is None:
+            self._set_points(load_points(self.root))
 
     def log_reward(self, x):
+        self.prepare()
         centred = x - self.mu
         quad = (centred @ self.precision.to(x.dtype) * centred).sum(1)
         poisson = (x * self.counts.to(x.dtype) - torch.exp(x) * self.cell_area).sum(1)
         return self.log_norm - 0.5 * quad + poisson
 
     def grad_log_reward(self, x):
+        self.prepare()
         return -(x - self.mu) @ self.precision.to(x.dtype) + self.counts.to(x.dtype) - torch.exp(x) * self.cell_area
 
     def log_reward_and_grad(self, x):
+        self.prepare()
         centred = x - self.mu
         prec_c = centred @ self.precision.to(x.dtype)  # K^-1 (f - mu), K symmetric
         counts, rate = self.counts.to(x.dtype), torch.exp(x) * self.cell_area

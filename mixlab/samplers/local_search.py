@@ -79,6 +79,9 @@ class MALAResult:
     proposed: int
     final: torch.Tensor  # [B,d] the chains' last states
     final_log_r: torch.Tensor  # [B]
+    step_of: torch.Tensor | None = None  # [M] step index of each kept sample
+    row_of: torch.Tensor | None = None  # [M] chain (row of x) of each kept sample: with step_of, the
+    # samples are ordered by (step, row); under DDP the caller maps rows to global rows to merge ranks
 
 
 def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eta: float) -> torch.Tensor:
@@ -89,11 +92,13 @@ def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eta: flo
 @torch.no_grad()
 def mala(energy, x: torch.Tensor, steps: int = 200, burn_in: int = 100, step_size: float = 0.01,
          rule: AdaptiveStepSize | None = None, generator: torch.Generator | None = None,
-         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, beta: float = 1.0) -> MALAResult:
+         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, beta: float = 1.0, noise=None) -> MALAResult:
     """Run `steps` parallel MALA steps from x [B,d] on `energy` (an object with
     `log_reward_and_grad(x) -> ([B], [B,d])`); target R^beta (beta = inverse temperature).
 
-    Random numbers per step, in this order: xi = randn([B,d]), u = rand([B]) (from `generator`).
+    Random numbers per step, in this order: xi = randn([B,d]), u = rand([B]) (from `generator`),
+    or from `noise` (an object with normal(d, dtype, device) -> [B,d] and uniform(dtype, device)
+    -> [B], e.g. a RankNoise: this rank's rows of draws for the global batch of chains).
     `reduce` maps this rank's [accepted, proposed] (float64 [2]) to the global counts."""
     if not (isinstance(steps, int) and steps >= 1):
         raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
@@ -112,11 +117,14 @@ def mala(energy, x: torch.Tensor, steps: int = 200, burn_in: int = 100, step_siz
     eta, rate = float(step_size), 0.0
     window = torch.zeros(2, dtype=torch.float64, device=x.device)  # [accepted, proposed] since refresh
     total = torch.zeros(2, dtype=torch.float64, device=x.device)
-    kept_x, kept_log_r = [], []
+    kept_x, kept_log_r, kept_step, kept_row = [], [], [], []
     for step in range(steps):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-        prop = x + eta * grad + (2 * eta) ** 0.5 * noise
+        if noise is None:
+            xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        else:
+            xi, u = noise.normal(x.shape[1], x.dtype, x.device), noise.uniform(x.dtype, x.device)
+        prop = x + eta * grad + (2 * eta) ** 0.5 * xi
         prop_log_r, prop_grad = evaluate(prop)
         log_alpha = prop_log_r - log_r + _log_q(x, prop, prop_grad, eta) - _log_q(prop, x, grad, eta)
         ok = torch.isfinite(log_alpha) & torch.isfinite(prop_grad).all(1)
@@ -125,8 +133,11 @@ def mala(energy, x: torch.Tensor, steps: int = 200, burn_in: int = 100, step_siz
         log_r = torch.where(accept, prop_log_r, log_r)
         grad = torch.where(accept[:, None], prop_grad, grad)
         if step >= burn_in:
-            kept_x.append(prop[accept])
-            kept_log_r.append(prop_log_r[accept] / beta)
+            rows = accept.nonzero().squeeze(1)
+            kept_x.append(prop[rows])
+            kept_log_r.append(prop_log_r[rows] / beta)
+            kept_row.append(rows)
+            kept_step.append(torch.full_like(rows, step))
         counts = torch.stack([accept.sum(), torch.tensor(accept.numel(), device=x.device)]).to(torch.float64)
         counts = reduce(counts) if reduce is not None else counts
         window += counts
@@ -137,4 +148,4 @@ def mala(energy, x: torch.Tensor, steps: int = 200, burn_in: int = 100, step_siz
         eta = rule(eta, rate)
     accepted, proposed = int(total[0]), int(total[1])
     return MALAResult(torch.cat(kept_x), torch.cat(kept_log_r), accepted / max(proposed, 1), eta,
-                      accepted, proposed, x, log_r / beta)
+                      accepted, proposed, x, log_r / beta, torch.cat(kept_step), torch.cat(kept_row))

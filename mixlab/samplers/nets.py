@@ -145,3 +145,9 @@ class ForwardLookingFlow(nn.Module):
             raise ValueError("ForwardLookingFlow needs log R(x) at every state")
         ref = reference_log_prob(x, t, self.sigma2, 1.0 / self.T)
         return self.net(x, t) + (1 - t) * ref + t * log_r  # [N]
+
+
+def forward_looking_flow(dim: int, sigma2: float, T: int, hidden: int = 64, harmonics: int = 64,
+                         num_layers: int = 2) -> ForwardLookingFlow:
+    """FL-SubTB's flow on a fresh FlowNet (config: `_partial_: true`; the system passes the energy's dim)."""
+    return ForwardLookingFlow(FlowNet(dim, hidden, harmonics, num_layers), sigma2, T)

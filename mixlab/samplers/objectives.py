@@ -24,6 +24,9 @@ class Objective:
     reparametrised = False
     name = "objective"
 
+    def bind(self, dim: int) -> None:
+        """Told the target's dimension by the system (PIS scales by 1/d); most objectives ignore it."""
+
     def check(self, flow) -> None:
         """ConfigError('model.flow', ...) when this objective needs a flow network and has none."""
         if self.needs_flow and flow is None:
@@ -132,15 +135,29 @@ class ForwardLookingSubTB(SubTrajectoryBalance):
 
 
 class PathIntegralSampler(Objective):
-    """PIS: (1/d) mean_b (S_F - S_B - log R) on reparametrised rollouts (log R with gradient)."""
+    """PIS: (1/d) mean_b (S_F - S_B - log R) on reparametrised rollouts (log R with gradient).
+    `dim` None: the target's, set by the system through `bind`."""
 
     reparametrised = True
     name = "PIS"
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int | None = None):
+        if dim is not None:
+            self._check_dim(dim)
+        self.dim = dim
+
+    @staticmethod
+    def _check_dim(dim) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ConfigError("model.objective.dim", f"must be an integer >= 1, got {dim!r}")
+
+    def bind(self, dim: int) -> None:
+        self._check_dim(dim)
+        if self.dim is not None and self.dim != dim:
+            raise ConfigError("model.objective.dim", f"{self.dim} differs from the energy's dimension {dim} (leave it null)")
         self.dim = dim
 
     def __call__(self, log_pf, log_pb, log_r, log_f=None, log_z=None, all_reduce_mean=None):
+        if self.dim is None:
+            raise TypeError("PathIntegralSampler needs the dimension: pass dim or call bind(dim)")
         return (log_pf.sum(-1) - log_pb.sum(-1) - log_r).mean() / self.dim

@@ -14,8 +14,8 @@ Two paths with equal outputs for equal noise (`vectorize`): `loop` keeps a graph
 `batched` rolls out without gradient, then evaluates log p_F of all T transitions in one network
 call over B*T states. grad log R (Langevin policies) is computed once per state and reused.
 
-Noise: `RankNoise` draws standard normals for the global batch from the run's generator and
-keeps this process's rows, so N ranks reproduce one process.
+Noise: `RankNoise` draws standard normals (and uniforms, for MALA) for the global batch from the
+run's generator and keeps this process's rows, so N ranks reproduce one process.
 """
 
 import math
@@ -61,6 +61,11 @@ class RankNoise:
     def normal(self, dim: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
         z = torch.randn(self.global_batch, dim, generator=self.generator, device=self.generator.device, dtype=dtype)
         return self.select(z).to(device if device is not None else z.device)  # [batch, dim]
+
+    def uniform(self, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+        """U(0, 1) numbers for the global batch, this process's rows: [batch]."""
+        u = torch.rand(self.global_batch, generator=self.generator, device=self.generator.device, dtype=dtype)
+        return self.select(u).to(device if device is not None else u.device)  # [batch]
 
 
 class Exploration:
