@@ -9,6 +9,8 @@ For K trajectories x_0 -> ... -> x_1 with S_F = sum log p_F and S_B = sum log p_
     log Z_hat_RW = logsumexp_k log w_k - log K       (importance-weighted; the code's logmeanexp)
     Delta        = log Z - estimate                  (signed; >= 0 in expectation)
     EUBO         = mean_k log w_k over backward trajectories from exact target samples (upper bound).
+
+`sampler_metrics` assembles one evaluation (validation during training, the `sampler` evaluator).
 """
 
 import math
@@ -123,3 +125,39 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------- a sampler's evaluation
+def sampler_metrics(energy: Energy, x: torch.Tensor, log_w: torch.Tensor, truth: torch.Tensor | None = None,
+                    eubo_log_w: torch.Tensor | None = None, w2: bool = True) -> dict[str, float]:
+    """The numbers of one evaluation: log Z_hat / log Z_hat_RW (and the signed errors Delta =
+    log Z - estimate when log Z is known), the EUBO from backward trajectories of exact samples
+    (`eubo_log_w`), W2 between the samples x [n,d] and exact samples `truth` (when given and
+    `w2`), and the energy's own statistics (25GMM modes hit, Manywell shallow-well share)."""
+    out = log_z_report(log_w, energy.log_z)
+    if eubo_log_w is not None:
+        out["eubo"] = log_z_elbo(eubo_log_w)
+        if energy.log_z is not None:
+            out["delta_eubo"] = energy.log_z - out["eubo"]  # <= 0 in expectation
+    if truth is not None and w2:
+        out["w2"] = wasserstein2(x, truth)
+    out.update(energy.sample_statistics(x))
+    return out
+
+
+# controls beside exact-vs-exact, per energy class (the paper's mode-dropping levels)
+CONTROLS: dict[type, list[tuple[str, Draw]]] = {
+    GMM25: [("without one corner mode", gmm_without_corner_mode)],
+    Manywell: [("deep wells only", manywell_deep_wells_only)],
+}
+
+
+def reference_rows_for(energy: Energy, n: int, seeds: Iterable[int]) -> list[ReferenceRow]:
+    """The W2 rows a sampler's W2 on `energy` at n samples is read against: exact vs exact and
+    the energy's mode-dropping controls; [] when the energy has no exact sampler (LGCP)."""
+    if energy.sample(2, torch.Generator(device=energy.device).manual_seed(0)) is None:
+        return []
+    seeds = list(seeds)
+    controls = next((CONTROLS[c] for c in type(energy).__mro__ if c in CONTROLS), [])
+    rows = [reference_w2(energy, n=n, seeds=seeds, name="exact vs exact")]
+    return rows + [reference_w2(energy, draw, n=n, seeds=seeds, name=f"{name} vs exact") for name, draw in controls]

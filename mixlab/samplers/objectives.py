@@ -6,8 +6,9 @@ Every objective is called as
               all_reduce_mean=None) -> scalar loss
 (`Trajectories.terms()` gives the first four). S_F = sum_i log pf_i, S_B = sum_i log pb_i.
 Class attributes tell the system what an objective needs: `needs_flow` (a state-conditional
-flow, model.flow), `needs_log_z` (the learned scalar log Z_theta) and `reparametrised` (PIS: a
-rollout with gradients through the simulation). `check(flow)` raises ConfigError before training.
+flow, model.flow), `needs_log_z` (the learned scalar log Z_theta), `reparametrised` (PIS: a
+rollout with gradients through the simulation) and `batch_sum` (SubTB sums over the batch: under
+DDP each rank's loss is multiplied by the world size). `check(flow)` raises ConfigError before training.
 For flows, log F_T is always replaced by log R(x_1) (detached).
 """
 
@@ -22,6 +23,7 @@ class Objective:
     needs_flow = False
     needs_log_z = False
     reparametrised = False
+    batch_sum = False  # a sum over the batch, not a mean (DDP: each rank's loss x world size)
     name = "objective"
 
     def bind(self, dim: int) -> None:
@@ -99,6 +101,7 @@ class SubTrajectoryBalance(Objective):
     i.e. log F_m + sum_{i=m}^{n-1}(log pf_i - log pb_i) - log F_n; a batch SUM, as the reference."""
 
     needs_flow = True
+    batch_sum = True
     name = "SubTB"
 
     def __init__(self, lam: float = 2.0):
