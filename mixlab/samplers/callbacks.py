@@ -22,7 +22,8 @@ class SamplerFigures(L.Callback):
 
     def _due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
-        last = trainer.max_steps not in (None, -1) and step >= trainer.max_steps
+        last = (trainer.max_steps not in (None, -1) and step >= trainer.max_steps) or \
+            (trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs)
         return step != self._last_step and (last or step // self.every_n_steps > self._last_step // self.every_n_steps)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -128,6 +128,23 @@ if __name__ == "__main__":
 
 
 # ------------------------------------------------------------------- a sampler's evaluation
+def _w2_or_nan(x: torch.Tensor, truth: torch.Tensor) -> float:
+    """W2, or NaN (with a warning) for a diverged sampler: non-finite samples, or costs so large
+    that the exact solver reports an unbounded problem."""
+    import warnings
+
+    from mixlab.metrics.wasserstein import OTNotConvergedError
+
+    if not bool(torch.isfinite(x).all()):
+        warnings.warn("W2: the sampler produced non-finite samples; reporting NaN", stacklevel=3)
+        return math.nan
+    try:
+        return wasserstein2(x, truth)
+    except OTNotConvergedError as err:
+        warnings.warn(f"{err}; reporting NaN (max |x| = {float(x.abs().max()):.3g})", stacklevel=3)
+        return math.nan
+
+
 def sampler_metrics(energy: Energy, x: torch.Tensor, log_w: torch.Tensor, truth: torch.Tensor | None = None,
                     eubo_log_w: torch.Tensor | None = None, w2: bool = True) -> dict[str, float]:
     """The numbers of one evaluation: log Z_hat / log Z_hat_RW (and the signed errors Delta =
@@ -140,7 +157,7 @@ def sampler_metrics(energy: Energy, x: torch.Tensor, log_w: torch.Tensor, truth:
         if energy.log_z is not None:
             out["delta_eubo"] = energy.log_z - out["eubo"]  # <= 0 in expectation
     if truth is not None and w2:
-        out["w2"] = wasserstein2(x, truth)
+        out["w2"] = _w2_or_nan(x, truth)
     out.update(energy.sample_statistics(x))
     return out
 
