@@ -3,14 +3,14 @@
 SHELL := /bin/bash
 PY    := .venv/bin/python
 STAMP := .venv/.installed
-EXTRAS ?= test,slurm,tensorboard
+EXTRAS ?= test,slurm,tensorboard,text
 EXP   ?= baseline
 DATASET ?= mnist
 ARGS  ?=
 
 # Variables given on make's command line (`make eval ckpt=PATH n=512`) are passed to
 # train.py / evaluate.py as Hydra overrides, except make's own.
-MAKE_ONLY := ARGS EXP DATASET EXTRAS TASK MOE_ARGS
+MAKE_ONLY := ARGS EXP DATASET EXTRAS   # mk/<method>.mk files add their own (MAKE_ONLY += ...)
 CLI_OVERRIDES = $(strip $(foreach v,$(sort $(filter-out $(MAKE_ONLY),$(.VARIABLES))),$(if $(filter command line,$(origin $v)),'$v=$($v)')))
 
 .PHONY: help setup data data-fashion train eval test test-fast clean

@@ -1,6 +1,7 @@
 # Multi-task MoE classifier (mixlab/moe): stand-in data, the sub-models -> MoE pipeline, evaluation.
 TASK ?= a
 MOE_ARGS ?= data/source=standin
+MAKE_ONLY += TASK MOE_ARGS
 .PHONY: data-moe pretrain-moe eval-moe
 
 data-moe: data data-fashion  ## offline stand-in for the MoE tasks (MNIST + Fashion-MNIST; real: data/source=cifar100|imagefolder)

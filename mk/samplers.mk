@@ -7,7 +7,8 @@ data-lgcp: setup  ## Finnish pines for the LGCP energy -> data/finpines (Debian 
 sampler-reference: setup  ## W2 between independent exact sample sets (25GMM, Funnel, Manywell-32) + mode-dropping controls
 	$(PY) -m mixlab.samplers.metrics
 
-# Paper table, benchmark. SEEDS / ITERS are this file's (not passed to train.py as overrides).
+# Paper table, benchmark. SEEDS / ITERS are make-only (not passed to train.py as overrides).
+MAKE_ONLY += SEEDS ITERS
 SEEDS ?= 3
 ITERS ?=
 .PHONY: table-samplers bench-samplers

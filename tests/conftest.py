@@ -1,17 +1,21 @@
 """Fixtures shared by tests/core and tests/<method> (helpers live in support.py).
 
 `data_dir`: one tiny data root written by the tests (MNIST-style bars, Fashion-MNIST blobs for
-the MoE stand-in). `smoke_runs`: every experiment trained once under debug=smoke per session.
+the MoE stand-in), plus whatever a method's test folder adds through `tests/<method>/smoke_data.py`
+(a function `write(root)`, e.g. a tiny text corpus). `smoke_runs`: every experiment trained once
+under debug=smoke per session.
 Tests write only under pytest's tmp dirs; the FID weights are fetched into data/weights once,
 as `make weights` does.
 """
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, SmokeRuns, compose_train, write_tiny_fashion, write_tiny_mnist
+from support import ROOT, TESTS, SmokeRuns, compose_train, write_tiny_fashion, write_tiny_mnist
 
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -30,6 +34,13 @@ def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_tiny_mnist(root)
     write_tiny_fashion(root)
+    for writer in sorted(TESTS.glob("*/smoke_data.py")):  # each method's own tiny data
+        if str(writer.parent) not in sys.path:  # it may import its folder's helpers
+            sys.path.insert(0, str(writer.parent))
+        spec = importlib.util.spec_from_file_location(f"smoke_data_{writer.parent.name}", writer)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.write(root)
     return root
 
 

@@ -36,9 +36,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def measure(timers: list[tuple[str, dict, Callable[[], float]]], batch: int, device: torch.device, ratio_key: str,
-            json_path: str | None, ratio: str = "speedup") -> list[dict]:
+            json_path: str | None, ratio: str = "speedup", unit: str = "img") -> list[dict]:
     """Run each (name, extra row fields, seconds-per-step callable), print and return rows with
-    images/s and the ratio to the first row (the reference): `speedup` = ref / sec (higher is
+    items/s (`unit`: images, tokens) and the ratio to the first row (the reference): `speedup` = ref / sec (higher is
     faster) or `cost` = sec / ref (how many reference steps one step costs). Optionally write JSON."""
     rows, ref = [], None
     for name, extra, seconds in timers:
@@ -50,7 +50,7 @@ def measure(timers: list[tuple[str, dict, Callable[[], float]]], batch: int, dev
         row = {"variant": name, **extra, "sec_per_step": sec, "images_per_sec": batch / sec, ratio_key: value,
                "peak_memory_mb": peak_memory_mb(device)}
         rows.append(row)
-        print(f"  {name:<34} {row['images_per_sec']:9.1f} img/s   {value:5.2f}x   peak {row['peak_memory_mb']:.0f} MB", flush=True)
+        print(f"  {name:<34} {row['images_per_sec']:9.1f} {unit}/s   {value:5.2f}x   peak {row['peak_memory_mb']:.0f} MB", flush=True)
     if json_path:
         with open(json_path, "w") as f:
             json.dump(rows, f, indent=2)

@@ -1,0 +1,198 @@
+"""Text corpora on disk: each tokenised once into uint16 token files (nanoGPT's prepare.py).
+
+    python -m mixlab.data.text_corpora classics --tokenizer char gpt2 [--root data]   (make data-text)
+    python -m mixlab.data.text_corpora tiktoken [--root data]     # only the GPT-2 BPE file
+
+Layout, one folder per (corpus, tokenizer), since a corpus may be tokenised either way::
+
+    <root>/text/<corpus>-<tokenizer>/<split>.bin    uint16 token ids; every document followed by EOS
+    <root>/text/<corpus>-<tokenizer>/meta.json      tokenizer, vocab_size, eos_id, chars (char only),
+                                                    tokens / documents / skipped characters per split
+    <root>/text/<corpus>-<tokenizer>/SOURCE.txt     where the text came from, how it was split
+    <root>/text/tiktoken/<key>                      the GPT-2 BPE file in tiktoken's cache layout
+
+Splits are ``train``, ``val``, ``test`` (a corpus may lack some: openwebtext has only train).
+A build writes into a scratch folder next to the target and renames it when complete, so a
+killed build leaves no half corpus behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from mixlab.core.errors import ConfigError, DataNotFoundError, MixlabError
+from mixlab.core.network import internet_reachable
+from mixlab.data.text_classics import ClassicsCorpus
+from mixlab.data.text_online import online_corpora
+from mixlab.data.text_tokenizers import (CharTokenizer, GPT2Tokenizer, check_tokenizer_name, install_gpt2_bpe,
+                                         tiktoken_cache_dir)
+
+SPLITS = ("train", "val", "test")
+TOKEN_DTYPE = np.uint16
+CORPORA = {"classics": ClassicsCorpus(), **online_corpora()}
+BATCH_DOCUMENTS = 512  # documents tokenised per call (tiktoken threads over a batch)
+
+
+def corpus_spec(name: str, key: str = "data.corpus"):
+    if name not in CORPORA:
+        raise ConfigError(key, f"unknown corpus '{name}' (choose {'|'.join(CORPORA)})")
+    return CORPORA[name]
+
+
+def corpus_dir(root: str | os.PathLike, corpus: str, tokenizer: str) -> Path:
+    """``<root>/text/<corpus>-<tokenizer>``."""
+    return Path(root) / "text" / f"{corpus}-{tokenizer}"
+
+
+def make_hint(corpus: str, tokenizer: str, root: str | os.PathLike) -> str:
+    return (f"Run `make data-text CORPUS={corpus}` (python -m mixlab.data.text_corpora {corpus} "
+            f"--tokenizer {tokenizer} --root {root}) to build it.")
+
+
+# --------------------------------------------------------------------------- file format
+def pack_documents(token_lists: Iterable[list[int]], eos_id: int) -> np.ndarray:
+    """Documents' ids joined into one uint16 stream, EOS after every document."""
+    parts = [np.append(np.asarray(ids, dtype=np.int64), eos_id) for ids in token_lists]
+    stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if stream.size and (stream.min() < 0 or stream.max() > np.iinfo(TOKEN_DTYPE).max):
+        raise ValueError(f"token ids outside uint16: [{stream.min()}, {stream.max()}]")
+    return stream.astype(TOKEN_DTYPE)
+
+
+def read_tokens(path: str | os.PathLike) -> np.memmap:
+    """A split's token file as a read-only uint16 memmap (no copy)."""
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+
+
+def read_meta(folder: str | os.PathLike) -> dict:
+    return json.loads((Path(folder) / "meta.json").read_text())
+
+
+def load_tokenizer(meta: dict, root: str | os.PathLike):
+    """The tokenizer a corpus was built with (chars from meta.json; GPT-2 BPE from <root>)."""
+    if meta["tokenizer"] == "char":
+        return CharTokenizer(meta["chars"])
+    return GPT2Tokenizer.load(root)
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterable[list[str]]:
+    batch = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_split(path: Path, texts: Iterable[str], tokenizer) -> dict:
+    """Tokenise ``texts`` (documents) into ``path``; returns {tokens, documents, skipped_chars}."""
+    counts = {"tokens": 0, "documents": 0, "skipped_chars": 0}
+    with open(path, "wb") as f:
+        for batch in _batches(texts, BATCH_DOCUMENTS):
+            if isinstance(tokenizer, CharTokenizer):
+                counts["skipped_chars"] += sum(tokenizer.count_unknown(t) for t in batch)
+            stream = pack_documents(tokenizer.encode_batch(batch), tokenizer.eos_id)
+            stream.tofile(f)
+            counts["tokens"] += int(stream.size)
+            counts["documents"] += len(batch)
+    return counts
+
+
+def write_corpus(out: Path, name: str, texts: dict[str, Iterable[str]], tokenizer_name: str,
+                 root: str | os.PathLike, meta_extra: dict | None = None, source: str = "") -> dict:
+    """Tokenise {split: documents} into ``out`` (atomically); returns meta.json's content.
+
+    ``texts`` values must be re-iterable (lists, ``RecordTexts``): the char vocabulary is built
+    from the train split first (from all splits when there is no train split)."""
+    if tokenizer_name == "char":
+        vocab_texts = [texts["train"]] if "train" in texts else list(texts.values())
+        tokenizer = CharTokenizer.from_texts(t for split in vocab_texts for t in split)
+    else:
+        tokenizer = GPT2Tokenizer.load(root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # same file system as out
+    scratch.chmod(0o755)
+    try:
+        splits = {split: write_split(scratch / f"{split}.bin", docs, tokenizer) for split, docs in texts.items()}
+        meta = {"corpus": name, "tokenizer": tokenizer_name, "vocab_size": tokenizer.vocab_size,
+                "eos_id": tokenizer.eos_id, "dtype": np.dtype(TOKEN_DTYPE).name,
+                "eos": "appended after every document", "splits": splits, **(meta_extra or {})}
+        if tokenizer_name == "char":
+            meta["chars"] = tokenizer.chars
+        (scratch / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+        tok = ("characters of the train split, code-point order, EOS = len(chars)" if tokenizer_name == "char"
+               else "GPT-2 BPE (tiktoken r50k_base), EOS <|endoftext|> = 50256")
+        (scratch / "SOURCE.txt").write_text(f"{source}\nTokenizer: {tok}; EOS after every document; uint16 ids.\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return meta
+
+
+def build_corpus(corpus: str, tokenizers: Iterable[str], root: str | os.PathLike = "data", force: bool = False,
+                 spec=None) -> dict[str, dict]:
+    """Fetch ``corpus``'s documents once and tokenise them with each tokenizer into
+    ``<root>/text/<corpus>-<tokenizer>``; existing folders are kept unless ``force``.
+    Returns {tokenizer: meta}. ``spec`` replaces the registry's entry (tests)."""
+    spec = spec or corpus_spec(corpus)
+    todo = [t for t in (check_tokenizer_name(t) for t in tokenizers) if force or not (corpus_dir(root, corpus, t) / "meta.json").is_file()]
+    metas = {t: read_meta(corpus_dir(root, corpus, t)) for t in tokenizers if t not in todo}
+    if not todo:
+        return metas
+    if "gpt2" in todo:
+        install_gpt2_bpe(tiktoken_cache_dir(root), quiet=True)
+    if spec.online and not internet_reachable(*spec.host):
+        raise DataNotFoundError(f"corpus '{corpus}' comes from {spec.host[0]}, which is unreachable (offline); "
+                                "use the offline corpus `classics` (make data-text)")
+    with tempfile.TemporaryDirectory(prefix=f"mixlab-{corpus}-") as tmp:
+        texts, extra, source = spec.documents(Path(tmp))
+        for tokenizer in todo:
+            metas[tokenizer] = write_corpus(corpus_dir(root, corpus, tokenizer), corpus, texts, tokenizer, root, extra, source)
+    return metas
+
+
+# ------------------------------------------------------------------------------------ CLI
+def describe(folder: Path) -> str:
+    meta = read_meta(folder)
+    sizes = {s: (folder / f"{s}.bin").stat().st_size for s in meta["splits"]}
+    parts = [f"{s}: {c['tokens']:,} tokens / {c['documents']:,} docs / {sizes[s] / 1e6:.2f} MB" for s, c in meta["splits"].items()]
+    return f"{folder}: {meta['tokenizer']} vocab {meta['vocab_size']} eos {meta['eos_id']}; " + "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mixlab.data.text_corpora", description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", choices=[*CORPORA, "tiktoken"])
+    parser.add_argument("--tokenizer", nargs="+", default=["char", "gpt2"], help="char and/or gpt2 (default: both)")
+    parser.add_argument("--root", default="data", help="data root (default: data)")
+    parser.add_argument("--force", action="store_true", help="rebuild folders that exist")
+    args = parser.parse_args(argv)
+    try:
+        if args.corpus == "tiktoken" or "gpt2" in args.tokenizer:
+            install_gpt2_bpe(tiktoken_cache_dir(args.root))
+        if args.corpus != "tiktoken":
+            print(f"{args.corpus} ({', '.join(args.tokenizer)}) -> {Path(args.root) / 'text'} "
+                  f"({'rebuilding' if args.force else 'folders already built are kept'})", flush=True)
+            build_corpus(args.corpus, args.tokenizer, args.root, force=args.force)
+            for tokenizer in args.tokenizer:
+                print(describe(corpus_dir(args.root, args.corpus, tokenizer)))
+    except (MixlabError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""SEDD samplers (Lou et al. 2024, Sec. 4; louaaron/Score-Entropy-Discrete-Diffusion `sampling.py`).
+
+Grid t_k = linspace(1, eps, steps + 1), dt = (1 - eps) / steps, start from the graph's limit. Each
+step: project the fixed tokens, then one predictor update; then (optionally) the Denoiser jumps from
+sigma_bar(eps) to 0. `score_fn(x [B, L], sigma_bar [B]) -> log_score [B, L, dim]`. Transition
+probabilities and categorical draws are float64; draws use the Exp race argmax_y p_y / E_y,
+E ~ Exp(1) (valid for unnormalised p). Memory: a few [B, L, dim] float64 tensors per step.
+"""
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mixlab.core.errors import ConfigError
+
+ScoreFnT = Callable[[Tensor, Tensor], Tensor]
+
+
+def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """argmax_y p_y / E_y with E ~ Exp(1) in float64: a draw from p / sum(p), [..., V] -> [...]."""
+    p = probs.to(torch.float64)
+    e = torch.empty_like(p).exponential_(generator=generator).clamp_min_(torch.finfo(torch.float64).tiny)
+    return (p / e).argmax(-1)
+
+
+PREDICTORS: dict[str, type["Predictor"]] = {}
+
+
+def register_predictor(name: str):
+    def _register(cls):
+        if name in PREDICTORS:
+            raise ValueError(f"predictor {name!r} is already registered")
+        PREDICTORS[name] = cls
+        return cls
+
+    return _register
+
+
+class Predictor(abc.ABC):
+    """One reverse step from t to t - dt: `probs` gives the unnormalised transition probabilities."""
+
+    def __init__(self, graph, noise):
+        self.graph, self.noise = graph, noise
+
+    @abc.abstractmethod
+    def probs(self, score: ScoreFnT, x: Tensor, t: Tensor, dt: float) -> Tensor:
+        """[B, L, dim] float64, >= 0, for x [B, L] at times t [B] (float64)."""
+
+    def update(self, score: ScoreFnT, x: Tensor, t: Tensor, dt: float, generator: torch.Generator | None = None) -> Tensor:
+        return sample_categorical(self.probs(score, x, t, dt), generator)
+
+
+def _ratios(score: ScoreFnT, x: Tensor, sigma_bar: Tensor) -> Tensor:
+    """s = exp(l) in float64; the network sees sigma_bar in float32."""
+    return score(x, sigma_bar.float()).to(torch.float64).exp()
+
+
+@register_predictor("euler")
+class EulerPredictor(Predictor):
+    """tau-leaping: p = onehot(x) + dt sigma(t) R, R the reverse rate s_y Q[x, y]; a negative "stay"
+    probability (large dt sigma) is clamped at 0."""
+
+    def probs(self, score, x, t, dt):
+        sigma_bar, sigma = self.noise(t)
+        rev = self.graph.reverse_rate(x, _ratios(score, x, sigma_bar))
+        p = F.one_hot(x, self.graph.dim).to(torch.float64) + (dt * sigma).reshape(-1, 1, 1) * rev
+        return p.clamp_min(0)
+
+
+def _tweedie(graph, s: Tensor, x: Tensor, delta_sigma: Tensor) -> Tensor:
+    """[exp(-dsigma Q) s]_y * exp(dsigma Q)[x, y] (Thm 4.2), clamped at 0."""
+    return (graph.staggered_score(s, delta_sigma) * graph.transp_transition(x, delta_sigma)).clamp_min(0)
+
+
+@register_predictor("analytic")
+class AnalyticPredictor(Predictor):
+    """Tweedie tau-leaping: the exact reverse step from sigma_bar(t) to sigma_bar(t - dt) given the score."""
+
+    def probs(self, score, x, t, dt):
+        sigma_bar = self.noise.total(t)
+        delta = sigma_bar - self.noise.total(t - dt)
+        return _tweedie(self.graph, _ratios(score, x, sigma_bar), x, delta)
+
+
+class Denoiser:
+    """Final Tweedie step from sigma_bar(t) to 0; on the absorbing graph MASK is excluded so every
+    position is filled."""
+
+    def __init__(self, graph, noise):
+        self.graph, self.noise = graph, noise
+
+    def update(self, score: ScoreFnT, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        sigma_bar = self.noise.total(t)
+        p = _tweedie(self.graph, _ratios(score, x, sigma_bar), x, sigma_bar)
+        if self.graph.absorbing:
+            p = p[..., : self.graph.mask_id]
+        return sample_categorical(p, generator)
+
+
+class Fixed(NamedTuple):
+    """Tokens held fixed while sampling (infill / prompts); `key` names the config entry they came from."""
+
+    positions: Tensor  # [P] long
+    tokens: Tensor  # [P] long
+    key: str = "infill"
+
+
+def check_fixed(fixed: Fixed | tuple, length: int, num_tokens: int) -> Fixed:
+    """Positions in [0, length) without repeats; tokens real (0 <= id < num_tokens, so never MASK)."""
+    fixed = fixed if isinstance(fixed, Fixed) else Fixed(*fixed)
+    pos = torch.as_tensor(fixed.positions, dtype=torch.long).flatten()
+    tok = torch.as_tensor(fixed.tokens, dtype=torch.long).flatten()
+    key = fixed.key
+    if pos.numel() != tok.numel():
+        raise ConfigError(key, f"{pos.numel()} positions but {tok.numel()} tokens")
+    if pos.numel() and (pos.min() < 0 or pos.max() >= length):
+        raise ConfigError(key, f"positions must lie in [0, {length}) (the sequence length); got {pos.min().item()}..{pos.max().item()}")
+    if pos.unique().numel() != pos.numel():
+        raise ConfigError(key, "fixed positions overlap (a position is given twice)")
+    if tok.numel() and (tok.min() < 0 or tok.max() >= num_tokens):
+        got = f"{tok.min().item()}..{tok.max().item()}"
+        raise ConfigError(key, f"token ids must be real tokens in [0, {num_tokens}) (not MASK = {num_tokens}); got {got}")
+    return Fixed(pos, tok, key)
+
+
+def fixed_tokens(length: int, num_tokens: int, prefix: Sequence[int] | None = None, suffix: Sequence[int] | None = None,
+                 infill: dict[int, int] | Sequence[tuple[int, int]] | None = None) -> Fixed | None:
+    """Combine a prefix (positions 0..), a suffix (the last positions) and (position, token) pairs into
+    one Fixed; each part is checked under its own key, overlaps name the later part."""
+    parts = []
+    if prefix is not None and len(prefix):
+        if len(prefix) > length:
+            raise ConfigError("prefix", f"{len(prefix)} tokens do not fit in length {length}")
+        parts.append(check_fixed(Fixed(torch.arange(len(prefix)), torch.as_tensor(prefix), "prefix"), length, num_tokens))
+    if suffix is not None and len(suffix):
+        if len(suffix) > length:
+            raise ConfigError("suffix", f"{len(suffix)} tokens do not fit in length {length}")
+        where = torch.arange(length - len(suffix), length)
+        parts.append(check_fixed(Fixed(where, torch.as_tensor(suffix), "suffix"), length, num_tokens))
+    if infill is not None and len(infill):
+        pairs = list(infill.items()) if isinstance(infill, dict) else [tuple(p) for p in infill]
+        pos, tok = zip(*pairs)
+        parts.append(check_fixed(Fixed(torch.as_tensor(pos), torch.as_tensor(tok), "infill"), length, num_tokens))
+    if not parts:
+        return None
+    for k in range(1, len(parts)):
+        earlier = torch.cat([p.positions for p in parts[:k]])
+        if torch.isin(parts[k].positions, earlier).any():
+            raise ConfigError(parts[k].key, "overlaps the positions fixed by " + "/".join(p.key for p in parts[:k]))
+    key = "infill" if len(parts) > 1 else parts[0].key
+    return Fixed(torch.cat([p.positions for p in parts]), torch.cat([p.tokens for p in parts]), key)
+
+
+class _Scorer:
+    """Calls the score and counts network evaluations per sequence. With `cache` the network output of a
+    sequence is reused while its tokens are unchanged (needs a time-free score: `score_fn.network(x,
+    sigma_bar)` ignoring sigma_bar, `score_fn.log_score(out, x, sigma_bar)`)."""
+
+    def __init__(self, score_fn, cache: bool):
+        if cache and (getattr(score_fn, "time_conditioned", True) or not hasattr(score_fn, "network")):
+            raise ConfigError("cache", "reusing network outputs needs a time-free score (e.g. the RADD parameterisation); "
+                                       "this score depends on the noise level")
+        self.score_fn, self.cache, self.evals = score_fn, cache, 0
+        self.x_seen: Tensor | None = None
+        self.out: Tensor | None = None
+
+    def __call__(self, x: Tensor, sigma_bar: Tensor) -> Tensor:
+        if not self.cache:
+            self.evals += x.shape[0]
+            return self.score_fn(x, sigma_bar)
+        if self.out is None:
+            self.out, self.x_seen = self.score_fn.network(x, sigma_bar).clone(), x.clone()
+            self.evals += x.shape[0]
+        else:
+            changed = (x != self.x_seen).any(-1)
+            if changed.any():
+                self.out[changed] = self.score_fn.network(x[changed], sigma_bar[changed])
+                self.x_seen[changed] = x[changed]
+                self.evals += int(changed.sum())
+        return self.score_fn.log_score(self.out, x, sigma_bar)
+
+
+@torch.no_grad()
+def sample(score_fn: ScoreFnT, graph, noise, batch: int, length: int, steps: int, predictor: str = "analytic",
+           denoise: bool = True, eps: float = 1e-5, generator: torch.Generator | None = None, device="cpu",
+           fixed: Fixed | tuple[Tensor, Tensor] | None = None, cache: bool = False) -> tuple[Tensor, dict]:
+    """Draw [batch, length] token ids. Returns (tokens long, {"nfe": network evaluations per sequence}).
+
+    `fixed` = (positions [P], tokens [P]) is written into x before every predictor step, before the
+    denoiser and at the end. `cache=True` reuses the network output of unchanged sequences (time-free
+    scores only); "nfe" then counts the evaluations actually made, averaged over the batch."""
+    if steps < 1:
+        raise ConfigError("steps", f"needs at least 1 sampling step, got {steps}")
+    if not 0 < eps < 1:
+        raise ConfigError("eps", f"the sampler stops at t = eps in (0, 1), got {eps}")
+    if predictor not in PREDICTORS:
+        raise ConfigError("predictor", f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
+    scorer = _Scorer(score_fn, cache)
+    step = PREDICTORS[predictor](graph, noise)
+    if fixed is not None:
+        fixed = check_fixed(fixed, length, graph.num_tokens)
+        pos, tok = fixed.positions.to(device), fixed.tokens.to(device)
+
+    def project(x: Tensor) -> Tensor:
+        if fixed is not None:
+            x[:, pos] = tok
+        return x
+
+    x = graph.sample_limit((batch, length), generator=generator, device=device)
+    times = torch.linspace(1, eps, steps + 1, dtype=torch.float64, device=device)
+    dt = (1 - eps) / steps
+    for k in range(steps):
+        x = step.update(scorer, project(x), times[k].expand(batch), dt, generator)
+    if denoise:
+        x = Denoiser(graph, noise).update(scorer, project(x), times[-1].expand(batch), generator)
+    return project(x), {"nfe": scorer.evals / batch}
