@@ -1,0 +1,111 @@
+"""Replay buffer of terminal states and their log R (Sendera et al. 2024, Sec. 4).
+
+A FIFO ring of tensors (capacity 600k in the paper): once full, each add overwrites the oldest
+entries. Sampling is rank-prioritised, with replacement, from an explicit generator:
+
+    p(i) = w_i / sum_j w_j,   w_i = 1 / (k N + rank_i),   rank 0 = highest log R, k = 0.01
+
+(ties in log R are ranked oldest first). Storage grows on demand up to the capacity (the LGCP
+buffer at full capacity holds 600k x 1600 floats). `state_dict()` stores the contents oldest
+first; a round trip reproduces the next batch for the same generator state. Unlike the
+reference code, the first add inserts once and the sampling weights always follow the contents.
+"""
+
+import torch
+
+from mixlab.core.errors import ConfigError
+
+
+def rank_weights(log_r: torch.Tensor, k: float = 0.01) -> torch.Tensor:
+    """Unnormalised p_i = 1 / (k N + rank_i) [N] for log R [N]; rank 0 = highest (stable: earlier wins ties)."""
+    order = torch.sort(log_r, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(len(order), device=order.device)
+    return 1.0 / (k * len(log_r) + ranks.to(torch.float64))
+
+
+class ReplayBuffer:
+    """FIFO ring buffer of (x [d], log R) with rank-based prioritised sampling."""
+
+    def __init__(self, capacity: int = 600_000, k: float = 0.01):
+        if not (isinstance(capacity, int) and not isinstance(capacity, bool) and capacity >= 1):
+            raise ConfigError("capacity", f"must be an integer >= 1, got {capacity!r}")
+        if not k > 0:
+            raise ConfigError("k", f"must be > 0, got {k!r}")
+        self.capacity, self.k = capacity, float(k)
+        self.x: torch.Tensor | None = None  # [allocated, d] storage; rows [0, size) are valid
+        self.log_r: torch.Tensor | None = None  # [allocated]
+        self.size, self.head = 0, 0  # number of entries; next write position (oldest entry when full)
+        self._weights: torch.Tensor | None = None  # cached rank weights over the chronological contents
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _chronological(self) -> torch.Tensor:
+        """Storage rows of the contents, oldest first [size]."""
+        start = self.head if self.size == self.capacity else 0
+        return (start + torch.arange(self.size, device=self.log_r.device)) % self.capacity
+
+    def _reserve(self, need: int, like_x: torch.Tensor) -> None:
+        allocated = 0 if self.x is None else len(self.x)
+        if need <= allocated:
+            return
+        new = min(self.capacity, max(need, 2 * allocated, 1024))
+        x = like_x.new_empty(new, like_x.shape[1])
+        log_r = torch.empty(new, dtype=like_x.dtype, device=like_x.device)
+        if allocated:
+            x[:allocated], log_r[:allocated] = self.x, self.log_r
+        self.x, self.log_r = x, log_r
+
+    def add(self, x: torch.Tensor, log_r: torch.Tensor) -> None:
+        """Append x [n,d] with log R [n] (detached); beyond the capacity the oldest go first."""
+        if x.ndim != 2 or log_r.shape != x.shape[:1]:
+            raise ValueError(f"add: expected x [n,d] and log_r [n], got {tuple(x.shape)} and {tuple(log_r.shape)}")
+        if self.x is not None and x.shape[1] != self.x.shape[1]:
+            raise ValueError(f"add: dimension {x.shape[1]} differs from the buffer's {self.x.shape[1]}")
+        x, log_r = x.detach()[-self.capacity:], log_r.detach()[-self.capacity:]
+        n = len(x)
+        if n == 0:
+            return
+        self._reserve(min(self.capacity, self.size + n), x)
+        rows = (self.head + torch.arange(n, device=self.x.device)) % self.capacity
+        self.x[rows] = x.to(self.x)
+        self.log_r[rows] = log_r.to(self.log_r)
+        self.head = (self.head + n) % self.capacity
+        self.size = min(self.capacity, self.size + n)
+        self._weights = None
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x [size,d], log R [size]), oldest first."""
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty")
+        rows = self._chronological()
+        return self.x[rows], self.log_r[rows]
+
+    def probabilities(self) -> torch.Tensor:
+        """Sampling probabilities [size] of the contents, oldest first (float64)."""
+        if self._weights is None:
+            self._weights = rank_weights(self.contents()[1], self.k)
+        return self._weights / self._weights.sum()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws with replacement, p ∝ 1/(k N + rank): (x [n,d], log R [n]); `generator` on the storage device."""
+        chosen = torch.multinomial(self.probabilities(), n, replacement=True, generator=generator)
+        rows = self._chronological()[chosen]
+        return self.x[rows], self.log_r[rows]
+
+    def to(self, device) -> "ReplayBuffer":
+        """Move the storage (e.g. after loading a checkpoint on the CPU)."""
+        if self.x is not None:
+            self.x, self.log_r = self.x.to(device), self.log_r.to(device)
+        self._weights = None
+        return self
+
+    def state_dict(self) -> dict:
+        x, log_r = self.contents() if self.size else (None, None)
+        return {"capacity": self.capacity, "k": self.k, "x": x, "log_r": log_r}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__init__(int(state["capacity"]), float(state["k"]))
+        if state["x"] is not None:
+            self.add(state["x"], state["log_r"])

@@ -1,0 +1,153 @@
+"""Networks of the diffusion samplers (PIS architecture, Sendera et al. 2024, reference §2).
+
+All are plain nn.Modules, tensor in / tensor out; t is the raw time in [0, 1] as a [N] tensor.
+
+- `PISPolicy(x, t) -> [N, 2d]`: [u | raw log-variance] of the forward policy (no Langevin term;
+  see mixlab.samplers.langevin for the Langevin parametrisation).
+- `LangevinScale(t) -> [N, 1] or [N, d]`: the scale s(t) of the Langevin term.
+- `FlowNet(x, t) -> [N]`: log F(x, t) for DB / SubTB.
+- `ForwardLookingFlow(x, t, log_r) -> [N]`: FL-SubTB's flow, NN(x, t) plus a reference term.
+
+Policies and flows share a small call protocol that the rollout relies on:
+`policy.needs_grad` (does forward take grad log R?) and `flow.uses_log_r` (does forward take log R?).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from mixlab.core.errors import ConfigError
+
+
+class FourierFeatures(nn.Module):
+    """[sin(f t + phi), cos(f t + phi)] with f = linspace(f_min, f_max, harmonics) and a learned
+    phase phi (randn init): [N] -> [N, 2 * harmonics]."""
+
+    def __init__(self, harmonics: int = 64, f_min: float = 0.1, f_max: float = 100.0):
+        super().__init__()
+        self.register_buffer("freqs", torch.linspace(f_min, f_max, harmonics))
+        self.phase = nn.Parameter(torch.randn(harmonics))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        arg = t[:, None] * self.freqs + self.phase  # [N, h]
+        return torch.cat([arg.sin(), arg.cos()], dim=-1)  # [N, 2h]
+
+
+def time_embedding(harmonics: int = 64, hidden: int = 64, out: int = 64) -> nn.Sequential:
+    """PIS time embedding: Fourier features -> Linear(2h, hidden) -> GELU -> Linear(hidden, out)."""
+    return nn.Sequential(FourierFeatures(harmonics), nn.Linear(2 * harmonics, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+def joint_mlp(hidden: int, out: int, num_layers: int = 2) -> nn.Sequential:
+    """(s_emb + t_emb) -> GELU -> num_layers x [Linear, GELU] -> Linear(hidden, out)."""
+    layers: list[nn.Module] = [nn.GELU()]
+    for _ in range(num_layers):
+        layers += [nn.Linear(hidden, hidden), nn.GELU()]
+    return nn.Sequential(*layers, nn.Linear(hidden, out))
+
+
+def _check_size(value: int, key: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"must be an integer >= 1, got {value!r}")
+
+
+class PISPolicy(nn.Module):
+    """Forward-policy network: [N, d], [N] -> [N, 2d] = [u | raw log-variance], clipped to
+    [-clip, clip]. The last layer starts at zero (zero_init), so the initial drift is 0."""
+
+    needs_grad = False
+
+    def __init__(self, dim: int, hidden: int = 64, harmonics: int = 64, num_layers: int = 2,
+                 zero_init: bool = True, clip: float = 1e4):
+        super().__init__()
+        _check_size(dim, "model.policy.dim")
+        _check_size(hidden, "model.policy.hidden")
+        if not clip > 0:
+            raise ConfigError("model.policy.clip", f"must be > 0, got {clip!r}")
+        self.dim, self.clip = dim, float(clip)
+        self.t_embed = time_embedding(harmonics, hidden, hidden)
+        self.s_embed = nn.Linear(dim, hidden)
+        self.joint = joint_mlp(hidden, 2 * dim, num_layers)
+        if zero_init:
+            nn.init.zeros_(self.joint[-1].weight)
+            nn.init.zeros_(self.joint[-1].bias)
+
+    def unclipped(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.joint(self.s_embed(x) + self.t_embed(t))  # [N, 2d]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, grad_log_r: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unclipped(x, t).clamp(-self.clip, self.clip)  # [N, 2d]
+
+
+class LangevinScale(nn.Module):
+    """s(t) of the Langevin parametrisation: its own Fourier time features -> Linear(2h, hidden)
+    -> (num_layers - 1) x [GELU, Linear] -> GELU -> Linear(hidden, 1 or d); the last layer has
+    zero weights and bias `init` (0.01), so s(t) = init at the start. [N] -> [N, 1] or [N, d]."""
+
+    def __init__(self, dim: int = 1, per_dimension: bool = False, hidden: int = 64, harmonics: int = 64,
+                 num_layers: int = 3, init: float = 0.01):
+        super().__init__()
+        _check_size(dim, "model.policy.scale.dim")
+        layers: list[nn.Module] = [FourierFeatures(harmonics), nn.Linear(2 * harmonics, hidden)]
+        for _ in range(num_layers - 1):
+            layers += [nn.GELU(), nn.Linear(hidden, hidden)]
+        layers += [nn.GELU(), nn.Linear(hidden, dim if per_dimension else 1)]
+        self.net = nn.Sequential(*layers)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, init)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(t)  # [N, 1] or [N, d]
+
+
+class FlowNet(nn.Module):
+    """State-conditional log-flow for DB / SubTB: [N, d], [N] -> [N]. Same structure as the
+    policy (own state/time embeddings, joint MLP with one output), default init."""
+
+    uses_log_r = False
+
+    def __init__(self, dim: int, hidden: int = 64, harmonics: int = 64, num_layers: int = 2):
+        super().__init__()
+        _check_size(dim, "model.flow.dim")
+        self.t_embed = time_embedding(harmonics, hidden, hidden)
+        self.s_embed = nn.Linear(dim, hidden)
+        self.joint = joint_mlp(hidden, 1, num_layers)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, log_r: torch.Tensor | None = None) -> torch.Tensor:
+        return self.joint(self.s_embed(x) + self.t_embed(t)).squeeze(-1)  # [N]
+
+
+def reference_log_prob(x: torch.Tensor, t: torch.Tensor, sigma2: float, dt: float) -> torch.Tensor:
+    """log N(x; 0, sigma2 * max(t, dt) I): the marginal of the reference (driftless) process at t,
+    with t = 0 read as the first grid time dt (max(i, 1) dt). [N, d], [N] -> [N]."""
+    var = sigma2 * t.clamp(min=dt)  # [N]
+    d = x.shape[-1]
+    return -0.5 * (d * torch.log(2 * math.pi * var) + (x * x).sum(-1) / var)
+
+
+class ForwardLookingFlow(nn.Module):
+    """FL-SubTB flow: log F(x, t) = NN(x, t) + (1 - t) log N(x; 0, sigma2 max(t, 1/T) I) + t log R(x).
+    `sigma2` and `T` must be the sampler's (model.sigma2, model.T). [N, d], [N], [N] -> [N]."""
+
+    uses_log_r = True
+
+    def __init__(self, net: nn.Module, sigma2: float, T: int):
+        super().__init__()
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ConfigError("model.T", f"must be an integer >= 1, got {T!r}")
+        if not sigma2 > 0:
+            raise ConfigError("model.sigma2", f"must be > 0, got {sigma2!r}")
+        self.net, self.sigma2, self.T = net, float(sigma2), T
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, log_r: torch.Tensor | None = None) -> torch.Tensor:
+        if log_r is None:
+            raise ValueError("ForwardLookingFlow needs log R(x) at every state")
+        ref = reference_log_prob(x, t, self.sigma2, 1.0 / self.T)
+        return self.net(x, t) + (1 - t) * ref + t * log_r  # [N]
+
+
+def forward_looking_flow(dim: int, sigma2: float, T: int, hidden: int = 64, harmonics: int = 64,
+                         num_layers: int = 2) -> ForwardLookingFlow:
+    """FL-SubTB's flow on a fresh FlowNet (config: `_partial_: true`; the system passes the energy's dim)."""
+    return ForwardLookingFlow(FlowNet(dim, hidden, harmonics, num_layers), sigma2, T)

@@ -1,0 +1,252 @@
+"""Diffusion-sampler trajectories (Sendera et al. 2024, reference §1).
+
+Uniform grid t_i = i dt, dt = 1/T, x_0 = 0. Forward policy
+    p_F(x_{i+1} | x_i) = N(x_i + dt u(x_i, t_i), dt sigma2 v I),  v = 1 or log v = range * tanh(raw);
+fixed Brownian-bridge backward policy
+    p_B(x_{i-1} | x_i) = N((t_{i-1}/t_i) x_i, (t_{i-1}/t_i) sigma2 dt I),  log p_B = 0 for i = 1.
+
+`DiffusionRollout.forward` samples trajectories from x_0 = 0 (training rollouts: sampling with
+detached mean and variance, log p_F with gradient at the realised states; `reparametrise=True`
+for PIS: gradients through the simulation and log R). `DiffusionRollout.backward` draws the whole
+Brownian bridge from 0 to x_1 at once and evaluates log p_F of every transition.
+
+Two paths with equal outputs for equal noise (`vectorize`): `loop` keeps a graph per step;
+`batched` rolls out without gradient, then evaluates log p_F of all T transitions in one network
+call over B*T states. grad log R (Langevin policies) is computed once per state and reused.
+
+Noise: `RankNoise` draws standard normals (and uniforms, for MALA) for the global batch from the
+run's generator and keeps this process's rows, so N ranks reproduce one process.
+"""
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mixlab.core.errors import ConfigError
+
+VECTORIZE = ("auto", "true", "false")
+
+
+@dataclass
+class Trajectories:
+    states: torch.Tensor  # [B, T+1, d], states[:, 0] = 0
+    log_pf: torch.Tensor  # [B, T]
+    log_pb: torch.Tensor  # [B, T], log_pb[:, 0] = 0
+    log_r: torch.Tensor  # [B], log R(x_1); with gradient only for reparametrised rollouts
+    log_f: torch.Tensor | None = None  # [B, T+1] with a flow net; log_f[:, T] = log_r (detached)
+
+    def terms(self) -> dict:
+        """The objective's inputs: log_pf, log_pb, log_r, log_f."""
+        return {"log_pf": self.log_pf, "log_pb": self.log_pb, "log_r": self.log_r, "log_f": self.log_f}
+
+
+class RankNoise:
+    """Standard normals for a global batch of `global_batch` rows, drawn from `generator`; this
+    process keeps its rows: rank r of world_size W holds rows r, r + W, ... (as DistributedSampler),
+    or whatever `select` ([global, ...] -> [batch, ...]) picks. Draws are made on the generator's
+    device and moved to `device`."""
+
+    def __init__(self, generator: torch.Generator, global_batch: int, rank: int = 0, world_size: int = 1,
+                 select: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.generator, self.global_batch = generator, int(global_batch)
+        self.select = select if select is not None else (lambda t: t[rank::world_size])
+        self.batch = self.select(torch.empty(self.global_batch, 0)).shape[0]
+
+    def normal(self, dim: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+        z = torch.randn(self.global_batch, dim, generator=self.generator, device=self.generator.device, dtype=dtype)
+        return self.select(z).to(device if device is not None else z.device)  # [batch, dim]
+
+    def uniform(self, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+        """U(0, 1) numbers for the global batch, this process's rows: [batch]."""
+        u = torch.rand(self.global_batch, generator=self.generator, device=self.generator.device, dtype=dtype)
+        return self.select(u).to(device if device is not None else u.device)  # [batch]
+
+
+class Exploration:
+    """Exploration std eps(step): factor * max(0, 1 - step / decay_steps), or the constant factor
+    when decay_steps is None. Used only when sampling training trajectories."""
+
+    def __init__(self, factor: float = 0.0, decay_steps: int | None = 5000):
+        if not factor >= 0:
+            raise ConfigError("model.exploration.factor", f"must be >= 0, got {factor!r}")
+        if decay_steps is not None and (isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1):
+            raise ConfigError("model.exploration.decay_steps", f"must be an integer >= 1 or null (constant), got {decay_steps!r}")
+        self.factor, self.decay_steps = float(factor), decay_steps
+
+    def __call__(self, step: int) -> float:
+        if self.decay_steps is None:
+            return self.factor
+        return self.factor * max(0.0, 1.0 - step / self.decay_steps)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(exp(log_var))), summed over the last dim: [..., d] -> [...]."""
+    return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var)).sum(-1)
+
+
+def bridge_log_pb(states: torch.Tensor, sigma2: float) -> torch.Tensor:
+    """log p_B of every transition of [B, T+1, d] states under the discretised Brownian bridge:
+    transition i (x_i -> x_{i+1}) has log N(x_i; (i/(i+1)) x_{i+1}, (i/(i+1)) sigma2 dt I); 0 for i = 0."""
+    B, T = states.shape[0], states.shape[1] - 1
+    i = torch.arange(1, T, device=states.device, dtype=states.dtype)  # [T-1]
+    ratio = (i / (i + 1))[None, :, None]  # [1, T-1, 1]
+    log_var = torch.log(ratio * sigma2 / T).expand_as(states[:, 1:T])
+    rest = gaussian_log_prob(states[:, 1:T], ratio * states[:, 2:], log_var)  # [B, T-1]
+    return torch.cat([rest.new_zeros(B, 1), rest], dim=1)  # [B, T]
+
+
+def bridge_path(x1: torch.Tensor, T: int, sigma2: float, noise: RankNoise) -> torch.Tensor:
+    """One exact draw of the Brownian bridge (variance sigma2 per unit time) from x_0 = 0 to x_1 on
+    the grid t_k = k/T: B_k = W_k - t_k (W_1 - x_1). [B, d] -> [B, T+1, d], no gradient; the ends
+    are exactly 0 and x_1. Marginals N(t x_1, sigma2 t (1 - t) I)."""
+    x1 = x1.detach()
+    std = math.sqrt(sigma2 / T)
+    steps = torch.stack([noise.normal(x1.shape[-1], x1.dtype, x1.device) for _ in range(T)], dim=1)  # [B, T, d]
+    w = torch.cat([x1.new_zeros(x1.shape[0], 1, x1.shape[1]), std * steps.cumsum(1)], dim=1)  # [B, T+1, d]
+    t = torch.arange(T + 1, device=x1.device, dtype=x1.dtype)[None, :, None] / T
+    path = w - t * (w[:, -1:] - x1[:, None])
+    path[:, 0], path[:, -1] = 0.0, x1
+    return path
+
+
+def _param(module: nn.Module) -> torch.Tensor | None:
+    return next(module.parameters(), None)
+
+
+class DiffusionRollout:
+    """Trajectories of a Gaussian diffusion sampler with a fixed Brownian-bridge p_B.
+
+    T: steps (model.T); sigma2: diffusion variance per unit time (model.sigma2); learn_variance:
+    v = exp(log_var_range * tanh(raw)) instead of 1 (model.learn_variance, model.log_var_range);
+    vectorize: auto | true | false (model.vectorize): `batched` or `loop` log p_F (auto = batched,
+    except reparametrised rollouts, which need the loop).
+
+    policy(x [N,d], t [N], grad_log_r [N,d] | None) -> [N, 2d] with attribute needs_grad;
+    flow(x, t, log_r | None) -> [N] with attribute uses_log_r; energy: dim, log_reward, grad_log_reward.
+    """
+
+    def __init__(self, T: int = 100, sigma2: float = 1.0, learn_variance: bool = False,
+                 log_var_range: float = 4.0, vectorize: str | bool = "auto"):
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ConfigError("model.T", f"must be an integer >= 1, got {T!r}")
+        if isinstance(sigma2, bool) or not isinstance(sigma2, (int, float)) or not sigma2 > 0 or not math.isfinite(sigma2):
+            raise ConfigError("model.sigma2", f"must be a finite number > 0, got {sigma2!r}")
+        if learn_variance and not log_var_range > 0:
+            raise ConfigError("model.log_var_range", f"must be > 0, got {log_var_range!r}")
+        mode = str(vectorize).lower()
+        if mode not in VECTORIZE:
+            raise ConfigError("model.vectorize", f"must be one of {', '.join(VECTORIZE)}, got {vectorize!r}")
+        self.T, self.sigma2, self.dt = T, float(sigma2), 1.0 / T
+        self.learn_variance, self.log_var_range, self.vectorize = bool(learn_variance), float(log_var_range), mode
+
+    # ----- policy ---------------------------------------------------------------------------
+    def check(self, reparametrise: bool) -> None:
+        """ConfigError if this rollout cannot serve the objective (batched + reparametrised)."""
+        if reparametrise and self.vectorize == "true":
+            raise ConfigError("model.vectorize", "true needs a no-grad rollout; a reparametrised objective (PIS) "
+                              "differentiates through the simulation: use auto or false")
+
+    def batched(self, reparametrise: bool = False) -> bool:
+        self.check(reparametrise)
+        return self.vectorize != "false" and not reparametrise
+
+    def step_params(self, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy output [N, 2d] at x [N, d] -> mean x + dt u and log variance log(dt sigma2 v), [N, d] each."""
+        d = x.shape[-1]
+        u, raw = out[:, :d], out[:, d:]
+        log_v = self.log_var_range * torch.tanh(raw) if self.learn_variance else torch.zeros_like(u)
+        return x + self.dt * u, log_v + math.log(self.dt * self.sigma2)
+
+    def times(self, n: int, i: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.full((n,), i * self.dt, dtype=like.dtype, device=like.device)  # [n]
+
+    @staticmethod
+    def _grad(policy, energy, x: torch.Tensor) -> torch.Tensor | None:
+        """grad log R at x [N, d] for a Langevin policy (detached), else None."""
+        if not policy.needs_grad:
+            return None
+        with torch.enable_grad():  # energies may differentiate log R themselves
+            return energy.grad_log_reward(x.detach()).detach()
+
+    def log_pf(self, policy, states: torch.Tensor, grads: torch.Tensor | None, batched: bool) -> torch.Tensor:
+        """log p_F of every transition of [B, T+1, d] states, grads [B, T, d] (Langevin) or None;
+        one network call over B*T states (batched) or one per step (loop). -> [B, T]."""
+        B, d = states.shape[0], states.shape[-1]
+        if batched:
+            x = states[:, :-1].reshape(B * self.T, d)
+            t = (torch.arange(self.T, dtype=x.dtype, device=x.device) * self.dt).repeat(B)  # [B*T]
+            g = None if grads is None else grads.reshape(B * self.T, d)
+            mean, log_var = self.step_params(policy(x, t, g), x)
+            return gaussian_log_prob(states[:, 1:].reshape(B * self.T, d), mean, log_var).view(B, self.T)
+        out = []
+        for i in range(self.T):
+            x = states[:, i]
+            mean, log_var = self.step_params(policy(x, self.times(B, i, x), None if grads is None else grads[:, i]), x)
+            out.append(gaussian_log_prob(states[:, i + 1], mean, log_var))
+        return torch.stack(out, dim=1)
+
+    def log_flow(self, flow, energy, states: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
+        """[B, T+1]: flow at states 0..T-1 (one call, detached states), log R(x_1) at T."""
+        B, d = states.shape[0], states.shape[-1]
+        x = states[:, :-1].detach().reshape(B * self.T, d)
+        t = (torch.arange(self.T, dtype=x.dtype, device=x.device) * self.dt).repeat(B)
+        lr = energy.log_reward(x).detach() if flow.uses_log_r else None
+        return torch.cat([flow(x, t, lr).view(B, self.T), log_r.detach()[:, None]], dim=1)
+
+    # ----- rollouts -------------------------------------------------------------------------
+    def forward(self, policy, energy, noise: RankNoise, flow=None, exploration: float = 0.0,
+                reparametrise: bool = False) -> Trajectories:
+        """Trajectories from x_0 = 0 for noise.batch rows. exploration: std eps added in variance to
+        every sampling step (dt sigma2 v + eps^2); log p_F stays the policy's. reparametrise: PIS
+        (x_{i+1} = mean + std * xi with gradients; log R with gradient)."""
+        if not exploration >= 0:
+            raise ConfigError("model.exploration.factor", f"must be >= 0, got {exploration!r}")
+        batched = self.batched(reparametrise)
+        p = _param(policy)
+        dtype = p.dtype if p is not None else torch.get_default_dtype()
+        device = p.device if p is not None else noise.generator.device
+        d, B = energy.dim, noise.batch
+        x = torch.zeros(B, d, dtype=dtype, device=device)
+        states, grads, log_pf = [x], [], []
+        record = not batched or not torch.is_grad_enabled()  # log p_F from the rollout itself
+        with torch.no_grad() if batched else nullcontext():
+            for i in range(self.T):
+                g = self._grad(policy, energy, x)
+                grads.append(g)
+                mean, log_var = self.step_params(policy(x, self.times(B, i, x), g), x)
+                std = torch.exp(0.5 * log_var) if exploration == 0 else torch.sqrt(torch.exp(log_var) + exploration**2)
+                xi = noise.normal(d, dtype, device)
+                x_next = mean + std * xi if reparametrise else mean.detach() + std.detach() * xi
+                if record:
+                    log_pf.append(gaussian_log_prob(x_next, mean, log_var))
+                states.append(x_next)
+                x = x_next
+        states = torch.stack(states, dim=1)  # [B, T+1, d]
+        grads_t = torch.stack(grads, dim=1) if policy.needs_grad else None
+        log_pf = torch.stack(log_pf, dim=1) if record else self.log_pf(policy, states, grads_t, batched=True)
+        log_r = energy.log_reward(x)
+        log_r = log_r if reparametrise else log_r.detach()
+        return self._finish(states, log_pf, log_r, flow, energy)
+
+    def backward(self, policy, energy, x1: torch.Tensor, noise: RankNoise, flow=None) -> Trajectories:
+        """Trajectories ending at x1 [B, d] (B = noise.batch): one exact Brownian-bridge draw from
+        0 to x1, then log p_F of every transition (no gradient through the states)."""
+        if x1.shape[0] != noise.batch:
+            raise ValueError(f"x1 has {x1.shape[0]} rows, noise draws {noise.batch}")
+        states = bridge_path(x1, self.T, self.sigma2, noise)
+        B, d = states.shape[0], states.shape[-1]
+        grads = None
+        if policy.needs_grad:  # one energy call over all B*T states
+            grads = self._grad(policy, energy, states[:, :-1].reshape(B * self.T, d)).view(B, self.T, d)
+        log_pf = self.log_pf(policy, states, grads, batched=self.batched())
+        return self._finish(states, log_pf, energy.log_reward(x1).detach(), flow, energy)
+
+    def _finish(self, states, log_pf, log_r, flow, energy) -> Trajectories:
+        log_f = self.log_flow(flow, energy, states, log_r) if flow is not None else None
+        return Trajectories(states, log_pf, bridge_log_pb(states, self.sigma2), log_r, log_f)

@@ -1,0 +1,100 @@
+"""Sampler networks (PIS architecture) and the Langevin parametrisation, against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from closed_form import randomise_last_layer
+from mixlab.core.errors import ConfigError
+from mixlab.samplers.langevin import LangevinPolicy, clean_grad, langevin_output
+from mixlab.samplers.nets import FlowNet, ForwardLookingFlow, FourierFeatures, LangevinScale, PISPolicy, reference_log_prob
+
+
+def test_fourier_features_grid_and_learned_phase():
+    ff = FourierFeatures(64)
+    torch.testing.assert_close(ff.freqs, torch.linspace(0.1, 100, 64))
+    assert ff.phase.requires_grad and ff.phase.shape == (64,)
+    t = torch.tensor([0.0, 0.37, 1.0])
+    out = ff(t)
+    assert out.shape == (3, 128)
+    arg = 0.37 * ff.freqs + ff.phase
+    torch.testing.assert_close(out[1], torch.cat([arg.sin(), arg.cos()]))
+
+
+def test_pis_policy_shapes_zero_init_and_clip():
+    policy = PISPolicy(5)
+    x, t = torch.randn(7, 5), torch.rand(7)
+    out = policy(x, t)
+    assert out.shape == (7, 10) and (out == 0).all()  # zero-initialised last layer
+    assert policy.t_embed[1].in_features == 128 and policy.s_embed.out_features == 64
+    with torch.no_grad():
+        policy.joint[-1].bias.fill_(3e4)
+        policy.joint[-1].bias[:2] = -5e4
+    out = policy(x, t)
+    assert (out[:, :2] == -1e4).all() and (out[:, 2:] == 1e4).all()
+    assert (policy.unclipped(x, t)[:, 2:] == 3e4).all()
+    assert PISPolicy.needs_grad is False
+
+
+def test_langevin_scale_starts_at_its_bias():
+    t = torch.rand(6)
+    scalar, per_dim = LangevinScale(4), LangevinScale(4, per_dimension=True)
+    torch.testing.assert_close(scalar(t), torch.full((6, 1), 0.01))
+    torch.testing.assert_close(per_dim(t), torch.full((6, 4), 0.01))
+    assert (scalar.net[-1].weight == 0).all()
+    assert scalar.net[1].in_features == 128 and sum(isinstance(m, torch.nn.Linear) for m in scalar.net) == 4
+
+
+def test_langevin_policy_adds_scaled_clean_gradient():
+    torch.manual_seed(0)
+    net = randomise_last_layer(PISPolicy(3))
+    scale = LangevinScale(3, per_dimension=True)
+    with torch.no_grad():
+        scale.net[-1].weight.normal_(0, 0.1)
+    policy = LangevinPolicy(net, scale)
+    x, t = torch.randn(4, 3), torch.rand(4)
+    grad = torch.randn(4, 3) * 50
+    grad[0, 0], grad[1, 1], grad[2, 2] = float("nan"), 500.0, -float("inf")
+    grad.requires_grad_(True)
+    out = policy(x, t, grad)
+    g = grad.detach().clone()
+    g[0, 0], g[1, 1], g[2, 2] = 0.0, 100.0, -100.0
+    g = g.clamp(-100, 100)
+    raw = net(x, t)
+    torch.testing.assert_close(out[:, :3], raw[:, :3] + scale(t) * g)
+    torch.testing.assert_close(out[:, 3:], raw[:, 3:])
+    out.sum().backward()
+    assert grad.grad is None  # grad log R is detached
+    assert LangevinPolicy.needs_grad is True
+
+
+def test_langevin_output_is_clipped_after_the_sum():
+    out = torch.tensor([[9e3, 1.0, 2e4, 0.0]])  # d = 2: [u | raw]
+    res = langevin_output(out, torch.tensor([[20.0]]), torch.tensor([[60.0, 1.0]]), 100.0, 1e4)
+    torch.testing.assert_close(res, torch.tensor([[1e4, 21.0, 1e4, 0.0]]))
+    torch.testing.assert_close(clean_grad(torch.tensor([float("nan"), 3.0, 1e9])), torch.tensor([0.0, 3.0, 100.0]))
+
+
+def test_flow_net_and_forward_looking_flow():
+    torch.manual_seed(0)
+    net = FlowNet(3)
+    x, t, log_r = torch.randn(5, 3), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]), torch.randn(5)
+    assert net(x, t).shape == (5,)
+    fl = ForwardLookingFlow(net, sigma2=2.0, T=10)
+    var = 2.0 * torch.tensor([0.1, 0.1, 0.5, 0.9, 1.0])  # sigma2 max(i, 1) dt
+    log_n = -0.5 * (3 * torch.log(2 * math.pi * var) + (x**2).sum(-1) / var)
+    torch.testing.assert_close(reference_log_prob(x, t, 2.0, 0.1), log_n)
+    torch.testing.assert_close(fl(x, t, log_r), net(x, t) + (1 - t) * log_n + t * log_r)
+    assert FlowNet.uses_log_r is False and ForwardLookingFlow.uses_log_r is True
+    with pytest.raises(ValueError):
+        fl(x, t)
+
+
+def test_net_errors_name_the_key():
+    for build, key in [(lambda: PISPolicy(0), "model.policy.dim"), (lambda: PISPolicy(2, clip=0.0), "model.policy.clip"),
+                       (lambda: FlowNet(0), "model.flow.dim"),
+                       (lambda: LangevinPolicy(PISPolicy(2), LangevinScale(), grad_clip=-1.0), "model.policy.grad_clip")]:
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert info.value.key == key

@@ -1,0 +1,61 @@
+"""make bench-samplers / make table-samplers: the straightforward reference implementations equal
+ours (so the benchmark compares equal work), the benchmark's rows, the table end to end on smoke runs."""
+
+import json
+
+import pytest
+import torch
+
+from mixlab.samplers import bench
+from mixlab.samplers.energies import Manywell
+from mixlab.samplers.local_search import PaperStepSize, mala
+from mixlab.samplers.objectives import SubTrajectoryBalance
+from mixlab.samplers.table import PAPER, TABLE_ROWS, welch_p
+
+
+def test_straightforward_references_compute_what_ours_compute():
+    x = Manywell(12).sample(40, torch.Generator().manual_seed(0)).double()
+    loop, ours = bench.PairLoopManywell(12), Manywell(12)
+    torch.testing.assert_close(loop.log_reward(x), ours.log_reward(x))
+    torch.testing.assert_close(loop.grad_log_reward(x), ours.grad_log_reward(x))
+    g = torch.Generator().manual_seed(1)
+    t = {k: torch.randn(*s, generator=g, dtype=torch.float64) for k, s in [("log_pf", (5, 7)), ("log_pb", (5, 7)), ("log_r", (5,)), ("log_f", (5, 8))]}
+    torch.testing.assert_close(bench.subtb_per_sample(**t), SubTrajectoryBalance(2.0)(**t))
+    fast = mala(ours, x, steps=12, burn_in=6, step_size=0.05, rule=PaperStepSize(), generator=torch.Generator().manual_seed(3))
+    slow, eta = bench.mala_uncached(loop, x, 12, 6, 0.05, PaperStepSize(), torch.Generator().manual_seed(3))
+    torch.testing.assert_close(slow, fast.samples)
+    assert eta == pytest.approx(fast.step_size)
+
+
+def test_bench_reports_every_row_against_its_reference(tmp_path):
+    rows = bench.main(["--dims", "4", "--batch", "8", "--T", "4", "--ls-steps", "4", "--steps", "1", "--warmup", "0",
+                       "--json", str(tmp_path / "b.json")])
+    assert [(r["row"], r["impl"]) for r in rows] == [(k, i) for k in ("TB", "TB+LP", "FL-SubTB", "LS") for i in ("straightforward", "ours")]
+    assert all(r["sec_per_step"] > 0 and r["speedup_vs_straightforward"] > 0 for r in rows)
+    assert len(json.loads((tmp_path / "b.json").read_text())) == 8
+
+
+def test_table_rows_are_the_papers():
+    assert all(e in PAPER for e in TABLE_ROWS) and len(TABLE_ROWS) == 7
+    assert PAPER["sampler_gmm25_tb_expl_ls"][2:] == ((0.171, 0.013), (0.004, 0.011), (1.25, 0.18))
+    assert welch_p([1.0], (1.0, 0.1)) is None  # one seed: no std
+    assert welch_p([0.17, 0.18, 0.16], (0.171, 0.013)) > 0.5 and welch_p([5.0, 5.1, 4.9], (0.171, 0.013)) < 1e-3
+
+
+@pytest.mark.slow
+def test_table_end_to_end_on_smoke_runs(tmp_path):
+    from mixlab.samplers.table import main
+
+    args = ["--experiments", "sampler_gmm25_tb", "--seeds", "2", "--iters", "8", "--eval-every", "4", "--eval-n", "32",
+            "--reference-seeds", "1", "--out", str(tmp_path), "--", "debug=smoke"]
+    assert main(args) == 0
+    table = json.loads((tmp_path / "table.json").read_text())
+    row = table["rows"][0]
+    assert row["experiment"] == "sampler_gmm25_tb" and row["iterations"] == 8 and row["seeds"] == 2
+    assert len(row["w2"]["values"]) == 2 and row["w2"]["std"] is not None and row["w2"]["paper"] == [4.83, 0.45]
+    assert [r["name"] for r in table["reference_w2"]["25GMM"]] == ["exact vs exact", "without one corner mode vs exact"]
+    md = (tmp_path / "table.md").read_text()
+    assert "| 25GMM | TB | 8 |" in md and "1.176 ± 0.109" in md
+    stamp = (tmp_path / "runs" / "sampler_gmm25_tb_seed0" / "table_timing.json").stat().st_mtime
+    assert main(args) == 0  # finished runs are reused
+    assert (tmp_path / "runs" / "sampler_gmm25_tb_seed0" / "table_timing.json").stat().st_mtime == stamp
