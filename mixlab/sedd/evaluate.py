@@ -77,15 +77,22 @@ def summarise(terms: dict[str, torch.Tensor]) -> dict:
     return out
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    """The `sedd` evaluator (conf/evaluator/sedd.yaml)."""
+def load_sedd(cfg: DictConfig, positive: tuple[str, ...]):
+    """Check the evaluator's integer options `positive` (>= 1), then load `cfg.ckpt`, which must be
+    a SEDD checkpoint; returns (system, run config, checkpoint dict, device)."""
     from mixlab.sedd.system import SEDD
 
-    for key in ("timesteps", "t_batch", "batch_size"):
+    for key in positive:
         check_positive_int(cfg[key], key)
     device = resolve_device(cfg.device)
     system, run_cfg, ckpt = load_system(cfg.ckpt, device)
     require(isinstance(system, SEDD), "ckpt", f"{cfg.ckpt} is a {type(system).__name__} checkpoint, not a SEDD one")
+    return system, run_cfg, ckpt, device
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """The `sedd` evaluator (conf/evaluator/sedd.yaml)."""
+    system, run_cfg, ckpt, device = load_sedd(cfg, ("timesteps", "t_batch", "batch_size"))
     datamodule = split_datamodule(run_cfg, cfg)
     datamodule.batch_size = cfg.batch_size * cfg.devices
     system.eval_options = {"timesteps": cfg.timesteps, "t_batch": cfg.t_batch, "seed": cfg.seed}

@@ -15,9 +15,8 @@ import torch
 from omegaconf import DictConfig
 
 from mixlab.core.checkpoint import load_system
-from mixlab.core.config import build, check_positive_int, require
-from mixlab.core.evaluate import resolve_device
-from mixlab.sedd.evaluate import out_dir_of
+from mixlab.core.config import build, require
+from mixlab.sedd.evaluate import load_sedd, out_dir_of
 
 
 def unigram_entropy(tokens: torch.Tensor) -> torch.Tensor:
@@ -54,13 +53,8 @@ def generative_perplexity(judge, tokens: torch.Tensor, batch_size: int) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     from mixlab.sedd.ar import AutoRegressive
-    from mixlab.sedd.system import SEDD
 
-    for key in ("n", "steps", "batch_size"):
-        check_positive_int(cfg[key], key)
-    device = resolve_device(cfg.device)
-    system, run_cfg, ckpt = load_system(cfg.ckpt, device)
-    require(isinstance(system, SEDD), "ckpt", f"{cfg.ckpt} is a {type(system).__name__} checkpoint, not a SEDD one")
+    system, run_cfg, ckpt, device = load_sedd(cfg, ("n", "steps", "batch_size"))
     system.tokenizer = build(run_cfg.data, root=cfg.paths.data_dir).tokenizer
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     start = time.perf_counter()
