@@ -8,7 +8,7 @@ data-text: setup  ## tokenise a text corpus once into data/text/ (default classi
 	$(PY) -m mixlab.data.text_corpora $(CORPUS) --tokenizer $(TOKENIZERS) --root data
 
 .PHONY: sample-text bench-sedd
-sample-text: setup  ## SEDD text samples: make sample-text ckpt=PATH [sampler=analytic steps=1024 cache=true prefix="..." suffix="..." judge_ckpt=AR]
+sample-text: setup  ## SEDD text samples: make sample-text ckpt=PATH [sampler=analytic steps=1024 cache=true prefix="..." suffix="..." judge_ckpt=AR judge_gpt2=auto]
 	@test -n "$(ckpt)" || { echo "error: ckpt: give a SEDD checkpoint, e.g. make sample-text ckpt=logs/sedd_absorb_char"; exit 2; }
 	$(PY) evaluate.py evaluator=sedd_sample $(CLI_OVERRIDES) $(ARGS)
 

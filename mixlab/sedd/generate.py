@@ -5,7 +5,9 @@ Writes <run>/eval/samples_<sampler>_T<steps>_n<n>_seed<seed>.txt and .json with 
 evaluations, wall time, tokens/s, the mean unigram entropy of the samples and, with
 `judge_ckpt=` (the project's AR baseline, `experiment=ar_char|ar_bpe`), their generative perplexity:
 the mean over samples of exp(mean NLL of tokens 2..L), the reference's aggregation (exp of the
-mean NLL is reported too)."""
+mean NLL is reported too). `judge_gpt2=auto|null|PATH` adds GPT-2's (`gen_ppl_gpt2`, ...; a Hugging
+Face GPT-2 folder, auto: <paths.weights_dir>/gpt2-large when present, mixlab.sedd.gpt2): GPT-2 BPE
+samples are scored as sampled, character-level ones decoded and re-tokenised with GPT-2 BPE."""
 
 import json
 import time
@@ -46,9 +48,47 @@ def encode_fixed(tokenizer, cfg: DictConfig) -> dict:
     return fixed
 
 
+def perplexity_report(nll: torch.Tensor, suffix: str = "") -> dict:
+    """gen_ppl (mean of exp), gen_ppl_of_mean_nll and gen_nll of per-sample mean NLLs [B]."""
+    return {f"gen_ppl{suffix}": float(torch.exp(nll).mean()), f"gen_ppl_of_mean_nll{suffix}": float(torch.exp(nll.mean())),
+            f"gen_nll{suffix}": float(nll.mean())}
+
+
+def batched_nll(judge, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([judge.nll(tokens[i:i + batch_size].to(judge.device)).double().cpu() for i in range(0, len(tokens), batch_size)])
+
+
 def generative_perplexity(judge, tokens: torch.Tensor, batch_size: int) -> dict:
-    nll = torch.cat([judge.nll(tokens[i:i + batch_size].to(judge.device)).double().cpu() for i in range(0, len(tokens), batch_size)])
-    return {"gen_ppl": float(torch.exp(nll).mean()), "gen_ppl_of_mean_nll": float(torch.exp(nll.mean())), "gen_nll": float(nll.mean())}
+    return perplexity_report(batched_nll(judge, tokens, batch_size))
+
+
+def gpt2_ids(tokenizer, text: str) -> list[int]:
+    """GPT-2 BPE ids of a decoded sample; the EOS text a character-level EOS decodes to becomes GPT-2's EOS id."""
+    from mixlab.data.text_tokenizers import EOS_TEXT
+
+    ids = []
+    for i, part in enumerate(text.split(EOS_TEXT)):
+        ids += ([tokenizer.eos_id] if i else []) + tokenizer.encode(part)
+    return ids
+
+
+def gpt2_perplexity(cfg: DictConfig, run_cfg: DictConfig, system, tokens: torch.Tensor, device: torch.device) -> dict:
+    """GPT-2's generative perplexity (`_gpt2` keys) when `judge_gpt2` names or finds its weights, else {}."""
+    from mixlab.data.text_tokenizers import GPT2Tokenizer
+    from mixlab.sedd.gpt2 import judge_folder, load_gpt2
+
+    folder = judge_folder(cfg.get("judge_gpt2"), cfg.paths.weights_dir)
+    if folder is None:
+        return {}
+    judge = load_gpt2(folder, device)
+    if run_cfg.data.get("tokenizer") == "gpt2":
+        require(judge.vocab_size == system.vocab_size, "judge_gpt2", f"GPT-2 has {judge.vocab_size} tokens, the model {system.vocab_size}")
+        nll = batched_nll(judge, tokens, cfg.batch_size)
+    else:
+        tokenizer = GPT2Tokenizer.load(cfg.paths.data_dir)
+        ids = [torch.tensor([gpt2_ids(tokenizer, text)]) for text in system.decode(tokens)]
+        nll = torch.cat([judge.nll(row.to(judge.device)).double().cpu() for row in ids])
+    return {"judge_gpt2": str(folder.resolve()), **perplexity_report(nll, "_gpt2")}
 
 
 def run(cfg: DictConfig) -> dict:
@@ -72,6 +112,7 @@ def run(cfg: DictConfig) -> dict:
         require(isinstance(judge, AutoRegressive), "judge_ckpt", f"{cfg.judge_ckpt} is not an AR baseline checkpoint (experiment=ar_char|ar_bpe)")
         require(judge.vocab_size == system.vocab_size, "judge_ckpt", f"the judge has {judge.vocab_size} tokens, the model {system.vocab_size}")
         result.update(generative_perplexity(judge, tokens, cfg.batch_size))
+    result.update(gpt2_perplexity(cfg, run_cfg, system, tokens, device))
     out = out_dir_of(cfg)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"samples_{cfg.sampler}_T{cfg.steps}{'_cache' if cfg.cache else ''}_n{cfg.n}_seed{cfg.seed}"
@@ -81,6 +122,7 @@ def run(cfg: DictConfig) -> dict:
     (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
     print(texts[0][:600] + ("..." if len(texts[0]) > 600 else ""))
     gen = f", gen-PPL {result['gen_ppl']:.2f}" if "gen_ppl" in result else ""
+    gen += f", GPT-2 gen-PPL {result['gen_ppl_gpt2']:.2f} (NLL {result['gen_nll_gpt2']:.3f})" if "gen_ppl_gpt2" in result else ""
     print(f"[mixlab] {cfg.n} samples of {result['length']} tokens, {cfg.sampler} {cfg.steps} steps{' cached' if cfg.cache else ''}: "
           f"{result['nfe']:.1f} NFE, {seconds:.1f} s ({result['tokens_per_second']:.0f} tokens/s), unigram entropy "
           f"{result['unigram_entropy']:.3f}{gen}")
