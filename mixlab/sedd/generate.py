@@ -49,9 +49,13 @@ def encode_fixed(tokenizer, cfg: DictConfig) -> dict:
 
 
 def perplexity_report(nll: torch.Tensor, suffix: str = "") -> dict:
-    """gen_ppl (mean of exp), gen_ppl_of_mean_nll and gen_nll of per-sample mean NLLs [B]."""
-    return {f"gen_ppl{suffix}": float(torch.exp(nll).mean()), f"gen_ppl_of_mean_nll{suffix}": float(torch.exp(nll.mean())),
-            f"gen_nll{suffix}": float(nll.mean())}
+    """gen_ppl (mean of exp), gen_ppl_of_mean_nll, gen_nll and the standard errors over samples of
+    gen_ppl and gen_nll, from per-sample mean NLLs [B]."""
+    n = len(nll)
+    se = (lambda v: float(v.std() / n**0.5)) if n > 1 else (lambda v: float("nan"))
+    return {f"gen_ppl{suffix}": float(torch.exp(nll).mean()), f"gen_ppl_se{suffix}": se(torch.exp(nll)),
+            f"gen_ppl_of_mean_nll{suffix}": float(torch.exp(nll.mean())), f"gen_nll{suffix}": float(nll.mean()),
+            f"gen_nll_se{suffix}": se(nll)}
 
 
 def batched_nll(judge, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -121,7 +125,7 @@ def run(cfg: DictConfig) -> dict:
     result["samples"] = str(save_texts(texts, out / f"{tag}.txt"))
     (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
     print(texts[0][:600] + ("..." if len(texts[0]) > 600 else ""))
-    gen = f", gen-PPL {result['gen_ppl']:.2f}" if "gen_ppl" in result else ""
+    gen = f", gen-PPL {result['gen_ppl']:.2f} +- {result['gen_ppl_se']:.2f}" if "gen_ppl" in result else ""
     gen += f", GPT-2 gen-PPL {result['gen_ppl_gpt2']:.2f} (NLL {result['gen_nll_gpt2']:.3f})" if "gen_ppl_gpt2" in result else ""
     print(f"[mixlab] {cfg.n} samples of {result['length']} tokens, {cfg.sampler} {cfg.steps} steps{' cached' if cfg.cache else ''}: "
           f"{result['nfe']:.1f} NFE, {seconds:.1f} s ({result['tokens_per_second']:.0f} tokens/s), unigram entropy "

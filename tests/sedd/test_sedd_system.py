@@ -16,6 +16,7 @@ from mixlab.core.config import build
 from mixlab.core.errors import ConfigError, DataNotFoundError
 from mixlab.core.pipeline import train
 from mixlab.sedd.evaluate import evaluate, evaluate_ar
+from mixlab.sedd.generate import perplexity_report
 from mixlab.sedd.generate import run as sample_text
 from support import ROOT, compose_eval, env_for_subprocess
 
@@ -198,3 +199,13 @@ def test_text_options_on_a_non_sedd_checkpoint_are_one_line(smoke_runs, tmp_path
                           env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: prefix: not an option of evaluator 'fid'")
+
+
+def test_perplexity_report_gives_means_and_standard_errors_over_samples():
+    nll = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    report = perplexity_report(nll, "_x")
+    ppl = [math.exp(1), math.exp(2), math.exp(3)]
+    assert report["gen_nll_x"] == pytest.approx(2.0) and report["gen_nll_se_x"] == pytest.approx(1 / math.sqrt(3))
+    assert report["gen_ppl_x"] == pytest.approx(sum(ppl) / 3) and report["gen_ppl_of_mean_nll_x"] == pytest.approx(math.exp(2))
+    assert report["gen_ppl_se_x"] == pytest.approx(torch.tensor(ppl).std().item() / math.sqrt(3))
+    assert math.isnan(perplexity_report(nll[:1])["gen_ppl_se"])
