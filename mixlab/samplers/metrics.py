@@ -123,10 +123,6 @@ def main() -> None:
         print(row)
 
 
-if __name__ == "__main__":
-    main()
-
-
 # ------------------------------------------------------------------- a sampler's evaluation
 def _w2_or_nan(x: torch.Tensor, truth: torch.Tensor) -> float:
     """W2, or NaN (with a warning) for a diverged sampler: non-finite samples, or costs so large
@@ -178,3 +174,7 @@ def reference_rows_for(energy: Energy, n: int, seeds: Iterable[int]) -> list[Ref
     controls = next((CONTROLS[c] for c in type(energy).__mro__ if c in CONTROLS), [])
     rows = [reference_w2(energy, n=n, seeds=seeds, name="exact vs exact")]
     return rows + [reference_w2(energy, draw, n=n, seeds=seeds, name=f"{name} vs exact") for name, draw in controls]
+
+
+if __name__ == "__main__":
+    main()
