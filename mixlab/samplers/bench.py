@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       (f"d={dim} {kind} ours", {"dim": dim, "row": kind, "impl": "ours"}, timed(False))]
             if args.compile:
                 timers.append((f"d={dim} {kind} ours+compile", {"dim": dim, "row": kind, "impl": "ours+compile"}, timed(False, True)))
-            rows += measure(timers, args.batch, device, "speedup_vs_straightforward", None, ratio="speedup")
+            rows += measure(timers, args.batch, device, "speedup_vs_straightforward", None, ratio="speedup", unit="traj")
     print("\n| d | row | straightforward s/it | ours s/it | speed-up |" + (" compiled s/it | speed-up |" if args.compile else ""))
     print("|---|---|---|---|---|" + ("---|---|" if args.compile else ""))
     for i in range(0, len(rows), 3 if args.compile else 2):
