@@ -59,3 +59,11 @@ def test_epoch_cadence_writes_image_grids(tmp_path):
     fit(tmp_path, text=False, every_n_epochs=1)  # 10 batches per epoch: epochs end at steps 10, 20 and the last at 25
     files = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert files == ["epoch_0000.png", "epoch_0000_other.png", "epoch_0001.png", "epoch_0001_other.png", "epoch_0002.png", "epoch_0002_other.png"]
+
+
+def test_progress_bar_label_for_epoch_and_step_counted_runs():
+    from mixlab.callbacks.progress import epoch_label
+
+    assert epoch_label(3, 10, -1) == "Epoch 3/9"
+    assert epoch_label(0, -1, 1800) == "Epoch 0 (of 1800 steps)"  # Lightning would print "Epoch 0/-2"
+    assert epoch_label(2, None, None) == "Epoch 2"
