@@ -29,6 +29,13 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
 
 
+def save_json(path: str | None, obj) -> None:
+    """Write a benchmark's rows as indented JSON (nothing when path is None)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -51,7 +58,5 @@ def measure(timers: list[tuple[str, dict, Callable[[], float]]], batch: int, dev
                "peak_memory_mb": peak_memory_mb(device)}
         rows.append(row)
         print(f"  {name:<34} {row['images_per_sec']:9.1f} {unit}/s   {value:5.2f}x   peak {row['peak_memory_mb']:.0f} MB", flush=True)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(rows, f, indent=2)
+    save_json(json_path, rows)
     return rows

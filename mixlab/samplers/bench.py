@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from mixlab.core.bench import device_name, measure, median_step_seconds
+from mixlab.core.bench import device_name, measure, median_step_seconds, save_json
 from mixlab.samplers.energies import Energy, Manywell
 from mixlab.samplers.langevin import langevin_policy
 from mixlab.samplers.local_search import AdaptiveStepSize, PaperStepSize, mala
@@ -157,11 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             comp = rows[i + 2]
             line += f" {comp['sec_per_step']:.3f} | {comp['speedup_vs_straightforward']:.2f}x |"
         print(line)
-    if args.json:
-        import json
-
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    save_json(args.json, rows)
     return rows
 
 

@@ -1,6 +1,6 @@
 """SamplerFigures: after a validation, every `every_n_steps` optimizer steps (and at the last
 step), draw the sampler's figure from the validation's samples (no extra sampling), save it as
-`<run dir>/figures/step_XXXXXXX.png` and log it (wandb image / TensorBoard figure), rank 0 only."""
+`<run dir>/figures/step_<7-digit step>.png` and log it (wandb image / TensorBoard figure), rank 0 only."""
 
 from pathlib import Path
 

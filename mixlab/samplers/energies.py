@@ -15,6 +15,7 @@ tests/samplers/test_energies.py.
 """
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
@@ -29,14 +30,15 @@ MANYWELL_MEAN_A2 = 2.9598060904889367  # E[a^2]
 MANYWELL_SHALLOW_SHARE = 0.15569290378886083  # P(a < 0): the shallow well's share
 
 
-class Energy(nn.Module):
+class Energy(nn.Module, ABC):
     """Base class: subclasses set `dim` and `log_z` and implement `log_reward`."""
 
     dim: int
     log_z: float | None = None
 
-    def log_reward(self, x: torch.Tensor) -> torch.Tensor:  # [B,d] -> [B]
-        raise NotImplementedError
+    @abstractmethod
+    def log_reward(self, x: torch.Tensor) -> torch.Tensor:
+        """log R(x), [B,d] -> [B]."""
 
     def grad_log_reward(self, x: torch.Tensor) -> torch.Tensor:  # [B,d] -> [B,d]
         """d log R / dx by autograd (subclasses override with a closed form)."""

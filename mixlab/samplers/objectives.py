@@ -13,13 +13,14 @@ For flows, log F_T is always replaced by log R(x_1) (detached).
 """
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 
 from mixlab.core.errors import ConfigError
 
 
-class Objective:
+class Objective(ABC):
     needs_flow = False
     needs_log_z = False
     reparametrised = False
@@ -35,10 +36,11 @@ class Objective:
             raise ConfigError("model.flow", f"{self.name} needs a state-conditional flow network "
                               "(e.g. mixlab.samplers.nets.FlowNet); got none")
 
+    @abstractmethod
     def __call__(self, log_pf: torch.Tensor, log_pb: torch.Tensor, log_r: torch.Tensor,
                  log_f: torch.Tensor | None = None, log_z: torch.Tensor | None = None,
                  all_reduce_mean=None) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss from log p_F / log p_B [B,T], log R [B], log F [B,T+1] or None, log Z."""
 
     def _flows(self, log_f: torch.Tensor | None, log_r: torch.Tensor) -> torch.Tensor:
         """log F [B, T+1] with log F_T := log R(x_1) (detached)."""

@@ -15,12 +15,11 @@ L = 256, fewer steps) on a CPU: every row says what it ran.
 
 import argparse
 import contextlib
-import json
 import time
 
 import torch
 
-from mixlab.core.bench import device_name, measure, median_step_seconds, peak_memory_mb
+from mixlab.core.bench import device_name, measure, median_step_seconds, peak_memory_mb, save_json
 from mixlab.nets.dit import HAS_FLASH_ATTN, DDiT
 from mixlab.sedd.graphs import AbsorbingGraph
 from mixlab.sedd.noise import LogLinearNoise
@@ -137,9 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.skip != "sampling":
         print("sampling (an untrained net: NFE of the cache depends on how many tokens are unmasked per step, not on training)")
         out["sampling"] = sampling_rows(args, device)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    save_json(args.json, out)
     return out
 
 

@@ -199,6 +199,6 @@ class SEDD(MixlabSystem):
         return [self.tokenizer.decode(row.tolist()) for row in tokens]
 
     def sample(self, n: int, generator: torch.Generator | None = None, **options) -> list[str]:
-        """Text samples (the SampleGrid callback writes them to samples/step_XXXXXXX.txt)."""
+        """Text samples (the SampleGrid callback writes them to samples/step_<7-digit step>.txt)."""
         tokens, _ = self.sample_tokens(n, generator=generator, **options)
         return self.decode(tokens)
