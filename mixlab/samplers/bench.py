@@ -11,6 +11,8 @@ speed-up over a straightforward implementation timed in the same process:
                + one backward iteration                          pair-loop energy, loop backward rollout
 
 Optional `--compile`: the ours rows again with torch.compile on the policy (and flow).
+`--device cuda` (the default when a GPU is visible) times both implementations on the GPU, all
+random numbers drawn there; fp32 throughout, as the experiments train.
 """
 
 import argparse
@@ -53,7 +55,7 @@ class PairLoopManywell(Energy):
 def subtb_per_sample(log_pf, log_pb, log_r, log_f=None, log_z=None, lam: float = 2.0, **_):
     """SubTB as a loop over the batch (each sample's (T+1) x (T+1) residuals at once)."""
     B, T = log_pf.shape
-    k = torch.arange(T + 1, dtype=log_pf.dtype)
+    k = torch.arange(T + 1, dtype=log_pf.dtype, device=log_pf.device)
     diff = k[None, :] - k[:, None]
     weights = torch.where(diff > 0, lam**diff, torch.zeros_like(diff))
     weights = weights / weights.sum()
@@ -69,8 +71,8 @@ def mala_uncached(energy, x, steps, burn_in, eta, rule: AdaptiveStepSize, genera
     """The textbook chain: log R and grad at the state and at the proposal, every step."""
     rate, kept = 0.0, []
     for step in range(steps):
-        xi = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype)
+        xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
         g_x = energy.grad_log_reward(x)
         prop = x + eta * g_x + math.sqrt(2 * eta) * xi
         g_p = energy.grad_log_reward(prop)
@@ -85,14 +87,15 @@ def mala_uncached(energy, x, steps, burn_in, eta, rule: AdaptiveStepSize, genera
     return torch.cat(kept), eta
 
 
-def iteration(kind: str, dim: int, straightforward: bool, batch: int, T: int, ls_steps: int, compile_nets: bool = False):
-    """A closure running one training iteration of `kind` (TB | TB+LP | FL-SubTB | LS)."""
+def iteration(kind: str, dim: int, straightforward: bool, batch: int, T: int, ls_steps: int, compile_nets: bool = False,
+              device: torch.device | str = "cpu"):
+    """A closure running one training iteration of `kind` (TB | TB+LP | FL-SubTB | LS) on `device`."""
     torch.manual_seed(0)
-    energy = PairLoopManywell(dim) if straightforward else Manywell(dim)
+    energy = (PairLoopManywell(dim) if straightforward else Manywell(dim)).to(device)
     rollout = DiffusionRollout(T, 1.0, vectorize="false" if straightforward else "auto")
-    policy = langevin_policy(dim) if kind == "TB+LP" else PISPolicy(dim)
-    flow = forward_looking_flow(dim, 1.0, T) if kind == "FL-SubTB" else None
-    log_z = torch.nn.Parameter(torch.zeros(()))
+    policy = (langevin_policy(dim) if kind == "TB+LP" else PISPolicy(dim)).to(device)
+    flow = forward_looking_flow(dim, 1.0, T).to(device) if kind == "FL-SubTB" else None
+    log_z = torch.nn.Parameter(torch.zeros((), device=device))
     params = list(policy.parameters()) + [log_z] + (list(flow.parameters()) if flow is not None else [])
     opt = torch.optim.Adam(params, lr=1e-3)
     if compile_nets:
@@ -100,8 +103,8 @@ def iteration(kind: str, dim: int, straightforward: bool, batch: int, T: int, ls
         if flow is not None:
             flow.compile()
     objective = (subtb_per_sample if straightforward else ForwardLookingSubTB()) if kind == "FL-SubTB" else TrajectoryBalance()
-    gen = torch.Generator().manual_seed(1)
-    exact = Manywell(dim).sample(batch, torch.Generator().manual_seed(2))
+    gen = torch.Generator(device=device).manual_seed(1)
+    exact = Manywell(dim).to(device).sample(batch, torch.Generator(device=device).manual_seed(2)).float()
     state = {"eta": 0.01}
 
     def step():
@@ -133,16 +136,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=5, help="timed iterations (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the nets")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU visible (torch.cuda.is_available() is False)")
     print(f"[mixlab] sampler iterations on {device_name(device)}: batch {args.batch}, T {args.T}, LS {args.ls_steps} MALA steps; "
           f"median of {args.steps} after {args.warmup} warm-up", flush=True)
     rows = []
     for dim in [int(d) for d in args.dims.split(",")]:
         for kind in args.rows.split(","):
             timed = lambda loop, comp=False: lambda: median_step_seconds(  # noqa: E731
-                iteration(kind, dim, loop, args.batch, args.T, args.ls_steps, comp), device, args.steps, args.warmup)
+                iteration(kind, dim, loop, args.batch, args.T, args.ls_steps, comp, device), device, args.steps, args.warmup)
             timers = [(f"d={dim} {kind} straightforward", {"dim": dim, "row": kind, "impl": "straightforward"}, timed(True)),
                       (f"d={dim} {kind} ours", {"dim": dim, "row": kind, "impl": "ours"}, timed(False))]
             if args.compile:

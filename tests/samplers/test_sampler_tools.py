@@ -35,6 +35,13 @@ def test_bench_reports_every_row_against_its_reference(tmp_path):
     assert len(json.loads((tmp_path / "b.json").read_text())) == 8
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_bench_on_a_missing_gpu_is_one_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda"])
+    assert "--device cuda: no GPU visible" in capsys.readouterr().err
+
+
 def test_table_rows_are_the_papers():
     assert all(e in PAPER for e in TABLE_ROWS) and len(TABLE_ROWS) == 7
     assert PAPER["sampler_gmm25_tb_expl_ls"][2:] == ((0.171, 0.013), (0.004, 0.011), (1.25, 0.18))
