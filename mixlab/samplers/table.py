@@ -6,7 +6,8 @@ fresh exact samples), then table.md / table.json with
 
     mean ± std (ddof 1) over the seeds of |Delta log Z_hat|, |Delta log Z_hat_RW| and W2, beside the
     paper's mean ± std (5 runs; Sendera et al. 2024, Table 1), a two-sided Welch t-test per
-    metric (flag * at p < 0.05), iterations, device and wall time per run, and the W2 reference rows.
+    metric (flag * at p < 0.05), iterations, device and wall time per run, and the W2 reference rows;
+    curves.png: every run's validation |Δlog Ẑ|, |Δlog Ẑ_RW| and W2 against the iteration.
 
 Runs go to <out>/runs/<experiment>_seed<s>/; a run whose evaluation JSON exists is not repeated
 (re-running the command resumes a table). Arguments after `--` are passed to every train.py run
@@ -25,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from mixlab.samplers.curves import plot_table_curves
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ("abs_delta_log_z", "abs_delta_log_z_rw", "w2")
@@ -187,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "iters": args.iters, "eval_n": args.eval_n, "train_args": extra}, indent=2))
     (out / "table.md").write_text(markdown(rows, references, args, host))
     print((out / "table.md").read_text())
-    print(f"[mixlab] table: {out / 'table.md'} (+ table.json)")
+    curves = plot_table_curves(out, [r["experiment"] for r in rows])
+    print(f"[mixlab] table: {out / 'table.md'} (+ table.json" + (f", validation curves {curves.name})" if curves else ")"))
     return 0
 
 

@@ -3,6 +3,7 @@ ours (so the benchmark compares equal work), the benchmark's rows, the table end
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +50,20 @@ def test_table_rows_are_the_papers():
     assert welch_p([0.17, 0.18, 0.16], (0.171, 0.013)) > 0.5 and welch_p([5.0, 5.1, 4.9], (0.171, 0.013)) < 1e-3
 
 
+def test_validation_curves_join_the_versions_of_a_resumed_run(tmp_path):
+    from mixlab.samplers.curves import validation_curves
+
+    header = "epoch,step,train/loss_step,val/w2,val/delta_log_z\n"
+    for version, rows in enumerate([["0,49,0.5,,", "0,99,,7.0,-2.0", "1,199,,6.0,-1.5"],  # killed after iteration 200
+                                    ["1,199,,5.5,-1.25", "2,299,,5.0,1.0"]]):  # resumed: re-validated 200, then 300
+        (tmp_path / "csv" / f"version_{version}").mkdir(parents=True)
+        (tmp_path / "csv" / f"version_{version}" / "metrics.csv").write_text(header + "\n".join(rows) + "\n")
+    curves = validation_curves(tmp_path)
+    assert set(curves) == {"val/w2", "val/delta_log_z"}
+    np.testing.assert_array_equal(curves["val/w2"], [[100, 7.0], [200, 5.5], [300, 5.0]])
+    np.testing.assert_array_equal(curves["val/delta_log_z"][:, 1], [-2.0, -1.25, 1.0])
+
+
 @pytest.mark.slow
 def test_table_end_to_end_on_smoke_runs(tmp_path):
     from mixlab.samplers.table import main
@@ -63,6 +78,7 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     assert [r["name"] for r in table["reference_w2"]["25GMM"]] == ["exact vs exact", "without one corner mode vs exact"]
     md = (tmp_path / "table.md").read_text()
     assert "| 25GMM | TB | 8 |" in md and "1.176 ± 0.109" in md
+    assert (tmp_path / "curves.png").stat().st_size > 0
     stamp = (tmp_path / "runs" / "sampler_gmm25_tb_seed0" / "table_timing.json").stat().st_mtime
     assert main(args) == 0  # finished runs are reused
     assert (tmp_path / "runs" / "sampler_gmm25_tb_seed0" / "table_timing.json").stat().st_mtime == stamp

@@ -1,0 +1,89 @@
+"""Validation curves of sampler runs (what `make table-samplers` draws beside table.md): every
+run's `val/*` metrics from its CSV logs (all versions: a resumed run logs into a new one; the last
+value per step wins), one panel per metric against the iteration, one colour per experiment
+(one line per seed), the paper's mean as a dashed line.
+
+    python -m mixlab.samplers.curves <table dir> [--out curves.png]
+"""
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# (column in metrics.csv, panel title, index of the paper's value in table.PAPER[exp][2:]); panels show |value|
+PANELS = (("val/delta_log_z", "|Δlog Ẑ|", 0), ("val/delta_log_z_rw", "|Δlog Ẑ_RW|", 1), ("val/w2", "W2", 2))
+
+
+def validation_curves(run_dir: Path) -> dict[str, np.ndarray]:
+    """{metric: [[step, value], ...]} from <run_dir>/csv/version_*/metrics.csv, sorted by step."""
+    by_metric: dict[str, dict[int, float]] = {}
+    versions = sorted((run_dir / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    for path in versions:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                for key, value in row.items():
+                    if key.startswith("val/") and value not in ("", None) and row.get("step"):
+                        # logged at global_step - 1 after an epoch of iterations: +1 = iterations done
+                        by_metric.setdefault(key, {})[int(float(row["step"])) + 1] = float(value)
+    return {k: np.array(sorted(v.items()), dtype=float) for k, v in by_metric.items()}
+
+
+def plot_table_curves(out: Path, experiments: list[str], path: Path | None = None) -> Path | None:
+    """One figure of the runs under <out>/runs/<experiment>_seed<s>/; None when no run has logged a validation."""
+    from mixlab.samplers.table import PAPER
+
+    path = path or out / "curves.png"
+    runs = {e: sorted((out / "runs").glob(f"{e}_seed*")) for e in experiments}
+    curves = {e: [validation_curves(r) for r in rs] for e, rs in runs.items()}
+    energies = list(dict.fromkeys(PAPER.get(e, ("?",))[0] for e in experiments))
+    if not any(c for cs in curves.values() for c in cs):
+        return None
+    fig, axes = plt.subplots(len(energies), len(PANELS), figsize=(5 * len(PANELS), 3.6 * len(energies)), squeeze=False)
+    for k, experiment in enumerate(experiments):
+        energy, method, *paper = PAPER.get(experiment, ("?", experiment, None, None, None))
+        colour = f"C{k % 10}"
+        for j, (key, title, p) in enumerate(PANELS):
+            ax = axes[energies.index(energy), j]
+            for s, c in enumerate(curves[experiment]):
+                if key in c:
+                    ax.plot(c[key][:, 0], np.abs(c[key][:, 1]), color=colour, lw=1, alpha=0.85, label=method if s == 0 else None)
+            if paper[p] is not None:
+                ax.axhline(paper[p][0], color=colour, ls="--", lw=0.9)
+            ax.set(title=f"{energy}: {title}", xlabel="iteration", yscale="log")
+            ax.grid(alpha=0.3, which="both")
+    for ax in axes[:, 0]:
+        ax.legend(fontsize=8)
+    fig.suptitle("validation on 2,000 trajectories (solid: ours, one line per seed; dashed: the paper's mean, Table 1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mixlab.samplers.table import TABLE_ROWS
+
+    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.curves", description=__doc__.splitlines()[0])
+    parser.add_argument("table_dir", type=Path)
+    parser.add_argument("--experiments", default=",".join(TABLE_ROWS))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    present = [e for e in args.experiments.split(",") if e and any((args.table_dir / "runs").glob(f"{e}_seed*"))]
+    path = plot_table_curves(args.table_dir, present, args.out)
+    if path is None:
+        print(f"error: no validation metrics under {args.table_dir / 'runs'} (<experiment>_seed<s>/csv/version_*/metrics.csv)",
+              file=sys.stderr)
+        return 2
+    print(f"[mixlab] curves: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
