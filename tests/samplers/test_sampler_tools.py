@@ -79,6 +79,10 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     md = (tmp_path / "table.md").read_text()
     assert "| 25GMM | TB | 8 |" in md and "1.176 ± 0.109" in md
     assert (tmp_path / "curves.png").stat().st_size > 0
+    from mixlab.samplers.curves import validation_curves
+
+    w2 = validation_curves(tmp_path / "runs" / "sampler_gmm25_tb_seed0")["val/w2"]
+    assert w2[:, 0].tolist() == [4, 8]  # x = iterations done at each validation (every 4 of 8)
     stamp = (tmp_path / "runs" / "sampler_gmm25_tb_seed0" / "table_timing.json").stat().st_mtime
     assert main(args) == 0  # finished runs are reused
     assert (tmp_path / "runs" / "sampler_gmm25_tb_seed0" / "table_timing.json").stat().st_mtime == stamp
