@@ -7,8 +7,17 @@ entries. Sampling is rank-prioritised, with replacement, from an explicit genera
 
 (ties in log R are ranked oldest first). Storage grows on demand up to the capacity (the LGCP
 buffer at full capacity holds 600k x 1600 floats). `state_dict()` stores the contents oldest
-first; a round trip reproduces the next batch for the same generator state. Unlike the
-reference code, the first add inserts once and the sampling weights always follow the contents.
+first; a round trip reproduces the next batch for the same generator state.
+
+Two draw orders (`draws`):
+- "independent" (the paper's description, default): every batch is drawn with the weights of the
+  current contents.
+- "reference" (what the reference code's DataLoader does): one weighted draw of N = len positions
+  (with replacement) is made when the previous one is used up and served n at a time (as
+  `drop_last`); a position p names the (p+1)-th oldest entry *when served*, so the order lags the
+  contents: a draw made at size N lasts N / n batches while the buffer keeps filling, and once the
+  ring is full FIFO eviction shifts what each drawn position points at (its weight no longer
+  matches). The reference's other quirk (its first add inserts the batch twice) is not copied.
 """
 
 import torch
@@ -27,12 +36,18 @@ def rank_weights(log_r: torch.Tensor, k: float = 0.01) -> torch.Tensor:
 class ReplayBuffer:
     """FIFO ring buffer of (x [d], log R) with rank-based prioritised sampling."""
 
-    def __init__(self, capacity: int = 600_000, k: float = 0.01):
+    DRAWS = ("independent", "reference")
+
+    def __init__(self, capacity: int = 600_000, k: float = 0.01, draws: str = "independent"):
         if not (isinstance(capacity, int) and not isinstance(capacity, bool) and capacity >= 1):
             raise ConfigError("capacity", f"must be an integer >= 1, got {capacity!r}")
         if not k > 0:
             raise ConfigError("k", f"must be > 0, got {k!r}")
-        self.capacity, self.k = capacity, float(k)
+        if draws not in self.DRAWS:
+            raise ConfigError("draws", f"must be one of {', '.join(self.DRAWS)}, got {draws!r}")
+        self.capacity, self.k, self.draws = capacity, float(k), draws
+        self.queue: torch.Tensor | None = None  # draws="reference": drawn positions (oldest = 0) not yet served
+        self.cursor = 0  # next position of `queue` to serve
         self.x: torch.Tensor | None = None  # [allocated, d] storage; rows [0, size) are valid
         self.log_r: torch.Tensor | None = None  # [allocated]
         self.size, self.head = 0, 0  # number of entries; next write position (oldest entry when full)
@@ -90,7 +105,15 @@ class ReplayBuffer:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n draws with replacement, p ∝ 1/(k N + rank): (x [n,d], log R [n]); `generator` on the storage device."""
-        chosen = torch.multinomial(self.probabilities(), n, replacement=True, generator=generator)
+        if self.draws == "independent":
+            chosen = torch.multinomial(self.probabilities(), n, replacement=True, generator=generator)
+        else:
+            if self.queue is None or self.cursor + n > len(self.queue):
+                m = max(n, self.size - self.size % n)  # whole batches of the N positions (drop_last)
+                self.queue = torch.multinomial(self.probabilities(), m, replacement=True, generator=generator)
+                self.cursor = 0
+            chosen = self.queue[self.cursor:self.cursor + n]
+            self.cursor += n
         rows = self._chronological()[chosen]
         return self.x[rows], self.log_r[rows]
 
@@ -98,14 +121,18 @@ class ReplayBuffer:
         """Move the storage (e.g. after loading a checkpoint on the CPU)."""
         if self.x is not None:
             self.x, self.log_r = self.x.to(device), self.log_r.to(device)
+        if self.queue is not None:
+            self.queue = self.queue.to(device)
         self._weights = None
         return self
 
     def state_dict(self) -> dict:
         x, log_r = self.contents() if self.size else (None, None)
-        return {"capacity": self.capacity, "k": self.k, "x": x, "log_r": log_r}
+        return {"capacity": self.capacity, "k": self.k, "x": x, "log_r": log_r, "draws": self.draws,
+                "queue": self.queue, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
-        self.__init__(int(state["capacity"]), float(state["k"]))
+        self.__init__(int(state["capacity"]), float(state["k"]), state.get("draws", self.draws))
         if state["x"] is not None:
             self.add(state["x"], state["log_r"])
+        self.queue, self.cursor = state.get("queue"), int(state.get("cursor", 0))

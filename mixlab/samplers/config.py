@@ -69,6 +69,8 @@ def check_sampler_config(cfg: DictConfig) -> None:
     buffer = model.get("buffer") or {}
     _integer(buffer.get("capacity", 600_000), "model.buffer.capacity", 1)
     _number(buffer.get("rank_k", 0.01), "model.buffer.rank_k", 0.0)
+    require(buffer.get("draws", "independent") in ("independent", "reference"), "model.buffer.draws",
+            f"must be independent or reference, got {buffer.get('draws')!r}")
 
     if objective.reparametrised:  # PIS trains on its own reparametrised forward rollouts only
         name = objective.__name__

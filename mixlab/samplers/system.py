@@ -51,7 +51,7 @@ class DiffusionSampler(MixlabSystem):
         batch_size: global trajectories per iteration. T, sigma2, learn_variance, log_var_range,
         vectorize: the rollout (DiffusionRollout). exploration: {factor, decay_steps}.
         both_ways: alternate forward / backward iterations (forced on by local search).
-        local_search: LocalSearchSettings fields. buffer: {capacity, rank_k} of both buffers.
+        local_search: LocalSearchSettings fields. buffer: {capacity, rank_k, draws} of both buffers.
         eval_every / eval_n / eval_chunk: iterations per validation, its trajectories, rows per rollout call.
     """
 
@@ -90,7 +90,11 @@ class DiffusionSampler(MixlabSystem):
             key = "model.local_search.enabled" if self.ls.enabled else "model.both_ways" if self.both_ways else "model.exploration.factor"
             raise ConfigError(key, f"{objective.name} trains on its own reparametrised forward rollouts only")
         buffer = dict(buffer or {})
-        make_buffer = lambda: ReplayBuffer(int(buffer.get("capacity", 600_000)), float(buffer.get("rank_k", 0.01)))  # noqa: E731
+        unknown = set(buffer) - {"capacity", "rank_k", "draws"}
+        if unknown:
+            raise ConfigError(f"model.buffer.{sorted(unknown)[0]}", "not an option (choose capacity, rank_k, draws)")
+        make_buffer = lambda: ReplayBuffer(int(buffer.get("capacity", 600_000)), float(buffer.get("rank_k", 0.01)),  # noqa: E731
+                                           str(buffer.get("draws", "independent")))
         self.buffer = make_buffer() if self.both_ways else None  # terminal states of forward rollouts
         self.ls_buffer = make_buffer() if self.ls.enabled else None  # accepted MALA proposals
         self.ls_step_size, self.ls_stats = self.ls.step_size, {}
@@ -164,7 +168,8 @@ class DiffusionSampler(MixlabSystem):
         ranks); the kept proposals of all ranks go to the replicated LS buffer in one order."""
         x, _ = self.buffer.sample(self.ls.batch_size, gen)
         noise = RankNoise(gen, self.ls.batch_size, comm.rank, comm.world)
-        result = mala(self.energy, comm.rows(x), self.ls.steps, self.ls.burn_in, self.ls_step_size, self.ls.rule,
+        eta = self.ls_step_size if self.ls.carry_step_size else self.ls.step_size
+        result = mala(self.energy, comm.rows(x), self.ls.steps, self.ls.burn_in, eta, self.ls.rule,
                       reduce=reduce_counts(comm), beta=self.ls.beta, noise=noise)
         self.ls_buffer.add(*merge_mala(result, self.ls.batch_size, comm))
         self.ls_step_size = result.step_size

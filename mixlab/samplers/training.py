@@ -52,7 +52,8 @@ def _positive(value, key: str) -> float:
 class LocalSearchSettings:
     """model.local_search: parallel MALA every `every` iterations on `batch_size` chains from the
     replay buffer, `steps` steps of which the first `burn_in` are discarded, initial step size
-    `step_size` adapted by `rule` and carried over between calls, target R^beta."""
+    `step_size` adapted by `rule` and carried over between calls (`carry_step_size`; false: every
+    call starts again from `step_size`, as the reference code does), target R^beta."""
 
     enabled: bool = False
     every: int = 100
@@ -62,11 +63,14 @@ class LocalSearchSettings:
     batch_size: int = 300
     beta: float = 1.0
     rule: AdaptiveStepSize | None = None
+    carry_step_size: bool = True
 
     def __post_init__(self):
         key = "model.local_search"
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"{key}.enabled", f"must be true or false, got {self.enabled!r}")
+        if not isinstance(self.carry_step_size, bool):
+            raise ConfigError(f"{key}.carry_step_size", f"must be true or false, got {self.carry_step_size!r}")
         _int(self.every, f"{key}.every", 1)
         _int(self.steps, f"{key}.steps", 1)
         _int(self.burn_in, f"{key}.burn_in", 0)

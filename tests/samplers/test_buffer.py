@@ -79,3 +79,43 @@ def test_bad_arguments():
     buf.add(torch.zeros(2, 3), torch.zeros(2))
     with pytest.raises(ValueError, match="dimension"):
         buf.add(torch.zeros(2, 4), torch.zeros(2))
+
+
+def test_reference_draws_serve_one_weighted_draw_until_used_up():
+    """draws="reference": N positions drawn at once with the weights of that moment, served n at a
+    time (whole batches only); entries added meanwhile are not served until the next draw, and a
+    position names the (p+1)-th oldest entry when served (FIFO eviction shifts it)."""
+    buf = ReplayBuffer(capacity=8, draws="reference")
+    buf.add(*_batch(0, 7))  # x = insertion index, log R = -index
+    g = torch.Generator().manual_seed(5)
+    expected = torch.multinomial(buf.probabilities(), 6, replacement=True, generator=torch.Generator().manual_seed(5))
+    first = buf.sample(3, g)[0][:, 0]
+    assert first.tolist() == expected[:3].tolist()  # 7 entries -> 6 positions (two batches of 3)
+    buf.add(*_batch(7, 3))  # 10 inserted: entries 0 and 1 evicted, the contents are 2..9
+    second = buf.sample(3, g)[0][:, 0]
+    assert second.tolist() == (expected[3:] + 2).tolist()  # the old draw, shifted by the eviction
+    assert buf.cursor == 6 == len(buf.queue)
+    probs = buf.probabilities()
+    state = torch.Generator().manual_seed(0)
+    state.set_state(g.get_state())
+    third = buf.sample(3, g)[0][:, 0]  # used up: a new draw (6 positions) over entries 2..9
+    redraw = torch.multinomial(probs, 6, replacement=True, generator=state)
+    assert len(buf.queue) == 6 and third.tolist() == (redraw[:3] + 2).tolist()
+    small = ReplayBuffer(capacity=8, draws="reference")
+    small.add(*_batch(0, 2))
+    assert len(small.sample(5, g)[0]) == 5 and len(small.queue) == 5  # fewer entries than a batch: one batch
+
+
+def test_reference_draws_round_trip_mid_draw():
+    buf = ReplayBuffer(capacity=40, draws="reference")
+    g = torch.Generator().manual_seed(6)
+    buf.add(torch.randn(30, 2, generator=g), torch.randn(30, generator=g))
+    buf.sample(4, g)
+    restored = ReplayBuffer(capacity=3)
+    restored.load_state_dict(buf.state_dict())
+    assert restored.draws == "reference" and restored.cursor == 4
+    for _ in range(9):  # crosses the end of the 28-position draw
+        a, b = buf.sample(4, torch.Generator().manual_seed(7)), restored.sample(4, torch.Generator().manual_seed(7))
+        assert torch.equal(a[0], b[0])
+    with pytest.raises(ConfigError, match="^draws"):
+        ReplayBuffer(draws="stale")

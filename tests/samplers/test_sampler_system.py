@@ -51,6 +51,9 @@ def first_error(make_cfg, *overrides: str) -> ConfigError:
     (["trainer=ddp_cpu", "trainer.devices=3"], "model.batch_size"),
     (["model.eval_n=1"], "model.eval_n"),
     (["model.local_search.enabled=true", "model.local_search.burn_in=200"], "model.local_search.burn_in"),
+    (["model.buffer.draws=stale"], "model.buffer.draws"),
+    (["+model.buffer.size=10"], "model.buffer.size"),
+    (["model.local_search.enabled=true", "model.local_search.carry_step_size=maybe"], "model.local_search.carry_step_size"),
 ])
 def test_bad_configs_name_the_key_before_training(make_cfg, overrides, key):
     err = first_error(make_cfg, "experiment=sampler_gmm25_tb", "debug=smoke", *overrides)
@@ -119,9 +122,11 @@ def _ckpt(run_dir) -> dict:
     return torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
 
 
-def test_resume_equals_an_uninterrupted_run(make_cfg):
-    """2 epochs (8 iterations, local search at iterations 1 and 5) straight vs 1 epoch + resume."""
-    args = [f"experiment={LS}", "debug=smoke"]
+@pytest.mark.parametrize("reference", [False, True], ids=["paper", "reference-buffer-order"])
+def test_resume_equals_an_uninterrupted_run(make_cfg, reference):
+    """2 epochs (8 iterations, local search at iterations 1 and 5) straight vs 1 epoch + resume;
+    also with the reference code's buffer draw order (its pending draw is part of the state)."""
+    args = [f"experiment={LS}", "debug=smoke"] + (["model.buffer.draws=reference"] if reference else [])
     straight = make_cfg(*args, out="straight")
     train(straight)
     first = make_cfg(*args, "trainer.max_epochs=1", out="resumed")
@@ -143,6 +148,31 @@ def test_resume_equals_an_uninterrupted_run(make_cfg):
         torch.testing.assert_close(sa[name]["log_r"], sb[name]["log_r"], rtol=0, atol=0)
     assert len(sa["buffer"]["x"]) == 4 * 16  # forward iterations 0, 2, 4, 6 x 16 trajectories
     assert torch.equal(a["mixlab_rng"]["noise"], b["mixlab_rng"]["noise"])
+    for name in ("buffer", "ls_buffer"):
+        assert sa[name]["draws"] == ("reference" if reference else "independent")
+        assert sa[name]["cursor"] == sb[name]["cursor"] and (sa[name]["queue"] is None) == (not reference)
+        if reference:
+            assert torch.equal(sa[name]["queue"], sb[name]["queue"])
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_local_search_step_size_carried_over_or_restarted(make_cfg, monkeypatch, carry):
+    """carry_step_size=false (the reference code): every MALA call starts from local_search.step_size."""
+    import mixlab.samplers.system as system
+
+    starts = []
+
+    def recording_mala(energy, x, steps, burn_in, step_size, *args, **kwargs):
+        starts.append(step_size)
+        return mala(energy, x, steps, burn_in, step_size, *args, **kwargs)
+
+    monkeypatch.setattr(system, "mala", recording_mala)
+    cfg = make_cfg(f"experiment={LS}", "debug=smoke", "model.local_search.step_size=0.1",
+                   f"model.local_search.carry_step_size={str(carry).lower()}")
+    train(cfg)
+    final = _ckpt(cfg.paths.output_dir)["sampler_state"]["ls_step_size"]
+    assert len(starts) == 2 and starts[0] == 0.1 and final != 0.1
+    assert starts[1] != 0.1 if carry else starts[1] == 0.1
 
 
 def test_evaluator_writes_json_and_figure_on_smoke_checkpoints(smoke_runs, data_dir, tmp_path):
