@@ -4,6 +4,10 @@ value per step wins), one panel per metric against the iteration, one colour per
 (one line per seed), the paper's mean as a dashed line.
 
     python -m mixlab.samplers.curves <table dir> [--out curves.png]
+    python -m mixlab.samplers.curves --runs LABEL=RUN_DIR[,RUN_DIR...] ... [--metrics val/w2,val/shallow_share] --out x.png
+
+The second form compares any runs (e.g. one experiment under different overrides), one colour per
+label, one line per run directory.
 """
 
 import argparse
@@ -67,14 +71,54 @@ def plot_table_curves(out: Path, experiments: list[str], path: Path | None = Non
     return path
 
 
+def plot_run_comparison(runs: dict[str, list[Path]], metrics: list[str], path: Path) -> Path | None:
+    """One panel per metric (as logged, linear scale), one colour per label; None when nothing was logged."""
+    curves = {label: [validation_curves(d) for d in dirs] for label, dirs in runs.items()}
+    if not any(m in c for cs in curves.values() for c in cs for m in metrics):
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for k, (label, cs) in enumerate(curves.items()):
+        for ax, key in zip(axes[0], metrics):
+            for s, c in enumerate(cs):
+                if key in c:
+                    ax.plot(c[key][:, 0], c[key][:, 1], color=f"C{k % 10}", lw=1, alpha=0.85, label=label if s == 0 else None)
+            ax.set(title=key, xlabel="iteration")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _label_dirs(spec: str) -> tuple[str, list[Path]]:
+    label, sep, dirs = spec.partition("=")
+    if not sep or not label or not dirs:
+        raise argparse.ArgumentTypeError(f"expected LABEL=RUN_DIR[,RUN_DIR...], got {spec!r}")
+    return label, [Path(d) for d in dirs.split(",") if d]
+
+
 def main(argv: list[str] | None = None) -> int:
     from mixlab.samplers.table import TABLE_ROWS
 
     parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.curves", description=__doc__.splitlines()[0])
-    parser.add_argument("table_dir", type=Path)
+    parser.add_argument("table_dir", type=Path, nargs="?", help="a make table-samplers output directory")
     parser.add_argument("--experiments", default=",".join(TABLE_ROWS))
+    parser.add_argument("--runs", type=_label_dirs, nargs="+", default=None, help="LABEL=RUN_DIR[,RUN_DIR...] to compare")
+    parser.add_argument("--metrics", default="val/w2,val/delta_log_z", help="with --runs: comma-separated val/* columns")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if (args.table_dir is None) == (args.runs is None):
+        parser.error("give a table directory or --runs, not both")
+    if args.runs is not None:
+        if args.out is None:
+            parser.error("--runs needs --out")
+        path = plot_run_comparison(dict(args.runs), [m for m in args.metrics.split(",") if m], args.out)
+        if path is None:
+            print(f"error: none of {args.metrics} logged under the --runs directories (csv/version_*/metrics.csv)", file=sys.stderr)
+            return 2
+        print(f"[mixlab] curves: {path}")
+        return 0
     present = [e for e in args.experiments.split(",") if e and any((args.table_dir / "runs").glob(f"{e}_seed*"))]
     path = plot_table_curves(args.table_dir, present, args.out)
     if path is None:

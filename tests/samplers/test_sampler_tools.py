@@ -64,6 +64,24 @@ def test_validation_curves_join_the_versions_of_a_resumed_run(tmp_path):
     np.testing.assert_array_equal(curves["val/delta_log_z"][:, 1], [-2.0, -1.25, 1.0])
 
 
+def test_curves_cli_compares_labelled_runs(tmp_path, capsys):
+    from mixlab.samplers.curves import main
+
+    header = "epoch,step,val/w2,val/shallow_share\n"
+    for name, rows in (("a", ["0,99,6.0,0.3", "1,199,5.5,0.2"]), ("b", ["0,99,6.2,0.1"])):
+        (tmp_path / name / "csv" / "version_0").mkdir(parents=True)
+        (tmp_path / name / "csv" / "version_0" / "metrics.csv").write_text(header + "\n".join(rows) + "\n")
+    out = tmp_path / "cmp.png"
+    assert main(["--runs", f"paper={tmp_path / 'a'}", f"reference={tmp_path / 'b'},{tmp_path / 'a'}",
+                 "--metrics", "val/w2,val/shallow_share", "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    assert main(["--runs", f"x={tmp_path / 'a'}", "--metrics", "val/eubo", "--out", str(out)]) == 2
+    assert "none of val/eubo" in capsys.readouterr().err
+    for bad in (["--runs", "nolabel", "--out", str(out)], ["--runs", f"x={tmp_path}"], [str(tmp_path), "--runs", f"x={tmp_path}"]):
+        with pytest.raises(SystemExit):
+            main(bad)
+
+
 @pytest.mark.slow
 def test_table_end_to_end_on_smoke_runs(tmp_path):
     from mixlab.samplers.table import main
