@@ -4,7 +4,8 @@ value per step wins), one panel per metric against the iteration, one colour per
 (one line per seed), the paper's mean as a dashed line.
 
     python -m mixlab.samplers.curves <table dir> [--out curves.png]
-    python -m mixlab.samplers.curves --runs LABEL=RUN_DIR[,RUN_DIR...] ... [--metrics val/w2,val/shallow_share] --out x.png
+    python -m mixlab.samplers.curves --runs LABEL=RUN_DIR[,RUN_DIR...] ... [--metrics val/w2,val/shallow_share]
+        [--hline val/w2=5.33 ...] --out x.png
 
 The second form compares any runs (e.g. one experiment under different overrides), one colour per
 label, one line per run directory.
@@ -71,24 +72,40 @@ def plot_table_curves(out: Path, experiments: list[str], path: Path | None = Non
     return path
 
 
-def plot_run_comparison(runs: dict[str, list[Path]], metrics: list[str], path: Path) -> Path | None:
-    """One panel per metric (as logged, linear scale), one colour per label; None when nothing was logged."""
+def plot_run_comparison(runs: dict[str, list[Path]], metrics: list[str], path: Path,
+                        hlines: dict[str, float] | None = None) -> Path | None:
+    """One panel per metric (as logged, linear scale), one colour per label, `hlines` {metric: value}
+    dashed (e.g. the paper's value); None when nothing was logged."""
     curves = {label: [validation_curves(d) for d in dirs] for label, dirs in runs.items()}
     if not any(m in c for cs in curves.values() for c in cs for m in metrics):
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    marks = {}
     for k, (label, cs) in enumerate(curves.items()):
         for ax, key in zip(axes[0], metrics):
             for s, c in enumerate(cs):
                 if key in c:
                     ax.plot(c[key][:, 0], c[key][:, 1], color=f"C{k % 10}", lw=1, alpha=0.85, label=label if s == 0 else None)
+            if key in (hlines or {}) and k == 0:
+                marks[key] = ax.axhline(hlines[key], color="k", ls="--", lw=0.9, label=f"{hlines[key]:g}")
             ax.set(title=key, xlabel="iteration")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
+    for ax, key in zip(axes[0, 1:], metrics[1:]):
+        if key in marks:
+            ax.legend(handles=[marks[key]], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _hline(spec: str) -> tuple[str, float]:
+    key, sep, value = spec.partition("=")
+    try:
+        return key, float(value) if sep and key else float("x")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE, got {spec!r}") from None
 
 
 def _label_dirs(spec: str) -> tuple[str, list[Path]]:
@@ -106,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", default=",".join(TABLE_ROWS))
     parser.add_argument("--runs", type=_label_dirs, nargs="+", default=None, help="LABEL=RUN_DIR[,RUN_DIR...] to compare")
     parser.add_argument("--metrics", default="val/w2,val/delta_log_z", help="with --runs: comma-separated val/* columns")
+    parser.add_argument("--hline", type=_hline, nargs="*", default=[], help="with --runs: METRIC=VALUE drawn dashed")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if (args.table_dir is None) == (args.runs is None):
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is not None:
         if args.out is None:
             parser.error("--runs needs --out")
-        path = plot_run_comparison(dict(args.runs), [m for m in args.metrics.split(",") if m], args.out)
+        path = plot_run_comparison(dict(args.runs), [m for m in args.metrics.split(",") if m], args.out, dict(args.hline))
         if path is None:
             print(f"error: none of {args.metrics} logged under the --runs directories (csv/version_*/metrics.csv)", file=sys.stderr)
             return 2

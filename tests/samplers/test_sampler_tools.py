@@ -73,11 +73,11 @@ def test_curves_cli_compares_labelled_runs(tmp_path, capsys):
         (tmp_path / name / "csv" / "version_0" / "metrics.csv").write_text(header + "\n".join(rows) + "\n")
     out = tmp_path / "cmp.png"
     assert main(["--runs", f"paper={tmp_path / 'a'}", f"reference={tmp_path / 'b'},{tmp_path / 'a'}",
-                 "--metrics", "val/w2,val/shallow_share", "--out", str(out)]) == 0
+                 "--metrics", "val/w2,val/shallow_share", "--hline", "val/w2=5.33", "val/shallow_share=0.156", "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
     assert main(["--runs", f"x={tmp_path / 'a'}", "--metrics", "val/eubo", "--out", str(out)]) == 2
     assert "none of val/eubo" in capsys.readouterr().err
-    for bad in (["--runs", "nolabel", "--out", str(out)], ["--runs", f"x={tmp_path}"], [str(tmp_path), "--runs", f"x={tmp_path}"]):
+    for bad in (["--runs", "nolabel", "--out", str(out)], ["--runs", f"x={tmp_path}", "--hline", "val/w2", "--out", str(out)], ["--runs", f"x={tmp_path}"], [str(tmp_path), "--runs", f"x={tmp_path}"]):
         with pytest.raises(SystemExit):
             main(bad)
 
