@@ -20,8 +20,9 @@ def _last(cfg) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment,extra", [("sampler_gmm25_tb_expl_ls", []), ("sampler_funnel_vargrad_expl", []),
-                                              ("sampler_gmm25_subtb", ["model.optimizer.lr=0.001", "model.lr_flow=0.001"])],
-                         ids=["tb_ls", "vargrad", "subtb"])  # SubTB sums over the batch: smaller steps
+                                              ("sampler_gmm25_subtb", ["model.optimizer.lr=0.001", "model.lr_flow=0.001"]),
+                                              ("sampler_gmm25_tb_expl_ls", ["model.buffer.draws=reference"])],
+                         ids=["tb_ls", "vargrad", "subtb", "tb_ls_reference_draws"])  # SubTB sums over the batch: smaller steps
 def test_two_processes_reach_the_state_of_one(make_cfg, experiment, extra):
     one = make_cfg(f"experiment={experiment}", *SGD, *extra, out="one")
     train(one)
@@ -41,5 +42,7 @@ def test_two_processes_reach_the_state_of_one(make_cfg, experiment, extra):
         assert sa[name]["x"].shape == sb[name]["x"].shape and len(sa[name]["x"]) > 0
         torch.testing.assert_close(sa[name]["x"], sb[name]["x"], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(sa[name]["log_r"], sb[name]["log_r"], atol=1e-4, rtol=1e-4)
+        assert sa[name]["cursor"] == sb[name]["cursor"]  # reference draws: the same pending draw on every rank
+        assert (sa[name]["queue"] is None and sb[name]["queue"] is None) or torch.equal(sa[name]["queue"], sb[name]["queue"])
     assert sa["ls_step_size"] == pytest.approx(sb["ls_step_size"], rel=1e-12)
     assert sa["ls_stats"].get("acceptance") == pytest.approx(sb["ls_stats"].get("acceptance"))
