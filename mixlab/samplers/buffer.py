@@ -17,7 +17,11 @@ Two draw orders (`draws`):
   `drop_last`); a position p names the (p+1)-th oldest entry *when served*, so the order lags the
   contents: a draw made at size N lasts N / n batches while the buffer keeps filling, and once the
   ring is full FIFO eviction shifts what each drawn position points at (its weight no longer
-  matches). The reference's other quirk (its first add inserts the batch twice) is not copied.
+  matches).
+`first_add_twice` copies the reference's other quirk: its first add inserts the batch twice (its
+datasets are built from the batch and then updated with it). Off by default; with
+draws="reference" it sets the phase of the lag (a first draw of 2 batches, the next one at N = 2n +
+the adds in between).
 """
 
 import torch
@@ -38,14 +42,17 @@ class ReplayBuffer:
 
     DRAWS = ("independent", "reference")
 
-    def __init__(self, capacity: int = 600_000, k: float = 0.01, draws: str = "independent"):
+    def __init__(self, capacity: int = 600_000, k: float = 0.01, draws: str = "independent",
+                 first_add_twice: bool = False):
         if not (isinstance(capacity, int) and not isinstance(capacity, bool) and capacity >= 1):
             raise ConfigError("capacity", f"must be an integer >= 1, got {capacity!r}")
         if not k > 0:
             raise ConfigError("k", f"must be > 0, got {k!r}")
         if draws not in self.DRAWS:
             raise ConfigError("draws", f"must be one of {', '.join(self.DRAWS)}, got {draws!r}")
-        self.capacity, self.k, self.draws = capacity, float(k), draws
+        if not isinstance(first_add_twice, bool):
+            raise ConfigError("first_add_twice", f"must be true or false, got {first_add_twice!r}")
+        self.capacity, self.k, self.draws, self.first_add_twice = capacity, float(k), draws, first_add_twice
         self.queue: torch.Tensor | None = None  # draws="reference": drawn positions (oldest = 0) not yet served
         self.cursor = 0  # next position of `queue` to serve
         self.x: torch.Tensor | None = None  # [allocated, d] storage; rows [0, size) are valid
@@ -78,6 +85,8 @@ class ReplayBuffer:
             raise ValueError(f"add: expected x [n,d] and log_r [n], got {tuple(x.shape)} and {tuple(log_r.shape)}")
         if self.x is not None and x.shape[1] != self.x.shape[1]:
             raise ValueError(f"add: dimension {x.shape[1]} differs from the buffer's {self.x.shape[1]}")
+        if self.first_add_twice and self.size == 0 and len(x):
+            x, log_r = torch.cat([x, x]), torch.cat([log_r, log_r])
         x, log_r = x.detach()[-self.capacity:], log_r.detach()[-self.capacity:]
         n = len(x)
         if n == 0:
@@ -129,10 +138,12 @@ class ReplayBuffer:
     def state_dict(self) -> dict:
         x, log_r = self.contents() if self.size else (None, None)
         return {"capacity": self.capacity, "k": self.k, "x": x, "log_r": log_r, "draws": self.draws,
-                "queue": self.queue, "cursor": self.cursor}
+                "first_add_twice": self.first_add_twice, "queue": self.queue, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
+        twice = state.get("first_add_twice", self.first_add_twice)
         self.__init__(int(state["capacity"]), float(state["k"]), state.get("draws", self.draws))
         if state["x"] is not None:
-            self.add(state["x"], state["log_r"])
+            self.add(state["x"], state["log_r"])  # the stored contents, once
+        self.first_add_twice = twice
         self.queue, self.cursor = state.get("queue"), int(state.get("cursor", 0))

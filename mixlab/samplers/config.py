@@ -71,6 +71,8 @@ def check_sampler_config(cfg: DictConfig) -> None:
     _number(buffer.get("rank_k", 0.01), "model.buffer.rank_k", 0.0)
     require(buffer.get("draws", "independent") in ("independent", "reference"), "model.buffer.draws",
             f"must be independent or reference, got {buffer.get('draws')!r}")
+    require(isinstance(buffer.get("first_add_twice", False), bool), "model.buffer.first_add_twice",
+            f"must be true or false, got {buffer.get('first_add_twice')!r}")
 
     if objective.reparametrised:  # PIS trains on its own reparametrised forward rollouts only
         name = objective.__name__

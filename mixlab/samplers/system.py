@@ -51,7 +51,7 @@ class DiffusionSampler(MixlabSystem):
         batch_size: global trajectories per iteration. T, sigma2, learn_variance, log_var_range,
         vectorize: the rollout (DiffusionRollout). exploration: {factor, decay_steps}.
         both_ways: alternate forward / backward iterations (forced on by local search).
-        local_search: LocalSearchSettings fields. buffer: {capacity, rank_k, draws} of both buffers.
+        local_search: LocalSearchSettings fields. buffer: {capacity, rank_k, draws, first_add_twice} of both buffers.
         eval_every / eval_n / eval_chunk: iterations per validation, its trajectories, rows per rollout call.
     """
 
@@ -90,11 +90,13 @@ class DiffusionSampler(MixlabSystem):
             key = "model.local_search.enabled" if self.ls.enabled else "model.both_ways" if self.both_ways else "model.exploration.factor"
             raise ConfigError(key, f"{objective.name} trains on its own reparametrised forward rollouts only")
         buffer = dict(buffer or {})
-        unknown = set(buffer) - {"capacity", "rank_k", "draws"}
+        unknown = set(buffer) - {"capacity", "rank_k", "draws", "first_add_twice"}
         if unknown:
-            raise ConfigError(f"model.buffer.{sorted(unknown)[0]}", "not an option (choose capacity, rank_k, draws)")
+            raise ConfigError(f"model.buffer.{sorted(unknown)[0]}",
+                              "not an option (choose capacity, rank_k, draws, first_add_twice)")
         make_buffer = lambda: ReplayBuffer(int(buffer.get("capacity", 600_000)), float(buffer.get("rank_k", 0.01)),  # noqa: E731
-                                           str(buffer.get("draws", "independent")))
+                                           str(buffer.get("draws", "independent")),
+                                           buffer.get("first_add_twice", False))
         self.buffer = make_buffer() if self.both_ways else None  # terminal states of forward rollouts
         self.ls_buffer = make_buffer() if self.ls.enabled else None  # accepted MALA proposals
         self.ls_step_size, self.ls_stats = self.ls.step_size, {}

@@ -106,6 +106,26 @@ def test_reference_draws_serve_one_weighted_draw_until_used_up():
     assert len(small.sample(5, g)[0]) == 5 and len(small.queue) == 5  # fewer entries than a batch: one batch
 
 
+def test_first_add_twice_doubles_only_the_first_batch():
+    """first_add_twice (the reference buffer's quirk): the first add stores its batch twice, later
+    adds and a checkpoint round trip store what they are given once."""
+    buf = ReplayBuffer(capacity=10, first_add_twice=True)
+    buf.add(*_batch(0, 3))
+    assert len(buf) == 6 and buf.contents()[0][:, 0].tolist() == [0, 1, 2, 0, 1, 2]
+    buf.add(*_batch(3, 2))
+    assert buf.contents()[0][:, 0].tolist() == [0, 1, 2, 0, 1, 2, 3, 4]
+    restored = ReplayBuffer()
+    restored.load_state_dict(buf.state_dict())
+    assert restored.first_add_twice and torch.equal(restored.contents()[0], buf.contents()[0])
+    restored.add(*_batch(5, 1))
+    assert len(restored) == 9
+    small = ReplayBuffer(capacity=4, first_add_twice=True)
+    small.add(*_batch(0, 3))  # 6 rows into 4: the oldest two go
+    assert small.contents()[0][:, 0].tolist() == [2, 0, 1, 2]
+    with pytest.raises(ConfigError, match="^first_add_twice"):
+        ReplayBuffer(first_add_twice="yes")
+
+
 def test_reference_draws_round_trip_mid_draw():
     buf = ReplayBuffer(capacity=40, draws="reference")
     g = torch.Generator().manual_seed(6)

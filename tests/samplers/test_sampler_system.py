@@ -52,6 +52,7 @@ def first_error(make_cfg, *overrides: str) -> ConfigError:
     (["model.eval_n=1"], "model.eval_n"),
     (["model.local_search.enabled=true", "model.local_search.burn_in=200"], "model.local_search.burn_in"),
     (["model.buffer.draws=stale"], "model.buffer.draws"),
+    (["model.buffer.first_add_twice=sometimes"], "model.buffer.first_add_twice"),
     (["+model.buffer.size=10"], "model.buffer.size"),
     (["model.local_search.enabled=true", "model.local_search.carry_step_size=maybe"], "model.local_search.carry_step_size"),
 ])
@@ -125,8 +126,10 @@ def _ckpt(run_dir) -> dict:
 @pytest.mark.parametrize("reference", [False, True], ids=["paper", "reference-buffer-order"])
 def test_resume_equals_an_uninterrupted_run(make_cfg, reference):
     """2 epochs (8 iterations, local search at iterations 1 and 5) straight vs 1 epoch + resume;
-    also with the reference code's buffer draw order (its pending draw is part of the state)."""
-    args = [f"experiment={LS}", "debug=smoke"] + (["model.buffer.draws=reference"] if reference else [])
+    also with the reference code's buffer (draw order and doubled first add; its pending draw is
+    part of the state)."""
+    args = [f"experiment={LS}", "debug=smoke"] + (
+        ["model.buffer.draws=reference", "model.buffer.first_add_twice=true"] if reference else [])
     straight = make_cfg(*args, out="straight")
     train(straight)
     first = make_cfg(*args, "trainer.max_epochs=1", out="resumed")
@@ -146,7 +149,7 @@ def test_resume_equals_an_uninterrupted_run(make_cfg, reference):
         assert len(sa[name]["x"]) == len(sb[name]["x"]) > 0
         torch.testing.assert_close(sa[name]["x"], sb[name]["x"], rtol=0, atol=0)
         torch.testing.assert_close(sa[name]["log_r"], sb[name]["log_r"], rtol=0, atol=0)
-    assert len(sa["buffer"]["x"]) == 4 * 16  # forward iterations 0, 2, 4, 6 x 16 trajectories
+    assert len(sa["buffer"]["x"]) == (5 if reference else 4) * 16  # forward iterations 0 (twice), 2, 4, 6 x 16
     assert torch.equal(a["mixlab_rng"]["noise"], b["mixlab_rng"]["noise"])
     for name in ("buffer", "ls_buffer"):
         assert sa[name]["draws"] == ("reference" if reference else "independent")
