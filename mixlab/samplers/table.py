@@ -11,7 +11,9 @@ fresh exact samples), then table.md / table.json with
 
 Runs go to <out>/runs/<experiment>_seed<s>/; a run whose evaluation JSON exists is not repeated
 (re-running the command resumes a table). Arguments after `--` are passed to every train.py run
-(e.g. `-- trainer=gpu`: the experiments keep fp32).
+(e.g. `-- trainer=gpu`: the experiments keep fp32). `--finished-only` trains nothing: it tabulates
+the finished runs of seeds < SEEDS in <out> (a table completed over several sessions, or several
+commands writing into one <out>), and leaves out rows with none.
 """
 
 import argparse
@@ -75,13 +77,24 @@ def _run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_one(experiment: str, seed: int, out: Path, iters: int | None, eval_every: int, n: int, extra: list[str]) -> dict:
-    """Train (unless done) and evaluate the final checkpoint; returns the evaluation JSON + timings."""
+def finished_run(experiment: str, seed: int, out: Path, n: int) -> dict | None:
+    """The evaluation JSON + timings of a finished run, or None."""
     run_dir = out / "runs" / f"{experiment}_seed{seed}"
     result_path = run_dir / "eval" / f"sampler_n{n}_seed{seed}.json"
     timing_path = run_dir / "table_timing.json"
     if result_path.is_file() and timing_path.is_file():
         return {**json.loads(result_path.read_text()), **json.loads(timing_path.read_text())}
+    return None
+
+
+def run_one(experiment: str, seed: int, out: Path, iters: int | None, eval_every: int, n: int, extra: list[str]) -> dict:
+    """Train (unless done) and evaluate the final checkpoint; returns the evaluation JSON + timings."""
+    done = finished_run(experiment, seed, out, n)
+    if done is not None:
+        return done
+    run_dir = out / "runs" / f"{experiment}_seed{seed}"
+    result_path = run_dir / "eval" / f"sampler_n{n}_seed{seed}.json"
+    timing_path = run_dir / "table_timing.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     train = [sys.executable, "train.py", f"experiment={experiment}", f"seed={seed}", "logger=csv", "callbacks.progress_bar=null",
              f"hydra.run.dir={run_dir}"]
@@ -90,7 +103,7 @@ def run_one(experiment: str, seed: int, out: Path, iters: int | None, eval_every
     train_s = _run(train + extra, run_dir / "table.log")
     evaluate = [sys.executable, "evaluate.py", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"n={n}", f"seed={seed}", "reference_seeds=0"]
     eval_s = _run(evaluate, run_dir / "table.log")
-    timing = {"train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1)}
+    timing = {"train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1), "host": device_description()}
     timing_path.write_text(json.dumps(timing))
     return {**json.loads(result_path.read_text()), **timing}
 
@@ -130,16 +143,16 @@ def _cell(m: dict, digits: int = 3) -> str:
 
 def markdown(rows: list[dict], references: dict, args, host: str) -> str:
     lines = [f"# Diffusion samplers: Table 1 rows ({datetime.now():%Y-%m-%d %H:%M})", "",
-             f"Device: {host}. Seeds: {args.seeds}. Iterations: {'as configured (25,000; LP 10,000)' if not args.iters else args.iters}. "
+             f"Device: {', '.join(sorted({str(r['device']) for r in rows}))}. Seeds: {'the finished runs of ' if args.finished_only else ''}{args.seeds}. Iterations: {'as configured (25,000; LP 10,000)' if not args.iters else args.iters}. "
              f"Evaluation: final checkpoint, n = {args.eval_n} trajectories vs {args.eval_n} fresh exact samples.",
              "Ours: mean ± std (ddof 1) over the seeds; paper: mean ± std over 5 runs (Sendera et al. 2024, Table 1). "
              "`*`: differs from the paper (two-sided Welch t-test, p < 0.05). W2 = sqrt(exact OT cost, squared Euclidean).", "",
-             "| energy | method | iters | \\|Δlog Ẑ\\| ours | paper | \\|Δlog Ẑ_RW\\| ours | paper | W2 ours | paper | Welch p (Δ, Δ_RW, W2) | s/run (train + eval) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| energy | method | iters | seeds | \\|Δlog Ẑ\\| ours | paper | \\|Δlog Ẑ_RW\\| ours | paper | W2 ours | paper | Welch p (Δ, Δ_RW, W2) | s/run (train + eval) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = [f"{m['paper'][0]} ± {m['paper'][1]}" if m["paper"] else "–" for m in (r[k] for k in METRICS)]
         ps = ", ".join("–" if r[k]["welch_p"] is None else f"{r[k]['welch_p']:.2g}" for k in METRICS)
-        lines.append(f"| {r['energy']} | {r['method']} | {r['iterations']} | {_cell(r[METRICS[0]])} | {paper[0]} | "
+        lines.append(f"| {r['energy']} | {r['method']} | {r['iterations']} | {r['seeds']} | {_cell(r[METRICS[0]])} | {paper[0]} | "
                      f"{_cell(r[METRICS[1]])} | {paper[1]} | {_cell(r[METRICS[2]], 2)} | {paper[2]} | {ps} | "
                      f"{r['train_seconds_mean']:.0f} + {r['eval_seconds_mean']:.0f} |")
     lines += ["", f"W2 reference rows at n = {args.eval_n} (mixlab.samplers.metrics.reference_rows_for, {args.reference_seeds} seeds): "
@@ -162,9 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-seeds", type=int, default=5)
     parser.add_argument("--experiments", default=",".join(TABLE_ROWS))
     parser.add_argument("--out", default=None, help="default: logs/table_samplers/<time>")
+    parser.add_argument("--finished-only", action="store_true", help="train nothing: tabulate the finished runs in --out")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         print("error: SEEDS: must be >= 1", file=sys.stderr)
+        return 2
+    if args.finished_only and not args.out:
+        print("error: --finished-only needs --out (the table directory whose runs to tabulate)", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else ROOT / "logs" / "table_samplers" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -173,10 +190,22 @@ def main(argv: list[str] | None = None) -> int:
     for experiment in [e for e in args.experiments.split(",") if e]:
         runs = []
         for seed in range(args.seeds):
+            if args.finished_only:
+                done = finished_run(experiment, seed, out, args.eval_n)
+                if done is None:
+                    print(f"[mixlab] {experiment} seed {seed}: not finished in {out / 'runs'}, left out", flush=True)
+                    continue
+                runs.append({"host": host, **done})  # runs timed before hosts were recorded: this machine
+                continue
             print(f"[mixlab] {experiment} seed {seed} -> {out / 'runs'}", flush=True)
-            runs.append({**run_one(experiment, seed, out, args.iters, args.eval_every, args.eval_n, extra), "host": host})
+            runs.append({"host": host, **run_one(experiment, seed, out, args.iters, args.eval_every, args.eval_n, extra)})
+        if not runs:
+            continue
         rows.append(summarise(experiment, runs))
         energies.setdefault(PAPER.get(experiment, ("?",))[0], runs[0]["ckpt"])
+    if not rows:
+        print(f"error: no finished runs in {out / 'runs'} (run the table without --finished-only first)", file=sys.stderr)
+        return 2
     references = {}
     if args.reference_seeds:
         from mixlab.core.checkpoint import load_system

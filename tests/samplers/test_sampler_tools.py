@@ -95,7 +95,7 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     assert len(row["w2"]["values"]) == 2 and row["w2"]["std"] is not None and row["w2"]["paper"] == [4.83, 0.45]
     assert [r["name"] for r in table["reference_w2"]["25GMM"]] == ["exact vs exact", "without one corner mode vs exact"]
     md = (tmp_path / "table.md").read_text()
-    assert "| 25GMM | TB | 8 |" in md and "1.176 ± 0.109" in md
+    assert "| 25GMM | TB | 8 | 2 |" in md and "1.176 ± 0.109" in md
     assert (tmp_path / "curves.png").stat().st_size > 0
     from mixlab.samplers.curves import validation_curves
 
@@ -104,3 +104,12 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     stamp = (tmp_path / "runs" / "sampler_gmm25_tb_seed0" / "table_timing.json").stat().st_mtime
     assert main(args) == 0  # finished runs are reused
     assert (tmp_path / "runs" / "sampler_gmm25_tb_seed0" / "table_timing.json").stat().st_mtime == stamp
+    # --finished-only: tabulates what is there (2 of 3 seeds, a row without runs left out), trains nothing
+    tab = ["--finished-only", "--seeds", "3", "--eval-n", "32", "--reference-seeds", "0"]
+    assert main(tab + ["--experiments", "sampler_gmm25_tb,sampler_gmm25_tb_expl", "--out", str(tmp_path)]) == 0
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert [(r["experiment"], r["seeds"]) for r in table["rows"]] == [("sampler_gmm25_tb", 2)]
+    assert table["rows"][0]["w2"]["values"] == row["w2"]["values"] and table["rows"][0]["device"] == row["device"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["sampler_gmm25_tb_seed0", "sampler_gmm25_tb_seed1"]
+    assert "| 25GMM | TB | 8 | 2 |" in (tmp_path / "table.md").read_text()
+    assert main(tab + ["--out", str(tmp_path / "empty")]) == 2 and main(tab) == 2
