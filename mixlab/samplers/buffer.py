@@ -141,9 +141,8 @@ class ReplayBuffer:
                 "first_add_twice": self.first_add_twice, "queue": self.queue, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
-        twice = state.get("first_add_twice", self.first_add_twice)
         self.__init__(int(state["capacity"]), float(state["k"]), state.get("draws", self.draws))
         if state["x"] is not None:
-            self.add(state["x"], state["log_r"])  # the stored contents, once
-        self.first_add_twice = twice
+            self.add(state["x"], state["log_r"])  # the stored contents, once (first_add_twice is off here)
+        self.first_add_twice = bool(state.get("first_add_twice", False))
         self.queue, self.cursor = state.get("queue"), int(state.get("cursor", 0))

@@ -13,6 +13,7 @@ label, one line per run directory.
 
 import argparse
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -79,22 +80,23 @@ def plot_run_comparison(runs: dict[str, list[Path]], metrics: list[str], path: P
     curves = {label: [validation_curves(d) for d in dirs] for label, dirs in runs.items()}
     if not any(m in c for cs in curves.values() for c in cs for m in metrics):
         return None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
-    marks = {}
+    legend_rows = math.ceil(len(curves) / 3)  # the run legend goes below the panels, 3 labels a row
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6 + 0.25 * legend_rows), squeeze=False)
+    marks, lines = {}, {}
     for k, (label, cs) in enumerate(curves.items()):
         for ax, key in zip(axes[0], metrics):
             for s, c in enumerate(cs):
                 if key in c:
-                    ax.plot(c[key][:, 0], c[key][:, 1], color=f"C{k % 10}", lw=1, alpha=0.85, label=label if s == 0 else None)
+                    lines[label] = ax.plot(c[key][:, 0], c[key][:, 1], color=f"C{k % 10}", lw=1, alpha=0.85)[0]
             if key in (hlines or {}) and k == 0:
                 marks[key] = ax.axhline(hlines[key], color="k", ls="--", lw=0.9, label=f"{hlines[key]:g}")
             ax.set(title=key, xlabel="iteration")
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    for ax, key in zip(axes[0, 1:], metrics[1:]):
+    for ax, key in zip(axes[0], metrics):
         if key in marks:
             ax.legend(handles=[marks[key]], fontsize=8)
-    fig.tight_layout()
+    fig.legend(list(lines.values()), list(lines), loc="lower center", ncol=min(3, len(lines)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.25 * legend_rows / (3.6 + 0.25 * legend_rows) + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

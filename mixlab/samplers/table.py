@@ -77,11 +77,15 @@ def _run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _paths(experiment: str, seed: int, out: Path, n: int) -> tuple[Path, Path, Path]:
+    """A run's directory, evaluation JSON and timing JSON."""
+    run_dir = out / "runs" / f"{experiment}_seed{seed}"
+    return run_dir, run_dir / "eval" / f"sampler_n{n}_seed{seed}.json", run_dir / "table_timing.json"
+
+
 def finished_run(experiment: str, seed: int, out: Path, n: int) -> dict | None:
     """The evaluation JSON + timings of a finished run, or None."""
-    run_dir = out / "runs" / f"{experiment}_seed{seed}"
-    result_path = run_dir / "eval" / f"sampler_n{n}_seed{seed}.json"
-    timing_path = run_dir / "table_timing.json"
+    _, result_path, timing_path = _paths(experiment, seed, out, n)
     if result_path.is_file() and timing_path.is_file():
         return {**json.loads(result_path.read_text()), **json.loads(timing_path.read_text())}
     return None
@@ -92,9 +96,7 @@ def run_one(experiment: str, seed: int, out: Path, iters: int | None, eval_every
     done = finished_run(experiment, seed, out, n)
     if done is not None:
         return done
-    run_dir = out / "runs" / f"{experiment}_seed{seed}"
-    result_path = run_dir / "eval" / f"sampler_n{n}_seed{seed}.json"
-    timing_path = run_dir / "table_timing.json"
+    run_dir, result_path, timing_path = _paths(experiment, seed, out, n)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = [sys.executable, "train.py", f"experiment={experiment}", f"seed={seed}", "logger=csv", "callbacks.progress_bar=null",
              f"hydra.run.dir={run_dir}"]
@@ -141,9 +143,14 @@ def _cell(m: dict, digits: int = 3) -> str:
     return f"{m['mean']:.{digits}f}{std}{flag}"
 
 
-def markdown(rows: list[dict], references: dict, args, host: str) -> str:
+def markdown(rows: list[dict], references: dict, args) -> str:
+    devices = ", ".join(sorted({str(r["device"]) for r in rows}))
+    if args.finished_only:
+        budget = f"Seeds: the finished runs among seeds 0-{args.seeds - 1} (seeds column). Iterations: per row (iters column)."
+    else:
+        budget = f"Seeds: {args.seeds}. Iterations: {'as configured (25,000; LP 10,000)' if not args.iters else args.iters}."
     lines = [f"# Diffusion samplers: Table 1 rows ({datetime.now():%Y-%m-%d %H:%M})", "",
-             f"Device: {', '.join(sorted({str(r['device']) for r in rows}))}. Seeds: {'the finished runs of ' if args.finished_only else ''}{args.seeds}. Iterations: {'as configured (25,000; LP 10,000)' if not args.iters else args.iters}. "
+             f"Device: {devices}. {budget} "
              f"Evaluation: final checkpoint, n = {args.eval_n} trajectories vs {args.eval_n} fresh exact samples.",
              "Ours: mean ± std (ddof 1) over the seeds; paper: mean ± std over 5 runs (Sendera et al. 2024, Table 1). "
              "`*`: differs from the paper (two-sided Welch t-test, p < 0.05). W2 = sqrt(exact OT cost, squared Euclidean).", "",
@@ -216,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             references[energy] = [{"name": r.name, "mean": r.mean, "std": r.std, "values": r.values}
                                   for r in reference_rows_for(system.energy, args.eval_n, range(args.reference_seeds))]
     (out / "table.json").write_text(json.dumps({"rows": rows, "reference_w2": references, "device": host, "seeds": args.seeds,
-                                                "iters": args.iters, "eval_n": args.eval_n, "train_args": extra}, indent=2))
-    (out / "table.md").write_text(markdown(rows, references, args, host))
+                                                "iters": args.iters, "eval_n": args.eval_n, "train_args": extra,
+                                                "finished_only": args.finished_only}, indent=2))
+    (out / "table.md").write_text(markdown(rows, references, args))
     print((out / "table.md").read_text())
     curves = plot_table_curves(out, [r["experiment"] for r in rows])
     print(f"[mixlab] table: {out / 'table.md'} (+ table.json" + (f", validation curves {curves.name})" if curves else ")"))

@@ -119,6 +119,9 @@ def test_first_add_twice_doubles_only_the_first_batch():
     assert restored.first_add_twice and torch.equal(restored.contents()[0], buf.contents()[0])
     restored.add(*_batch(5, 1))
     assert len(restored) == 9
+    plain = ReplayBuffer(first_add_twice=True)
+    plain.load_state_dict(ReplayBuffer(capacity=10).state_dict())  # the flag comes from the checkpoint
+    assert not plain.first_add_twice
     small = ReplayBuffer(capacity=4, first_add_twice=True)
     small.add(*_batch(0, 3))  # 6 rows into 4: the oldest two go
     assert small.contents()[0][:, 0].tolist() == [2, 0, 1, 2]

@@ -111,5 +111,7 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     assert [(r["experiment"], r["seeds"]) for r in table["rows"]] == [("sampler_gmm25_tb", 2)]
     assert table["rows"][0]["w2"]["values"] == row["w2"]["values"] and table["rows"][0]["device"] == row["device"]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["sampler_gmm25_tb_seed0", "sampler_gmm25_tb_seed1"]
-    assert "| 25GMM | TB | 8 | 2 |" in (tmp_path / "table.md").read_text()
+    md = (tmp_path / "table.md").read_text()
+    assert "| 25GMM | TB | 8 | 2 |" in md and "the finished runs among seeds 0-2" in md and table["finished_only"]
+    assert json.loads((tmp_path / "runs" / "sampler_gmm25_tb_seed1" / "table_timing.json").read_text())["host"] == row["device"]
     assert main(tab + ["--out", str(tmp_path / "empty")]) == 2 and main(tab) == 2
