@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mixlab.callbacks.history import MetricHistory
 from mixlab.core.checkpoint import resolve_resume, system_class
 from mixlab.core.config import build, check_missing, check_optimizer_numbers, check_trainer, require
-from mixlab.core.distributed import accumulation, local_rank, world_size
+from mixlab.core.distributed import DestroyProcessGroupAtExit, accumulation, local_rank, world_size
 from mixlab.core.errors import ConfigError
 from mixlab.core.quiet import quiet_lightning
 from mixlab.core.network import internet_reachable
@@ -58,6 +58,7 @@ def build_loggers(cfg: DictConfig | None) -> list:
 
 def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
     callbacks = [build(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
+    callbacks.append(DestroyProcessGroupAtExit())
     # Weight averaging last: callbacks that sample during validation must see the EMA weights,
     # which it swaps back in its own on_validation_epoch_end (hooks run in list order). Metric
     # history just before it: it records what the others logged at the end of the epoch.

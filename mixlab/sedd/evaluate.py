@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from mixlab.core.checkpoint import load_system
 from mixlab.core.config import build, check_positive_int, require
+from mixlab.core.distributed import DestroyProcessGroupAtExit
 from mixlab.core.evaluate import resolve_device
 
 
@@ -38,7 +39,7 @@ def split_datamodule(run_cfg: DictConfig, cfg: DictConfig):
 def test_trainer(cfg: DictConfig, device: torch.device) -> L.Trainer:
     check_positive_int(cfg.devices, "devices")
     return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=cfg.devices, logger=False,
-                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
+                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True, callbacks=[DestroyProcessGroupAtExit()],
                      use_distributed_sampler=False, precision=cfg.get("precision", "32-true"))
 
 

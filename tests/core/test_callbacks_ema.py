@@ -74,4 +74,4 @@ def test_ema_is_ordered_after_callbacks_that_sample():
         "progress_bar": None,
     })
     kinds = [type(cb).__name__ for cb in build_callbacks(cfg)]
-    assert kinds == ["SampleGrid", "EMA"]
+    assert kinds == ["SampleGrid", "DestroyProcessGroupAtExit", "EMA"]
