@@ -13,7 +13,9 @@ Runs go to <out>/runs/<experiment>_seed<s>/; a run whose evaluation JSON exists 
 (re-running the command resumes a table). Arguments after `--` are passed to every train.py run
 (e.g. `-- trainer=gpu`: the experiments keep fp32). `--finished-only` trains nothing: it tabulates
 the finished runs of seeds < SEEDS in <out> (a table completed over several sessions, or several
-commands writing into one <out>), and leaves out rows with none.
+commands writing into one <out>), and leaves out rows with none. `--seed N` trains and
+evaluates only seed N of each row and writes no table: seeds of one row in parallel (one command
+each, the same --out), then `--finished-only` tabulates them.
 """
 
 import argparse
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", default=",".join(TABLE_ROWS))
     parser.add_argument("--out", default=None, help="default: logs/table_samplers/<time>")
     parser.add_argument("--finished-only", action="store_true", help="train nothing: tabulate the finished runs in --out")
+    parser.add_argument("--seed", type=int, default=None, help="train only this seed of each row, no table (needs --out)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         print("error: SEEDS: must be >= 1", file=sys.stderr)
@@ -190,13 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.finished_only and not args.out:
         print("error: --finished-only needs --out (the table directory whose runs to tabulate)", file=sys.stderr)
         return 2
+    if args.seed is not None and (args.seed < 0 or not args.out or args.finished_only):
+        print("error: --seed needs a seed >= 0 and --out (the table directory to add the run to), not --finished-only", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else ROOT / "logs" / "table_samplers" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     host = device_description()
     rows, energies = [], {}
     for experiment in [e for e in args.experiments.split(",") if e]:
         runs = []
-        for seed in range(args.seeds):
+        for seed in [args.seed] if args.seed is not None else range(args.seeds):
             if args.finished_only:
                 done = finished_run(experiment, seed, out, args.eval_n)
                 if done is None:
@@ -206,10 +212,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[mixlab] {experiment} seed {seed} -> {out / 'runs'}", flush=True)
             runs.append({"host": host, **run_one(experiment, seed, out, args.iters, args.eval_every, args.eval_n, extra)})
-        if not runs:
+        if not runs or args.seed is not None:
             continue
         rows.append(summarise(experiment, runs))
         energies.setdefault(PAPER.get(experiment, ("?",))[0], runs[0]["ckpt"])
+    if args.seed is not None:
+        print(f"[mixlab] seed {args.seed} done; tabulate with: python -m mixlab.samplers.table --out {out} --seeds S --finished-only")
+        return 0
     if not rows:
         print(f"error: no finished runs in {out / 'runs'} (run the table without --finished-only first)", file=sys.stderr)
         return 2

@@ -88,7 +88,10 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
 
     args = ["--experiments", "sampler_gmm25_tb", "--seeds", "2", "--iters", "8", "--eval-every", "4", "--eval-n", "32",
             "--reference-seeds", "1", "--out", str(tmp_path), "--", "debug=smoke"]
-    assert main(args) == 0
+    assert main(["--seed", "1", *args]) == 0  # one seed alone (as parallel commands would): a run, no table
+    assert not (tmp_path / "table.json").exists() and (tmp_path / "runs" / "sampler_gmm25_tb_seed1" / "table_timing.json").is_file()
+    assert main(["--seed", "1", "--experiments", "sampler_gmm25_tb"]) == 2  # --seed needs --out
+    assert main(args) == 0  # trains seed 0, reuses seed 1
     table = json.loads((tmp_path / "table.json").read_text())
     row = table["rows"][0]
     assert row["experiment"] == "sampler_gmm25_tb" and row["iterations"] == 8 and row["seeds"] == 2
