@@ -164,8 +164,9 @@ def markdown(rows: list[dict], references: dict, args) -> str:
         lines.append(f"| {r['energy']} | {r['method']} | {r['iterations']} | {r['seeds']} | {_cell(r[METRICS[0]])} | {paper[0]} | "
                      f"{_cell(r[METRICS[1]])} | {paper[1]} | {_cell(r[METRICS[2]], 2)} | {paper[2]} | {ps} | "
                      f"{r['train_seconds_mean']:.0f} + {r['eval_seconds_mean']:.0f} |")
-    lines += ["", f"W2 reference rows at n = {args.eval_n} (mixlab.samplers.metrics.reference_rows_for, {args.reference_seeds} seeds): "
-              "what exact samples score, and what a sampler that drops modes scores.", ""]
+    if references:
+        lines += ["", f"W2 reference rows at n = {args.eval_n} (mixlab.samplers.metrics.reference_rows_for, {args.reference_seeds} seeds): "
+                  "what exact samples score, and what a sampler that drops modes scores.", ""]
     for energy, refs in references.items():
         for ref in refs:
             lines.append(f"- {energy}, {ref['name']}: W2 = {ref['mean']:.3f} ± {ref['std']:.3f}")

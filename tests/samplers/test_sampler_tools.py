@@ -98,7 +98,7 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     assert len(row["w2"]["values"]) == 2 and row["w2"]["std"] is not None and row["w2"]["paper"] == [4.83, 0.45]
     assert [r["name"] for r in table["reference_w2"]["25GMM"]] == ["exact vs exact", "without one corner mode vs exact"]
     md = (tmp_path / "table.md").read_text()
-    assert "| 25GMM | TB | 8 | 2 |" in md and "1.176 ± 0.109" in md
+    assert "| 25GMM | TB | 8 | 2 |" in md and "1.176 ± 0.109" in md and "W2 reference rows" in md
     assert (tmp_path / "curves.png").stat().st_size > 0
     from mixlab.samplers.curves import validation_curves
 
@@ -116,5 +116,6 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["sampler_gmm25_tb_seed0", "sampler_gmm25_tb_seed1"]
     md = (tmp_path / "table.md").read_text()
     assert "| 25GMM | TB | 8 | 2 |" in md and "the finished runs among seeds 0-2" in md and table["finished_only"]
+    assert "W2 reference rows" not in md  # --reference-seeds 0: no reference section
     assert json.loads((tmp_path / "runs" / "sampler_gmm25_tb_seed1" / "table_timing.json").read_text())["host"] == row["device"]
     assert main(tab + ["--out", str(tmp_path / "empty")]) == 2 and main(tab) == 2
