@@ -79,11 +79,9 @@ class DestroyProcessGroupAtExit(L.Callback):
     """Destroys the process group when the process exits. A gloo (CPU) group left alive at
     interpreter exit can abort a process whose training finished ("terminate called without an
     active exception", SIGABRT, about every other exit of two spawned processes under load);
-    Lightning registers this for NCCL only. Registered once per process, after the group exists."""
-
-    _registered = False
+    Lightning registers this for NCCL only. Registered after the group exists; a second
+    registration (another fit in the process) finds the group already gone and does nothing."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if dist.is_available() and dist.is_initialized() and not DestroyProcessGroupAtExit._registered:
+        if dist.is_available() and dist.is_initialized():
             atexit.register(_destroy_process_group)
-            DestroyProcessGroupAtExit._registered = True

@@ -39,8 +39,9 @@ def split_datamodule(run_cfg: DictConfig, cfg: DictConfig):
 def test_trainer(cfg: DictConfig, device: torch.device) -> L.Trainer:
     check_positive_int(cfg.devices, "devices")
     return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=cfg.devices, logger=False,
-                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True, callbacks=[DestroyProcessGroupAtExit()],
-                     use_distributed_sampler=False, precision=cfg.get("precision", "32-true"))
+                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
+                     callbacks=[DestroyProcessGroupAtExit()], use_distributed_sampler=False,
+                     precision=cfg.get("precision", "32-true"))
 
 
 def cost_estimate(system, datamodule, cfg: DictConfig, device: torch.device) -> str:
