@@ -34,22 +34,21 @@ def read_checkpoint(path: str | Path, key: str, mmap: bool = False) -> dict:
     return ckpt
 
 
-def is_intact(path: Path) -> bool:
-    try:
-        read_checkpoint(path, "ckpt_path", mmap=True)
-        return True
-    except ConfigError:
-        return False
+def furthest_intact(paths: list[Path]) -> tuple[Path | None, list[Path]]:
+    """(the readable checkpoint with the highest global_step, the unreadable ones skipped).
 
-
-def newest_intact(paths: list[Path]) -> tuple[Path | None, list[Path]]:
-    """(newest readable checkpoint, the newer ones skipped because they cannot be read)."""
-    skipped = []
-    for path in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True):
-        if is_intact(path):
-            return path, skipped
-        skipped.append(path)
-    return None, skipped
+    Ties go to last.ckpt, then to the newer file. Not by modification time alone: a run
+    directory copied without `cp -p` gives best_*.ckpt a newer mtime than last.ckpt.
+    """
+    readable, skipped = [], []
+    for path in paths:
+        try:
+            step = int(read_checkpoint(path, "ckpt_path", mmap=True).get("global_step", -1))
+        except ConfigError:
+            skipped.append(path)
+            continue
+        readable.append((step, path.name == "last.ckpt", path.stat().st_mtime, path))
+    return (max(readable)[-1] if readable else None), skipped
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:
@@ -59,20 +58,26 @@ def resume_candidates(run_dir: Path) -> list[Path]:
 def resolve_resume(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> str | None:
     """What `trainer.fit` resumes from.
 
-    None: this run dir's newest intact checkpoint (auto-resume after a kill), or a fresh start.
-    "last": the newest intact checkpoint among `<task_dir>/runs/*/checkpoints/`. A path: that
-    file, which must be readable. A skipped unreadable file is named in a warning.
+    None: this run dir's furthest intact checkpoint (auto-resume after a kill), or a fresh start.
+    "last": the furthest intact checkpoint of the newest run under `<task_dir>/runs/` (newest by
+    its newest checkpoint file; a run with none readable is passed over). A path: that file,
+    which must be readable. A skipped unreadable file is named in a warning.
     """
     if ckpt_path in (None, ""):
-        candidates = resume_candidates(output_dir)
+        found, skipped = furthest_intact(resume_candidates(output_dir))
     elif ckpt_path == "last":
-        candidates = sorted(task_dir.glob("runs/*/checkpoints/*.ckpt"))
-        if not candidates:
+        runs = [run for run in (task_dir / "runs").glob("*/") if resume_candidates(run)] if (task_dir / "runs").is_dir() else []
+        if not runs:
             raise ConfigError("ckpt_path", f"'last' but there is no {task_dir}/runs/*/checkpoints/*.ckpt; pass a path instead")
+        found, skipped = None, []
+        for run in sorted(runs, key=lambda r: max(p.stat().st_mtime for p in resume_candidates(r)), reverse=True):
+            found, unreadable = furthest_intact(resume_candidates(run))
+            skipped += unreadable
+            if found is not None:
+                break
     else:
         read_checkpoint(ckpt_path, "ckpt_path", mmap=True)
         return str(ckpt_path)
-    found, skipped = newest_intact(candidates)
     for path in skipped:
         warnings.warn(f"[mixlab] skipped unreadable checkpoint {path} (truncated or corrupt); resuming from "
                       f"{found or 'scratch'}", stacklevel=2)
@@ -96,7 +101,7 @@ def resolve_checkpoint(path: str | Path, key: str, prefer: str = "best") -> Path
         for field in (f"{prefer}_ckpt", "last_ckpt", "best_ckpt"):
             if named.get(field) and Path(named[field]).is_file():
                 return Path(named[field])
-    found, _ = newest_intact(resume_candidates(run))
+    found, _ = furthest_intact(resume_candidates(run))
     if found is None:
         raise ConfigError(key, f"no checkpoint found in {path} (looked for {run}/summary.json and {run}/checkpoints/*.ckpt)")
     return found
