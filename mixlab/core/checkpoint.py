@@ -66,12 +66,12 @@ def resolve_resume(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> s
     if ckpt_path in (None, ""):
         found, skipped = furthest_intact(resume_candidates(output_dir))
     elif ckpt_path == "last":
-        runs = [run for run in (task_dir / "runs").glob("*/") if resume_candidates(run)] if (task_dir / "runs").is_dir() else []
+        runs = [paths for paths in map(resume_candidates, task_dir.glob("runs/*/")) if paths]
         if not runs:
             raise ConfigError("ckpt_path", f"'last' but there is no {task_dir}/runs/*/checkpoints/*.ckpt; pass a path instead")
         found, skipped = None, []
-        for run in sorted(runs, key=lambda r: max(p.stat().st_mtime for p in resume_candidates(r)), reverse=True):
-            found, unreadable = furthest_intact(resume_candidates(run))
+        for paths in sorted(runs, key=lambda paths: max(p.stat().st_mtime for p in paths), reverse=True):
+            found, unreadable = furthest_intact(paths)
             skipped += unreadable
             if found is not None:
                 break

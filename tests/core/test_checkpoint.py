@@ -2,7 +2,6 @@
 files' modification times say."""
 
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -49,9 +48,10 @@ def test_ckpt_path_last_takes_the_newest_run_then_its_furthest_checkpoint(tmp_pa
     _write(task / "runs" / "new" / "checkpoints" / "best_epoch001.ckpt", 200, mtime=3_500)
     assert resolve_resume("last", tmp_path / "out", task) == str(newest)
     # a newest run with nothing readable is passed over for the next one
-    for path in (task / "runs" / "new" / "checkpoints").glob("*.ckpt"):
+    broken = sorted((task / "runs" / "new" / "checkpoints").glob("*.ckpt"))
+    for path in broken:
         path.write_bytes(b"")
         os.utime(path, (4_000, 4_000))
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
+    with pytest.warns(UserWarning, match="skipped unreadable checkpoint") as record:
         assert resolve_resume("last", tmp_path / "out", task) == str(task / "runs" / "old" / "checkpoints" / "last.ckpt")
+    assert sorted(str(path) in str(w.message) for w in record for path in broken).count(True) == len(broken)
