@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from mixlab.samplers.curves import plot_table_curves
 
@@ -85,16 +86,28 @@ def _paths(experiment: str, seed: int, out: Path, n: int) -> tuple[Path, Path, P
     return run_dir, run_dir / "eval" / f"sampler_n{n}_seed{seed}.json", run_dir / "table_timing.json"
 
 
+# What the table itself passes to train.py: not part of a run's configuration as tabulated.
+TABLE_KEYS = ("experiment", "seed", "logger", "callbacks.progress_bar", "hydra.run.dir", "model.eval_every", "trainer.max_epochs")
+
+
+def run_overrides(run_dir: Path) -> list[str]:
+    """The overrides a run was trained with beyond the table's own (the arguments after `--`)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [o for o in OmegaConf.load(path) if o.split("=", 1)[0].lstrip("+~") not in TABLE_KEYS]
+
+
 def finished_run(experiment: str, seed: int, out: Path, n: int) -> dict | None:
-    """The evaluation JSON + timings of a finished run, or None."""
-    _, result_path, timing_path = _paths(experiment, seed, out, n)
+    """The evaluation JSON + timings + overrides of a finished run, or None."""
+    run_dir, result_path, timing_path = _paths(experiment, seed, out, n)
     if result_path.is_file() and timing_path.is_file():
-        return {**json.loads(result_path.read_text()), **json.loads(timing_path.read_text())}
+        return {**json.loads(result_path.read_text()), **json.loads(timing_path.read_text()), "overrides": run_overrides(run_dir)}
     return None
 
 
 def run_one(experiment: str, seed: int, out: Path, iters: int | None, eval_every: int, n: int, extra: list[str]) -> dict:
-    """Train (unless done) and evaluate the final checkpoint; returns the evaluation JSON + timings."""
+    """Train (unless done) and evaluate the final checkpoint; returns the evaluation JSON + timings + overrides."""
     done = finished_run(experiment, seed, out, n)
     if done is not None:
         return done
@@ -109,7 +122,7 @@ def run_one(experiment: str, seed: int, out: Path, iters: int | None, eval_every
     eval_s = _run(evaluate, run_dir / "table.log")
     timing = {"train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1), "host": device_description()}
     timing_path.write_text(json.dumps(timing))
-    return {**json.loads(result_path.read_text()), **timing}
+    return finished_run(experiment, seed, out, n)
 
 
 def welch_p(ours: list[float], paper: tuple[float, float]) -> float | None:
@@ -127,7 +140,8 @@ def summarise(experiment: str, runs: list[dict]) -> dict:
     row = {"experiment": experiment, "energy": energy, "method": method, "seeds": len(runs),
            "iterations": runs[0]["global_step"], "device": runs[0].get("host"),
            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
-           "eval_seconds_mean": float(np.mean([r["eval_seconds"] for r in runs]))}
+           "eval_seconds_mean": float(np.mean([r["eval_seconds"] for r in runs])),
+           "overrides": sorted({" ".join(r.get("overrides", [])) for r in runs})}
     for metric, ref in zip(METRICS, paper):
         values = [r.get(metric) for r in runs]
         ok = [v for v in values if v is not None]
@@ -164,6 +178,10 @@ def markdown(rows: list[dict], references: dict, args) -> str:
         lines.append(f"| {r['energy']} | {r['method']} | {r['iterations']} | {r['seeds']} | {_cell(r[METRICS[0]])} | {paper[0]} | "
                      f"{_cell(r[METRICS[1]])} | {paper[1]} | {_cell(r[METRICS[2]], 2)} | {paper[2]} | {ps} | "
                      f"{r['train_seconds_mean']:.0f} + {r['eval_seconds_mean']:.0f} |")
+    trained = [(r, o) for r in rows for o in r["overrides"] if o]
+    if trained:
+        lines += ["", "Trained with overrides beyond the experiments' configs (the arguments after `--`):", ""]
+        lines += [f"- {r['energy']} {r['method']}: `{o}`" for r, o in trained]
     if references:
         lines += ["", f"W2 reference rows at n = {args.eval_n} (mixlab.samplers.metrics.reference_rows_for, {args.reference_seeds} seeds): "
                   "what exact samples score, and what a sampler that drops modes scores.", ""]

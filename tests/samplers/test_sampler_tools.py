@@ -99,6 +99,8 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     assert [r["name"] for r in table["reference_w2"]["25GMM"]] == ["exact vs exact", "without one corner mode vs exact"]
     md = (tmp_path / "table.md").read_text()
     assert "| 25GMM | TB | 8 | 2 |" in md and "1.176 ± 0.109" in md and "W2 reference rows" in md
+    # the arguments after -- are recorded per row; the table's own (seed, iterations, logger) are not
+    assert row["overrides"] == ["debug=smoke"] and "- 25GMM TB: `debug=smoke`" in md
     assert (tmp_path / "curves.png").stat().st_size > 0
     from mixlab.samplers.curves import validation_curves
 
