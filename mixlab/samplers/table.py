@@ -6,7 +6,8 @@ fresh exact samples), then table.md / table.json with
 
     mean ± std (ddof 1) over the seeds of |Delta log Z_hat|, |Delta log Z_hat_RW| and W2, beside the
     paper's mean ± std (5 runs; Sendera et al. 2024, Table 1), a two-sided Welch t-test per
-    metric (flag * at p < 0.05), iterations, device and wall time per run, and the W2 reference rows;
+    metric (flag * at p < 0.05), iterations, device and wall time per run, the overrides each row's
+    runs were trained with beyond the experiment (from their .hydra/overrides.yaml), and the W2 reference rows;
     curves.png: every run's validation |Δlog Ẑ|, |Δlog Ẑ_RW| and W2 against the iteration.
 
 Runs go to <out>/runs/<experiment>_seed<s>/; a run whose evaluation JSON exists is not repeated
