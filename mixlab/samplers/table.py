@@ -179,10 +179,10 @@ def markdown(rows: list[dict], references: dict, args) -> str:
         lines.append(f"| {r['energy']} | {r['method']} | {r['iterations']} | {r['seeds']} | {_cell(r[METRICS[0]])} | {paper[0]} | "
                      f"{_cell(r[METRICS[1]])} | {paper[1]} | {_cell(r[METRICS[2]], 2)} | {paper[2]} | {ps} | "
                      f"{r['train_seconds_mean']:.0f} + {r['eval_seconds_mean']:.0f} |")
-    trained = [(r, o) for r in rows for o in r["overrides"] if o]
+    trained = [r for r in rows if any(r["overrides"])]  # a row whose seeds differ lists each set, "none" too
     if trained:
         lines += ["", "Trained with overrides beyond the experiments' configs (the arguments after `--`):", ""]
-        lines += [f"- {r['energy']} {r['method']}: `{o}`" for r, o in trained]
+        lines += [f"- {r['energy']} {r['method']}: " + (f"`{o}`" if o else "none") for r in trained for o in r["overrides"]]
     if references:
         lines += ["", f"W2 reference rows at n = {args.eval_n} (mixlab.samplers.metrics.reference_rows_for, {args.reference_seeds} seeds): "
                   "what exact samples score, and what a sampler that drops modes scores.", ""]

@@ -54,4 +54,4 @@ def test_ckpt_path_last_takes_the_newest_run_then_its_furthest_checkpoint(tmp_pa
         os.utime(path, (4_000, 4_000))
     with pytest.warns(UserWarning, match="skipped unreadable checkpoint") as record:
         assert resolve_resume("last", tmp_path / "out", task) == str(task / "runs" / "old" / "checkpoints" / "last.ckpt")
-    assert sorted(str(path) in str(w.message) for w in record for path in broken).count(True) == len(broken)
+    assert all(any(str(path) in str(w.message) for w in record) for path in broken)

@@ -121,3 +121,17 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     assert "W2 reference rows" not in md  # --reference-seeds 0: no reference section
     assert json.loads((tmp_path / "runs" / "sampler_gmm25_tb_seed1" / "table_timing.json").read_text())["host"] == row["device"]
     assert main(tab + ["--out", str(tmp_path / "empty")]) == 2 and main(tab) == 2
+
+
+def test_table_names_each_override_set_of_a_row_whose_seeds_differ():
+    from argparse import Namespace
+
+    from mixlab.samplers.table import METRICS, markdown
+
+    metric = {"mean": 1.0, "std": None, "welch_p": None, "paper": None}
+    row = {"energy": "Manywell-32", "method": "TB", "iterations": 8, "seeds": 2, "device": "cpu", "train_seconds_mean": 1.0,
+           "eval_seconds_mean": 1.0, "overrides": ["", "model.buffer.rank_k=0.1"], **dict.fromkeys(METRICS, metric)}
+    args = Namespace(finished_only=True, seeds=2, eval_n=32, iters=None, reference_seeds=0)
+    md = markdown([row], {}, args)
+    assert "- Manywell-32 TB: none\n- Manywell-32 TB: `model.buffer.rank_k=0.1`" in md
+    assert "overrides" not in markdown([{**row, "overrides": [""]}], {}, args)  # none anywhere: no section
