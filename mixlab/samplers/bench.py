@@ -87,6 +87,9 @@ def mala_uncached(energy, x, steps, burn_in, eta, rule: AdaptiveStepSize, genera
     return torch.cat(kept), eta
 
 
+ROWS = ("TB", "TB+LP", "FL-SubTB", "LS")
+
+
 def iteration(kind: str, dim: int, straightforward: bool, batch: int, T: int, ls_steps: int, compile_nets: bool = False,
               device: torch.device | str = "cpu"):
     """A closure running one training iteration of `kind` (TB | TB+LP | FL-SubTB | LS) on `device`."""
@@ -127,26 +130,36 @@ def iteration(kind: str, dim: int, straightforward: bool, batch: int, T: int, ls
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", default="8,32,128,512")
-    parser.add_argument("--rows", default="TB,TB+LP,FL-SubTB,LS")
-    parser.add_argument("--batch", type=int, default=300)
-    parser.add_argument("--T", type=int, default=100)
+    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dims", default="8,32,128,512", help="comma-separated Manywell dimensions, even (default: %(default)s)")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows of the table above (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=300, help="trajectories per iteration (default: %(default)s)")
+    parser.add_argument("--T", type=int, default=100, help="time steps per trajectory (default: %(default)s)")
     parser.add_argument("--ls-steps", type=int, default=200, help="MALA steps of the LS row (burn-in: half)")
     parser.add_argument("--steps", type=int, default=5, help="timed iterations (the median is reported)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the nets")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when a GPU is visible)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    kinds = [k for k in args.rows.split(",") if k]
+    if not kinds or set(kinds) - set(ROWS):
+        parser.error(f"--rows: choose from {','.join(ROWS)}, got {args.rows!r}")
+    try:
+        dims = [int(d) for d in args.dims.split(",")]
+    except ValueError:
+        parser.error(f"--dims: comma-separated integers, got {args.dims!r}")
+    if any(d < 2 or d % 2 for d in dims):
+        parser.error(f"--dims: Manywell needs even dimensions >= 2 (pairs of coordinates), got {args.dims!r}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no GPU visible (torch.cuda.is_available() is False)")
     print(f"[mixlab] sampler iterations on {device_name(device)}: batch {args.batch}, T {args.T}, LS {args.ls_steps} MALA steps; "
           f"median of {args.steps} after {args.warmup} warm-up", flush=True)
     rows = []
-    for dim in [int(d) for d in args.dims.split(",")]:
-        for kind in args.rows.split(","):
+    for dim in dims:
+        for kind in kinds:
             timed = lambda loop, comp=False: lambda: median_step_seconds(  # noqa: E731
                 iteration(kind, dim, loop, args.batch, args.T, args.ls_steps, comp, device), device, args.steps, args.warmup)
             timers = [(f"d={dim} {kind} straightforward", {"dim": dim, "row": kind, "impl": "straightforward"}, timed(True)),

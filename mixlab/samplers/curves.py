@@ -120,13 +120,14 @@ def _label_dirs(spec: str) -> tuple[str, list[Path]]:
 def main(argv: list[str] | None = None) -> int:
     from mixlab.samplers.table import TABLE_ROWS
 
-    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.curves", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.curves", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table_dir", type=Path, nargs="?", help="a make table-samplers output directory")
-    parser.add_argument("--experiments", default=",".join(TABLE_ROWS))
+    parser.add_argument("--experiments", default=",".join(TABLE_ROWS), help="with a table directory: comma-separated experiments (default: the seven Table 1 rows)")
     parser.add_argument("--runs", type=_label_dirs, nargs="+", default=None, help="LABEL=RUN_DIR[,RUN_DIR...] to compare")
     parser.add_argument("--metrics", default="val/w2,val/delta_log_z", help="with --runs: comma-separated val/* columns")
     parser.add_argument("--hline", type=_hline, nargs="*", default=[], help="with --runs: METRIC=VALUE drawn dashed")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="the PNG to write (default: <table dir>/curves.png; needed with --runs)")
     args = parser.parse_args(argv)
     if (args.table_dir is None) == (args.runs is None):
         parser.error("give a table directory or --runs, not both")

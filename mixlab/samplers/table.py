@@ -196,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.table", description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.table", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 per row (default: %(default)s)")
     parser.add_argument("--iters", type=lambda s: int(s) if s else None, default=None, help="iterations per run (default: as configured)")
     parser.add_argument("--eval-every", type=int, default=100, help="with --iters: iterations per epoch / validation")
-    parser.add_argument("--eval-n", type=int, default=2000)
-    parser.add_argument("--reference-seeds", type=int, default=5)
-    parser.add_argument("--experiments", default=",".join(TABLE_ROWS))
+    parser.add_argument("--eval-n", type=int, default=2000, help="trajectories and exact samples in each final evaluation (default: %(default)s)")
+    parser.add_argument("--reference-seeds", type=int, default=5, help="seeds of the W2 reference rows (exact vs exact); 0 leaves them out (default: %(default)s)")
+    parser.add_argument("--experiments", default=",".join(TABLE_ROWS), help="comma-separated experiment names (default: the seven Table 1 rows)")
     parser.add_argument("--out", default=None, help="default: logs/table_samplers/<time>")
     parser.add_argument("--finished-only", action="store_true", help="train nothing: tabulate the finished runs in --out")
     parser.add_argument("--seed", type=int, default=None, help="train only this seed of each row, no table (needs --out)")

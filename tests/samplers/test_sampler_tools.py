@@ -43,6 +43,16 @@ def test_bench_on_a_missing_gpu_is_one_clear_error(capsys):
     assert "--device cuda: no GPU visible" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [(["--dims", "7"], "--dims: Manywell needs even dimensions"),
+                                           (["--dims", "8,x"], "--dims: comma-separated integers"),
+                                           (["--rows", "TB,XX"], "--rows: choose from TB,TB+LP,FL-SubTB,LS")])
+def test_bench_bad_arguments_are_one_clear_error_before_timing(args, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(args)
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_table_rows_are_the_papers():
     assert all(e in PAPER for e in TABLE_ROWS) and len(TABLE_ROWS) == 7
     assert PAPER["sampler_gmm25_tb_expl_ls"][2:] == ((0.171, 0.013), (0.004, 0.011), (1.25, 0.18))
