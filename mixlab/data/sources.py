@@ -9,9 +9,12 @@ The one code path for reading data is torchvision's layout::
     <root>/FashionMNIST/raw/...                       (same file names)
 
 ``load_split`` reads those files. When they are missing it lets torchvision download them
-(only when the internet is reachable), otherwise it raises ``DataNotFoundError`` naming
-``make data`` (``python -m mixlab.data.fetch``), which also knows offline fallbacks and
-writes the same layout plus a ``SOURCE.txt`` describing where the files came from.
+(only when the internet is reachable), otherwise it raises ``DataNotFoundError`` naming the
+make target that installs them (``tools/data/images.py``, which also knows offline fallbacks
+and writes the same layout plus a ``SOURCE.txt`` describing where the files came from).
+
+A data set is one ``IDXImageSet`` subclass (its config name, folder, download mirror and make
+target) plus one yaml under ``conf/data/``; ``image_set(name)`` finds it by its ``name``.
 """
 
 from __future__ import annotations
@@ -20,24 +23,17 @@ import functools
 import gzip
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from mixlab.core.errors import ConfigError, DataNotFoundError, MixlabError
 from mixlab.core.network import internet_reachable  # noqa: F401  (sources.internet_reachable: patched in tests)
+from mixlab.data.base import named_subclasses
 
-# config name -> torchvision class name (= folder name under the data root)
-DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 # split name -> file-name prefix used by the IDX files
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
-# a host:port that torchvision downloads each dataset from (first mirror)
-MIRRORS = {
-    "mnist": ("ossci-datasets.s3.amazonaws.com", 443),
-    "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
-}
-# make target that installs each dataset (see Makefile) and the hint naming it
-MAKE_TARGETS = {"mnist": "make data", "fashion_mnist": "make data-fashion"}
-FETCH_HINT = "Run `{target}` (python -m mixlab.data.fetch {dataset} --root {root}) to install it."
+FETCH_HINT = "Run `{target}` (python -m tools.data.images {dataset} --root {root}) to install it."
 
 # IDX type byte -> big-endian numpy dtype
 _IDX_DTYPES = {
@@ -54,12 +50,44 @@ class CorruptDataError(MixlabError, ValueError):
     """A data file exists but cannot be parsed (truncated download, wrong format)."""
 
 
-# ----------------------------------------------------------------------------------- names
+# -------------------------------------------------------------------------------- data sets
+class IDXImageSet:
+    """An MNIST-style data set: uint8 [N,28,28] images + labels as four IDX files under
+    ``<root>/<folder>/raw``, where ``torchvision.datasets.<folder>`` downloads them."""
+
+    name: ClassVar[str]  # the config name (``data.dataset``)
+    folder: ClassVar[str]  # torchvision's class name = the folder under the data root
+    mirror: ClassVar[tuple[str, int]]  # host, port torchvision downloads from (first mirror)
+    make_target: ClassVar[str]  # the make command that installs it (offline fallbacks included)
+
+
+class MNIST(IDXImageSet):
+    name, folder, make_target = "mnist", "MNIST", "make data"
+    mirror = ("ossci-datasets.s3.amazonaws.com", 443)
+
+
+class FashionMNIST(IDXImageSet):
+    name, folder, make_target = "fashion_mnist", "FashionMNIST", "make data-fashion"
+    mirror = ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80)
+
+
+def image_sets() -> list[type[IDXImageSet]]:
+    """Every data set class (subclasses of ``IDXImageSet`` with a ``name``)."""
+    return named_subclasses(IDXImageSet)
+
+
+def image_set(dataset: str) -> type[IDXImageSet]:
+    """The data set class named ``dataset``; raises ``ConfigError`` for unknown names."""
+    sets = image_sets()
+    match = next((cls for cls in sets if cls.name == dataset), None)
+    if match is None:
+        raise ConfigError("data.dataset", f"unknown dataset '{dataset}' (choose {'|'.join(c.name for c in sets)})")
+    return match
+
+
 def dataset_dir_name(dataset: str) -> str:
     """``"mnist"`` -> ``"MNIST"``; raises ``ConfigError`` for unknown names."""
-    if dataset not in DATASETS:
-        raise ConfigError("data.dataset", f"unknown dataset '{dataset}' (choose {'|'.join(DATASETS)})")
-    return DATASETS[dataset]
+    return image_set(dataset).folder
 
 
 def raw_dir(root: str | os.PathLike, dataset: str) -> Path:
@@ -183,10 +211,10 @@ def load_split(
     files = find_split_files(root, dataset, split)
     if files is None:
         where = raw_dir(root, dataset)
-        hint = FETCH_HINT.format(target=MAKE_TARGETS[dataset], dataset=dataset, root=root)
+        hint = FETCH_HINT.format(target=image_set(dataset).make_target, dataset=dataset, root=root)
         if not download:
             raise DataNotFoundError(f"{name} not found under {where} (download disabled). {hint}")
-        if not internet_reachable(*MIRRORS[dataset]):
+        if not internet_reachable(*image_set(dataset).mirror):
             raise DataNotFoundError(f"{name} not found under {where} (offline). {hint}")
         try:
             torchvision_download(root, dataset)

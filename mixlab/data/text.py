@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mixlab.core.errors import ConfigError, DataNotFoundError
 from mixlab.core.network import internet_reachable
 from mixlab.data.base import GlobalBatchDataModule
-from mixlab.data.text_corpora import (build_corpus, corpus_dir, corpus_spec, load_tokenizer, make_hint,
-                                      read_meta, read_tokens)
+from mixlab.data.corpora import find_corpus, make_hint
+from mixlab.data.text_corpora import build_corpus, corpus_dir, load_tokenizer, read_meta, read_tokens
 from mixlab.data.text_tokenizers import check_tokenizer_name
 
 
@@ -172,8 +172,8 @@ class TextDataModule(GlobalBatchDataModule):
                  eval_corpus: str | None = None, val_split: str = "val", test_split: str = "test",
                  download: bool = True, pin_memory: bool = False):
         super().__init__(batch_size)
-        self.spec = corpus_spec(corpus, "data.corpus")
-        self.eval_spec = corpus_spec(eval_corpus or corpus, "data.eval_corpus")
+        self.spec = find_corpus(corpus, "data.corpus")
+        self.eval_spec = find_corpus(eval_corpus or corpus, "data.eval_corpus")
         check_tokenizer_name(tokenizer, "data.tokenizer")
         _check_positive("data.length", length)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -235,12 +235,11 @@ class TextDataModule(GlobalBatchDataModule):
 
     def prepare_data(self) -> None:
         """One process per node: builds a missing online corpus when its source is reachable."""
-        for corpus in dict.fromkeys((self.corpus, self.eval_corpus)):
-            spec = corpus_spec(corpus)
-            missing = not (corpus_dir(self.root, corpus, self.tokenizer_name) / "meta.json").is_file()
+        for spec in {self.corpus: self.spec, self.eval_corpus: self.eval_spec}.values():
+            missing = not (corpus_dir(self.root, spec.name, self.tokenizer_name) / "meta.json").is_file()
             if missing and spec.online and self.download and internet_reachable(*spec.host):
-                build_corpus(corpus, [self.tokenizer_name], self.root)
-            self._require(corpus)
+                build_corpus(spec.name, [self.tokenizer_name], self.root, spec=spec)
+            self._require(spec.name)
 
     # ------------------------------------------------------------------------------- blocks
     def blocks(self, role: str) -> TokenBlocks:

@@ -1,7 +1,5 @@
-"""Text corpora on disk: each tokenised once into uint16 token files (nanoGPT's prepare.py).
-
-    python -m mixlab.data.text_corpora classics --tokenizer char gpt2 [--root data]   (make data-text)
-    python -m mixlab.data.text_corpora tiktoken [--root data]     # only the GPT-2 BPE file
+"""Text corpora on disk: each tokenised once into uint16 token files (nanoGPT's prepare.py),
+by ``make data-text`` (``python -m tools.data.text``) or, for an online corpus, on first use.
 
 Layout, one folder per (corpus, tokenizer), since a corpus may be tokenised either way::
 
@@ -18,44 +16,27 @@ killed build leaves no half corpus behind.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from mixlab.core.errors import ConfigError, DataNotFoundError, MixlabError
+from mixlab.core.errors import DataNotFoundError
 from mixlab.core.network import internet_reachable
-from mixlab.data.text_classics import ClassicsCorpus
-from mixlab.data.text_online import online_corpora
-from mixlab.data.text_tokenizers import (CharTokenizer, GPT2Tokenizer, check_tokenizer_name, install_gpt2_bpe,
-                                         tiktoken_cache_dir)
+from mixlab.data.corpora import Corpus, find_corpus
+from mixlab.data.text_tokenizers import CharTokenizer, GPT2Tokenizer, check_tokenizer_name
 
-SPLITS = ("train", "val", "test")
 TOKEN_DTYPE = np.uint16
-CORPORA = {"classics": ClassicsCorpus(), **online_corpora()}
 BATCH_DOCUMENTS = 512  # documents tokenised per call (tiktoken threads over a batch)
-
-
-def corpus_spec(name: str, key: str = "data.corpus"):
-    if name not in CORPORA:
-        raise ConfigError(key, f"unknown corpus '{name}' (choose {'|'.join(CORPORA)})")
-    return CORPORA[name]
 
 
 def corpus_dir(root: str | os.PathLike, corpus: str, tokenizer: str) -> Path:
     """``<root>/text/<corpus>-<tokenizer>``."""
     return Path(root) / "text" / f"{corpus}-{tokenizer}"
-
-
-def make_hint(corpus: str, tokenizer: str, root: str | os.PathLike) -> str:
-    return (f"Run `make data-text CORPUS={corpus}` (python -m mixlab.data.text_corpora {corpus} "
-            f"--tokenizer {tokenizer} --root {root}) to build it.")
 
 
 # --------------------------------------------------------------------------- file format
@@ -143,56 +124,22 @@ def write_corpus(out: Path, name: str, texts: dict[str, Iterable[str]], tokenize
 
 
 def build_corpus(corpus: str, tokenizers: Iterable[str], root: str | os.PathLike = "data", force: bool = False,
-                 spec=None) -> dict[str, dict]:
+                 spec: Corpus | None = None, documents: Callable | None = None) -> dict[str, dict]:
     """Fetch ``corpus``'s documents once and tokenise them with each tokenizer into
     ``<root>/text/<corpus>-<tokenizer>``; existing folders are kept unless ``force``.
-    Returns {tokenizer: meta}. ``spec`` replaces the registry's entry (tests)."""
-    spec = spec or corpus_spec(corpus)
+    Returns {tokenizer: meta}. ``spec`` replaces the corpus class's instance, ``documents``
+    its ``documents(workdir)`` (the preparation tools build offline corpora that way).
+    GPT-2 BPE: the file under ``<root>/text/tiktoken`` or tiktoken's download (online corpora)."""
+    spec = spec or find_corpus(corpus)
     todo = [t for t in (check_tokenizer_name(t) for t in tokenizers) if force or not (corpus_dir(root, corpus, t) / "meta.json").is_file()]
     metas = {t: read_meta(corpus_dir(root, corpus, t)) for t in tokenizers if t not in todo}
     if not todo:
         return metas
-    if "gpt2" in todo:
-        install_gpt2_bpe(tiktoken_cache_dir(root), quiet=True)
-    if spec.online and not internet_reachable(*spec.host):
+    if documents is None and spec.online and not internet_reachable(*spec.host):
         raise DataNotFoundError(f"corpus '{corpus}' comes from {spec.host[0]}, which is unreachable (offline); "
                                 "use the offline corpus `classics` (make data-text)")
     with tempfile.TemporaryDirectory(prefix=f"mixlab-{corpus}-") as tmp:
-        texts, extra, source = spec.documents(Path(tmp))
+        texts, extra, source = (documents or spec.documents)(Path(tmp))
         for tokenizer in todo:
             metas[tokenizer] = write_corpus(corpus_dir(root, corpus, tokenizer), corpus, texts, tokenizer, root, extra, source)
     return metas
-
-
-# ------------------------------------------------------------------------------------ CLI
-def describe(folder: Path) -> str:
-    meta = read_meta(folder)
-    sizes = {s: (folder / f"{s}.bin").stat().st_size for s in meta["splits"]}
-    parts = [f"{s}: {c['tokens']:,} tokens / {c['documents']:,} docs / {sizes[s] / 1e6:.2f} MB" for s, c in meta["splits"].items()]
-    return f"{folder}: {meta['tokenizer']} vocab {meta['vocab_size']} eos {meta['eos_id']}; " + "; ".join(parts)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mixlab.data.text_corpora", description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", choices=[*CORPORA, "tiktoken"])
-    parser.add_argument("--tokenizer", nargs="+", default=["char", "gpt2"], help="char and/or gpt2 (default: both)")
-    parser.add_argument("--root", default="data", help="data root (default: data)")
-    parser.add_argument("--force", action="store_true", help="rebuild folders that exist")
-    args = parser.parse_args(argv)
-    try:
-        if args.corpus == "tiktoken" or "gpt2" in args.tokenizer:
-            install_gpt2_bpe(tiktoken_cache_dir(args.root))
-        if args.corpus != "tiktoken":
-            print(f"{args.corpus} ({', '.join(args.tokenizer)}) -> {Path(args.root) / 'text'} "
-                  f"({'rebuilding' if args.force else 'folders already built are kept'})", flush=True)
-            build_corpus(args.corpus, args.tokenizer, args.root, force=args.force)
-            for tokenizer in args.tokenizer:
-                print(describe(corpus_dir(args.root, args.corpus, tokenizer)))
-    except (MixlabError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

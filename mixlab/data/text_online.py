@@ -1,4 +1,5 @@
-"""The online text corpora (SEDD's data): HF ``datasets`` records, the reference's detokenisers.
+"""What the online text corpora (SEDD's data, ``mixlab.data.corpora``) are read with: HF
+``datasets`` records and the reference's detokenisers.
 
 Each record of a split is one document (as in the reference: a WikiText record is a line of
 an article, a PTB/LM1B record a sentence); its text field goes through the corpus's
@@ -18,16 +19,10 @@ HF ``datasets`` is an optional extra (``pip install -e .[text]``).
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 from mixlab.core.errors import DataNotFoundError
-
-HF_HOST = ("huggingface.co", 443)
 
 
 # ---------------------------------------------------------------------------- detokenisers
@@ -107,72 +102,6 @@ def hf_load_dataset(path: str, config: str | None, split: str):
     return datasets.load_dataset(path, config, split=split)
 
 
-class HFCorpus:
-    """A corpus from the HF hub: ``load(path, config, hf_split)`` per split -> records."""
-
-    online = True
-    host = HF_HOST
-
-    def __init__(self, name: str, path: str, config: str | None, split_map: dict[str, str], field: str = "text",
-                 detokenizer: Callable[[str], str] | None = None, load: Callable = hf_load_dataset):
-        self.name, self.path, self.config, self.split_map = name, path, config, split_map
-        self.field, self.detokenizer, self.load = field, detokenizer, load
-        self.splits = tuple(split_map)
-
-    def documents(self, workdir: Path) -> tuple[dict[str, RecordTexts], dict, str]:
-        texts = {s: RecordTexts(self.load(self.path, self.config, hf), self.field, self.detokenizer)
-                 for s, hf in self.split_map.items()}
-        detok = self.detokenizer.__name__ if self.detokenizer else "none"
-        source = (f"{self.name}: HF datasets {self.path}" + (f" ({self.config})" if self.config else "")
-                  + f", splits {self.split_map}, field '{self.field}', detokeniser {detok}; one record = one document.")
-        return texts, {"hf_path": self.path, "hf_config": self.config}, source
-
-
-class LambadaCorpus:
-    """OpenAI's LAMBADA test set (the one GPT-2 and SEDD report): a JSON line per passage."""
-
-    name, splits, online = "lambada", ("test",), True
-    url = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
-    host = ("openaipublic.blob.core.windows.net", 443)
-
-    def documents(self, workdir: Path) -> tuple[dict[str, RecordTexts], dict, str]:
-        path = workdir / "lambada_test.jsonl"
-        urllib.request.urlretrieve(self.url, path)
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        source = f"lambada: {self.url} ({len(records)} passages), detokeniser lambada_detokenizer."
-        return {"test": RecordTexts(records, "text", lambada_detokenizer)}, {}, source
-
-
 def text8_splits(text: str, train: int = 90_000_000, val: int = 5_000_000) -> dict[str, list[str]]:
     """text8's usual character split (D3PM): first 90 M train, next 5 M val, the rest test."""
     return {"train": [text[:train]], "val": [text[train : train + val]], "test": [text[train + val :]]}
-
-
-class Text8Corpus:
-    """text8: the first 10^8 characters of cleaned English Wikipedia (a-z and space)."""
-
-    name, splits, online = "text8", ("train", "val", "test"), True
-    url = "http://mattmahoney.net/dc/text8.zip"
-    host = ("mattmahoney.net", 80)
-
-    def documents(self, workdir: Path) -> tuple[dict[str, list[str]], dict, str]:
-        path = workdir / "text8.zip"
-        urllib.request.urlretrieve(self.url, path)
-        with zipfile.ZipFile(path) as archive:
-            text = archive.read("text8").decode("ascii")
-        source = f"text8: {self.url}; characters [0, 90M) train, [90M, 95M) val, [95M, 100M) test (D3PM's split)."
-        return text8_splits(text), {}, source
-
-
-def online_corpora() -> dict[str, object]:
-    wiki = {"train": "train", "val": "validation", "test": "test"}
-    return {
-        "openwebtext": HFCorpus("openwebtext", "Skylion007/openwebtext", None, {"train": "train"}),
-        "wikitext103": HFCorpus("wikitext103", "Salesforce/wikitext", "wikitext-103-raw-v1", wiki, detokenizer=wikitext_detokenizer),
-        "wikitext2": HFCorpus("wikitext2", "Salesforce/wikitext", "wikitext-2-raw-v1", wiki, detokenizer=wikitext_detokenizer),
-        "ptb": HFCorpus("ptb", "ptb-text-only/ptb_text_only", None, wiki, field="sentence", detokenizer=ptb_detokenizer),
-        "lm1b": HFCorpus("lm1b", "billion-word-benchmark/lm1b", None, {"train": "train", "test": "test"},
-                         detokenizer=lm1b_detokenizer),
-        "lambada": LambadaCorpus(),
-        "text8": Text8Corpus(),
-    }

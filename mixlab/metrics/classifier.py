@@ -2,10 +2,9 @@
 
 Recipe (the seed's): MNISTClassifier, Adam lr 1e-3, batch 256, 5 epochs, cross-entropy, inputs in
 [-1,1] (u8/127.5 - 1, i.e. ToTensor + Normalize(0.5, 0.5)), no augmentation. `make classifier` runs
-`python -m mixlab.metrics.classifier --root data --dataset mnist --out data/weights/mnist_lenet.pt`.
+`python -m tools.data.weights classifier --root data --dataset mnist --out data/weights/mnist_lenet.pt`.
 """
 
-import argparse
 import time
 from pathlib import Path
 
@@ -123,22 +122,3 @@ def build_classifier(root: str | Path, dataset: str, out: str | Path, epochs: in
     save_classifier(model, out, dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, test_acc=acc))
     print(f"test accuracy {acc:.4f}; saved {out}")
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the MNIST feature classifier used for FID/P/R.")
-    parser.add_argument("--root", default="data", help="dataset root folder")
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--out", default="data/weights/mnist_lenet.pt")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--force", action="store_true", help="retrain even if --out exists")
-    args = parser.parse_args(argv)
-    build_classifier(args.root, args.dataset, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.device, args.force)
-
-
-if __name__ == "__main__":
-    main()

