@@ -92,16 +92,54 @@ def check_trainer(trainer: DictConfig) -> None:
     require(clip is None or (_is_number(clip) and clip >= 0), "trainer.gradient_clip_val", f"must be a number >= 0 or null, got {clip!r}")
 
 
-def build(node, **kwargs):
-    """hydra.utils.instantiate, but a MixlabError raised by a constructor (e.g. a ConfigError
-    naming the key) comes out as itself rather than wrapped in Hydra's InstantiationException."""
+_KEY = "_mixlab_key_"
+_TARGET = "_mixlab_target_"
+
+
+def _keyed(node, path: str):
+    """A plain copy of `node` in which every `_target_` node calls `call_keyed` with its key path."""
+    if isinstance(node, dict):
+        out = {k: _keyed(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        if "_target_" in out:
+            out[_TARGET], out[_KEY], out["_target_"] = out["_target_"], path, "mixlab.core.config.call_keyed"
+        return out
+    if isinstance(node, list):
+        return [_keyed(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def call_keyed(*args, _mixlab_target_: str, _mixlab_key_: str, **kwargs):
+    """Call the config node's target; an ArgumentError (a bad argument, named relative to the
+    callee) becomes a ConfigError naming the node's full key path."""
+    from hydra.utils import get_object
+
+    from mixlab.core.errors import ArgumentError
+
+    try:
+        return get_object(_mixlab_target_)(*args, **kwargs)
+    except ArgumentError as err:
+        key = f"{_mixlab_key_}.{err.arg}" if _mixlab_key_ else err.arg
+        raise ConfigError(key, err.problem) from None
+
+
+def build(node, key: str | None = None, **kwargs):
+    """hydra.utils.instantiate of a config node, with errors for the user:
+    - an argument a constructor rejects (`mixlab.core.validate.checked`, ArgumentError) is a
+      ConfigError naming the full key path, e.g. `model.local_search.steps: must be >= 1, got 0`
+      (`key` is the node's path; by default its place in the config it belongs to);
+    - any MixlabError raised by a constructor comes out as itself, not wrapped in Hydra's
+      InstantiationException."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     from mixlab.core.errors import MixlabError
 
+    if isinstance(node, DictConfig):
+        if key is None:
+            key = node._get_full_key(None) or ""
+        node = OmegaConf.to_container(node, resolve=True)
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(_keyed(node, key or ""), **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
         while cause is not None and not isinstance(cause, MixlabError):
