@@ -1,4 +1,4 @@
-"""`make bench-sedd` / `python -m mixlab.sedd.bench`: SEDD throughput as ratios to a reference run
+"""`make bench-sedd` / `python -m tools.sedd.bench`: SEDD throughput as ratios to a reference run
 in the same process.
 
 Training: tokens/s and peak memory of one optimizer step (score-entropy loss of an absorbing
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from mixlab.core.bench import device_name, measure, median_step_seconds, peak_memory_mb, save_json
+from tools.bench import device_name, measure, median_step_seconds, peak_memory_mb, save_json
 from mixlab.nets.dit import HAS_FLASH_ATTN, DDiT
 from mixlab.sedd.graphs import AbsorbingGraph
 from mixlab.sedd.noise import LogLinearNoise
