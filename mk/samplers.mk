@@ -4,8 +4,8 @@
 data-lgcp: setup  ## Finnish pines for the LGCP energy -> data/finpines (Debian r-cran-spatstat.data, not installed)
 	$(PY) -m mixlab.samplers.lgcp --root data
 
-sampler-reference: setup  ## W2 between independent exact sample sets (25GMM, Funnel, Manywell-32) + mode-dropping controls
-	$(PY) -m tools.samplers.reference
+sampler-reference: setup  ## W2 between independent exact sample sets (25GMM, Funnel, Manywell-32) + mode-dropping controls (ARGS="--n 2000 --seeds 5")
+	$(PY) -m tools.samplers.reference $(ARGS)
 
 # Paper table, benchmark. SEEDS / ITERS are make-only (not passed to train.py as overrides).
 MAKE_ONLY += SEEDS ITERS
