@@ -19,13 +19,13 @@ from functools import partial
 
 import torch
 
-from tools.bench import device_name, measure, median_step_seconds
 from mixlab.mcl.assignment import AnnealedWTA, HardWTA
 from mixlab.mcl.system import MCLDiffusion
 from mixlab.nets.scorenet import ScoreNet
 from mixlab.score.losses import EpsilonLoss
 from mixlab.score.schedule import LogUniformSigma
 from mixlab.score.system import ScoreDiffusion
+from tools.bench import device_name, measure, median_step_seconds
 
 
 class _Unlogged:

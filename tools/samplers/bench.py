@@ -20,13 +20,13 @@ import math
 
 import torch
 
-from tools.bench import device_name, measure, median_step_seconds, save_json
 from mixlab.samplers.energies import Energy, Manywell
 from mixlab.samplers.langevin import langevin_policy
 from mixlab.samplers.local_search import AdaptiveStepSize, PaperStepSize, mala
 from mixlab.samplers.nets import PISPolicy, forward_looking_flow
 from mixlab.samplers.objectives import ForwardLookingSubTB, TrajectoryBalance
 from mixlab.samplers.rollout import DiffusionRollout, RankNoise
+from tools.bench import device_name, measure, median_step_seconds, save_json
 
 
 class PairLoopManywell(Energy):

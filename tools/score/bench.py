@@ -12,11 +12,11 @@ import contextlib
 
 import torch
 
-from tools.bench import device_name, measure, median_step_seconds
 from mixlab.nets.scorenet import ScoreNet
 from mixlab.score.losses import EpsilonLoss
 from mixlab.score.precond import EpsilonPrecond
 from mixlab.score.schedule import LogUniformSigma
+from tools.bench import device_name, measure, median_step_seconds
 
 VARIANTS = {  # name -> (channels_last, autocast dtype or None, torch.compile)
     "fp32 (reference)": (False, None, False),
