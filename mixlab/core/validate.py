@@ -17,12 +17,12 @@ object is built from a config, `mixlab.core.config.build` prefixes the full key 
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from pydantic import ConfigDict, Field, ValidationError, validate_call
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, validate_call
 
-from mixlab.core.errors import ArgumentError
+from mixlab.core.errors import ArgumentError, ConfigError
 
 F = TypeVar("F", bound=Callable)
 
@@ -32,6 +32,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 UnitFloat = Annotated[float, Field(ge=0, le=1)]  # a probability / fraction in [0, 1]
 OpenUnitFloat = Annotated[float, Field(ge=0, lt=1)]  # [0, 1), e.g. a momentum or a decay
+Count = Literal[-1] | PositiveInt | None  # Lightning's "max_epochs / max_steps": >= 1, or -1 / null for no limit
 
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True, allow_inf_nan=False)
 
@@ -56,22 +57,32 @@ def _plain(value):
     return value
 
 
-def _describe(error: dict, names: list[str]) -> tuple[str, str]:
-    """(argument name, problem) of one pydantic error of a validate_call."""
-    loc = list(error.get("loc") or ())
-    if loc and isinstance(loc[0], int) and loc[0] < len(names):
-        loc[0] = names[loc[0]]
-    arg = ".".join(str(part) for part in loc) or "arguments"
+def _problem(error: dict) -> str:
     if error.get("type") == "unexpected_keyword_argument":
-        return arg, "not an argument (a typo?)"
+        return "not an argument (a typo?)"
     if error.get("type") == "missing_argument":
-        return arg, "must be given"
+        return "must be given"
     message = error.get("msg", "invalid")
     for phrase, plain in _PHRASES:
         if message.startswith(phrase):
-            message = plain + message[len(phrase):]
-            break
-    return arg, f"{message}, got {error.get('input')!r}"
+            return plain + message[len(phrase):]
+    return message
+
+
+def _describe(errors: list[dict], names: list[str]) -> tuple[str, str]:
+    """(argument name, problem) of a failed validate_call / TypeAdapter: the first failing argument;
+    the alternatives of a union are joined ("must be -1 or >= 1 or None, got 0")."""
+    def arg_of(error):
+        loc = error.get("loc") or ("",)
+        return names[loc[0]] if isinstance(loc[0], int) and loc[0] < len(names) else str(loc[0])
+
+    arg = arg_of(errors[0])
+    mine = [e for e in errors if arg_of(e) == arg]
+    problems = list(dict.fromkeys(_problem(e) for e in mine))
+    problem = " or ".join(p.removeprefix("must be ") if i else p for i, p in enumerate(problems))
+    if mine[0].get("type") not in ("unexpected_keyword_argument", "missing_argument"):
+        problem += f", got {mine[0].get('input')!r}"
+    return arg or "arguments", problem
 
 
 def checked(fn: F) -> F:
@@ -87,7 +98,22 @@ def checked(fn: F) -> F:
         try:
             return inner(*args, **kwargs)
         except ValidationError as err:
-            arg, problem = _describe(err.errors()[0], names)
+            arg, problem = _describe(err.errors(), names)
             raise ArgumentError(arg, problem) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(kind) -> TypeAdapter:
+    return TypeAdapter(kind, config=_STRICT)
+
+
+def check_value(value, kind, key: str):
+    """`value` checked against the type `kind` (e.g. PositiveInt) by the same rules as `@checked`;
+    returns it, or raises ConfigError naming `key`. For config values that are no constructor's
+    argument (trainer and optimizer numbers, evaluator options)."""
+    try:
+        return _adapter(kind).validate_python(_plain(value))
+    except ValidationError as err:
+        raise ConfigError(key, _describe([dict(e, loc=()) for e in err.errors()], [])[1]) from None
