@@ -13,7 +13,7 @@ ARGS  ?=
 MAKE_ONLY := ARGS EXP DATASET EXTRAS   # mk/<method>.mk files add their own (MAKE_ONLY += ...)
 CLI_OVERRIDES = $(strip $(foreach v,$(sort $(filter-out $(MAKE_ONLY),$(.VARIABLES))),$(if $(filter command line,$(origin $v)),'$v=$($v)')))
 
-.PHONY: help setup data data-fashion train eval test test-fast clean
+.PHONY: help setup data data-fashion train eval test test-fast lint clean
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ test: setup  ## the full test suite (tiny configs, CPU; multi-process tests incl
 
 test-fast: setup  ## the test suite without the slow multi-process / subprocess tests (edit loop)
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+
+lint: setup  ## ruff: lint + format check (`$(PY) -m ruff format .` fixes the format)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:  ## remove logs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache

@@ -1,4 +1,4 @@
-# MCL diffusion (mixlab/mcl): every routing strategy, analysis figures, the step benchmark.
+# MCL diffusion (mixlab/mcl; tools in tools/mcl): every routing strategy, analysis figures, the step benchmark.
 .PHONY: eval-mcl analyze bench-mcl
 
 eval-mcl: weights classifier  ## every MCL routing strategy: make eval-mcl ckpt=PATH [gate_ckpt=PATH baseline_ckpt=PATH]
@@ -10,4 +10,4 @@ analyze: data  ## MCL analysis figures: make analyze ckpt=PATH [gate_ckpt=PATH b
 	$(PY) evaluate.py evaluator=mcl_analysis $(CLI_OVERRIDES) $(ARGS)
 
 bench-mcl: setup  ## one MCL training step vs the baseline's (dense loop / vmap, sparse hard WTA)
-	$(PY) -m mixlab.mcl.bench $(ARGS)
+	$(PY) -m tools.mcl.bench $(ARGS)

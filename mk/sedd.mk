@@ -1,4 +1,4 @@
-# SEDD discrete diffusion (mixlab/sedd): text corpora.
+# SEDD discrete diffusion (mixlab/sedd; benchmark in tools/sedd): text corpora.
 .PHONY: data-text
 CORPUS     ?= classics
 TOKENIZERS ?= char gpt2
@@ -13,4 +13,4 @@ sample-text: setup  ## SEDD text samples: make sample-text ckpt=PATH [sampler=an
 	$(PY) evaluate.py evaluator=sedd_sample $(CLI_OVERRIDES) $(ARGS)
 
 bench-sedd: setup  ## SEDD training tokens/s (fp32 / bf16 / flash-attn / compile, MFU on GPU) and sampling tokens/s + NFE
-	$(PY) -m mixlab.sedd.bench $(ARGS)
+	$(PY) -m tools.sedd.bench $(ARGS)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mixlab.core.errors import ConfigError, MixlabError
 
@@ -42,7 +42,54 @@ def override_key(arg: str) -> str:
     return arg.split("=", 1)[0].lstrip("+~")
 
 
-KEY_PATTERNS = (r"override '([^'=]+)", r"full_key: (\S+)", r"Could not find '([^/']+)/", r"An item is already at '([^']+)'")
+def _parse(override: str):
+    """Hydra's own parse of one `key=value` argument; a malformed one or a value Hydra would read
+    as a sweep (an unquoted comma) is a ConfigError naming the key as the user typed it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    key = override_key(override)
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+    except OverrideParseException as err:
+        raise ConfigError(key, f"cannot parse the value ({err.message.splitlines()[0]}); quote values with "
+                               f"spaces or special characters, e.g. '{key}=\"...\"'") from None
+    if parsed.is_sweep_override():
+        raise ConfigError(key, f"Hydra reads a comma-separated value as a sweep; quote the text, e.g. "
+                               f"'{key}=\"{parsed.input_line.split('=', 1)[1]}\"' (the shell needs the outer quotes)")
+    return parsed
+
+
+def _composition_error(err: Exception, overrides: list, config_name: str, context: str) -> ConfigError:
+    """A ConfigError naming the key of a failed composition, read from the exceptions' attributes
+    (OmegaConf's `full_key`, Hydra's `missing_cfg_file` / `options`), never from message text."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = err
+    while cause is not None:
+        if isinstance(cause, MissingConfigException) and cause.missing_cfg_file:
+            group, _, name = cause.missing_cfg_file.rpartition("/")
+            available = " ".join(cause.options or []) or "none"
+            return ConfigError(group.replace("/", ".") or name, f"unknown option '{name}' (conf/{cause.missing_cfg_file}.yaml "
+                                                                f"does not exist); available: {available}")
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            key = str(cause.full_key)
+            if context:
+                return ConfigError(key, f"not an option {context}")
+            return ConfigError(key, f"not a key of the config (a typo? `+{key}=...` adds a new key)")
+        cause = cause.__cause__ or cause.__context__
+    # `+key=value` for a key the config already has: found by composing without the additions
+    from hydra import compose
+
+    additions = [o for o in overrides if o.is_add() and not o.is_force_add()]
+    if additions:
+        base = compose(config_name, overrides=[o.input_line for o in overrides if o not in additions])
+        for o in additions:
+            if OmegaConf.select(base, o.key_or_group, default=None) is not None or o.key_or_group in base:
+                return ConfigError(o.key_or_group, f"already in the config: drop the '+' ({o.key_or_group}=...)")
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+    return ConfigError("overrides", first)
 
 
 def check_overrides(config_name: str, overrides: list[str], context: str = "") -> None:
@@ -51,21 +98,14 @@ def check_overrides(config_name: str, overrides: list[str], context: str = "") -
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    parsed = [_parse(o) for o in overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose(config_name, overrides=overrides)
-    except Exception as err:  # Hydra's ConfigCompositionException / OmegaConf errors / override grammar
-        message = str(err).strip() or type(err).__name__
-        found = next((m for m in (re.search(p, message) for p in KEY_PATTERNS) if m), None)
-        key = found.group(1) if found else "overrides"
-        first = message.splitlines()[0].rstrip(".")
-        if "not in struct" in message or "Could not override" in message:
-            first = f"not an option {context}" if context else f"not a key of the config (a typo? `+{key}=...` adds a new key)"
-        elif "Could not find" in message:
-            options = re.search(r"Available options in '[^']+':\s*(.*)", message, re.S)
-            first = f"{first}; available: {' '.join(options.group(1).split()) if options else '?'}"
-        raise ConfigError(key, first) from None
+            try:
+                compose(config_name, overrides=overrides)
+            except Exception as err:  # Hydra's ConfigCompositionException / MissingConfigException / OmegaConf errors
+                raise _composition_error(err, parsed, config_name, context) from None
     finally:
         GlobalHydra.instance().clear()
 

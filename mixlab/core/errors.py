@@ -18,3 +18,15 @@ class ConfigError(MixlabError):
 
 class DataNotFoundError(MixlabError):
     """A dataset or weight file is missing. The message names the command that fetches it."""
+
+
+class ArgumentError(MixlabError, ValueError):
+    """An invalid argument of a constructor or function, named relative to it (`steps: must be >= 1`).
+
+    Raised by `mixlab.core.validate.checked` and by rules that span several arguments; when the
+    object is built from a config, `mixlab.core.config.build` turns it into a ConfigError naming
+    the full key (`model.local_search.steps: ...`)."""
+
+    def __init__(self, arg: str, problem: str):
+        self.arg, self.problem = arg, problem
+        super().__init__(f"{arg}: {problem}")

@@ -33,6 +33,11 @@ def evaluator_for(ckpt: str, chosen: str | None = None) -> tuple[Path, str, str]
     return path, name, cls.__name__
 
 
+def out_dir_of(cfg: DictConfig) -> Path:
+    """Where an evaluator writes: `out_dir=` when given, else <run dir>/eval beside the checkpoints."""
+    return Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -19,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from mixlab.core.checkpoint import load_system  # noqa: E402
 from mixlab.core.config import check_choice, require  # noqa: E402
-from mixlab.core.evaluate import resolve_device  # noqa: E402
+from mixlab.core.evaluate import out_dir_of, resolve_device  # noqa: E402
 from mixlab.mcl.gate import MCLGate  # noqa: E402
 from mixlab.mcl.routing import STRATEGIES, Routing, build_routing  # noqa: E402
 from mixlab.mcl.system import MCLDiffusion  # noqa: E402
-from mixlab.score.evaluate import Scorer, out_dir_of, print_report, sample_and_score, validate  # noqa: E402
+from mixlab.score.evaluate import Scorer, print_report, sample_and_score, validate  # noqa: E402
 
 
 def load_bank(cfg: DictConfig, device: torch.device) -> tuple[MCLDiffusion, DictConfig, dict]:

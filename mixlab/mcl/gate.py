@@ -18,7 +18,7 @@ from mixlab.core.checkpoint import load_system
 from mixlab.core.config import require
 from mixlab.core.errors import ConfigError
 from mixlab.core.system import MixlabSystem
-from mixlab.score.precond import _bc
+from mixlab.core.tensors import per_sample
 from mixlab.score.schedule import LogUniformSigma
 
 
@@ -60,7 +60,7 @@ class MCLGate(MixlabSystem):
         noise = self.rank_slice(torch.randn((n, *x0.shape[1:]), generator=generator, device=x0.device))
         with torch.no_grad():
             target = self.experts.loss_matrix(x0, sigma, noise).argmin(dim=1)  # [B]
-        x = x0 + _bc(sigma, x0) * noise
+        x = x0 + per_sample(sigma, x0) * noise
         logits = self.gate(self.experts.scaled_input(x, sigma), sigma.log() / 4)
         return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
 

@@ -27,7 +27,7 @@ from mixlab.mcl.routing import Routing, SingleExpert
 from mixlab.mcl.sparse import SPARSE_CHOICES, sparse_expert_losses, use_sparse
 from mixlab.metrics.expert_stats import usage_shares
 from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
-from mixlab.score.precond import _bc
+from mixlab.core.tensors import per_sample
 from mixlab.score.system import PRECONDS, ScoreDiffusion
 
 
@@ -126,7 +126,7 @@ class MCLDiffusion(ScoreDiffusion):
 
     def scaled_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x_sigma / sqrt(sigma^2 + sigma_data^2): unit-variance input for gates and heads."""
-        return x / (_bc(sigma, x) ** 2 + self.sigma_data**2).sqrt()
+        return x / (per_sample(sigma, x) ** 2 + self.sigma_data**2).sqrt()
 
     def _global(self, t: torch.Tensor) -> torch.Tensor:
         world_size, _ = self.world()
@@ -143,7 +143,7 @@ class MCLDiffusion(ScoreDiffusion):
         route = m.detach() * x0[0].numel()  # the reference routes on the pixel sum
         scores = None
         if self.scorer is not None:
-            x = x0 + _bc(sigma, x0) * noise
+            x = x0 + per_sample(sigma, x0) * noise
             scores = self.scorer(self.scaled_input(x, sigma), sigma.log() / 4).squeeze(-1).transpose(0, 1)  # [B, K]
         weights, winners = self.assignment(route, temperature=self.temperature, scores=None if scores is None else scores.detach())
         world_size, _ = self.world()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from mixlab.core.checkpoint import load_system
 from mixlab.core.config import require
-from mixlab.core.evaluate import resolve_device
+from mixlab.core.evaluate import out_dir_of, resolve_device
 from mixlab.samplers.figures import draw, title_of
 from mixlab.samplers.metrics import reference_rows_for
 
@@ -34,10 +34,6 @@ def validate(cfg: DictConfig) -> None:
     for key, low in (("batch_size", 1), ("reference_seeds", 0), ("seed", 0)):
         value = cfg.get(key)
         require(isinstance(value, int) and not isinstance(value, bool) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
-
-
-def out_dir_of(cfg: DictConfig) -> Path:
-    return Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval"
 
 
 def _clean(value):

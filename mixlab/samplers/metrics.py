@@ -117,12 +117,6 @@ def reference_w2_rows(n: int = 2000, seeds: Iterable[int] = range(5)) -> list[Re
     ]
 
 
-def main() -> None:
-    """python -m mixlab.samplers.metrics: print the reference rows (under a minute on a CPU)."""
-    for row in reference_w2_rows():
-        print(row)
-
-
 # ------------------------------------------------------------------- a sampler's evaluation
 def _w2_or_nan(x: torch.Tensor, truth: torch.Tensor) -> float:
     """W2, or NaN (with a warning) for a diverged sampler: non-finite samples, or costs so large
@@ -175,6 +169,3 @@ def reference_rows_for(energy: Energy, n: int, seeds: Iterable[int]) -> list[Ref
     rows = [reference_w2(energy, n=n, seeds=seeds, name="exact vs exact")]
     return rows + [reference_w2(energy, draw, n=n, seeds=seeds, name=f"{name} vs exact") for name, draw in controls]
 
-
-if __name__ == "__main__":
-    main()

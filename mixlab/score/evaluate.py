@@ -19,7 +19,7 @@ from mixlab.callbacks.sampling import save_grid
 from mixlab.core.checkpoint import load_system
 from mixlab.core.config import build, check_choice, check_positive_int
 from mixlab.core.errors import ConfigError
-from mixlab.core.evaluate import resolve_device
+from mixlab.core.evaluate import out_dir_of, resolve_device
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
 from mixlab.score.solvers import num_evaluations
 from mixlab.score.system import check_sampling
@@ -47,10 +47,6 @@ def validate(cfg: DictConfig) -> None:
     check_sampling(cfg, "")
     for p in cfg.protocols:
         check_choice(p, list(PROTOCOLS), "protocols")
-
-
-def out_dir_of(cfg: DictConfig) -> Path:
-    return Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval"
 
 
 class Scorer:

@@ -8,7 +8,7 @@ weighting of the denoiser error ||D - x0||^2: 1/sigma^2 (seed) vs 1/sigma^2 + 1/
 import torch
 from torch import nn
 
-from mixlab.score.precond import _bc
+from mixlab.core.tensors import per_sample
 
 
 def per_sample_mean(err: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -21,7 +21,7 @@ class EpsilonLoss:
     """The seed: mean over pixels of (eps_hat - eps)^2."""
 
     def __call__(self, model: nn.Module, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        x = x0 + _bc(sigma, x0) * noise
+        x = x0 + per_sample(sigma, x0) * noise
         return per_sample_mean((model(x, sigma) - noise).pow(2), x0)
 
 
@@ -32,6 +32,6 @@ class EDMLoss:
         self.sigma_data = float(sigma_data)
 
     def __call__(self, model: nn.Module, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        x = x0 + _bc(sigma, x0) * noise
+        x = x0 + per_sample(sigma, x0) * noise
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
         return weight * per_sample_mean((model.denoise(x, sigma) - x0).pow(2), x0)

@@ -7,10 +7,7 @@
 import torch
 from torch import nn
 
-
-def _bc(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast per-sample sigma [B] against x [B, C, H, W]."""
-    return sigma.reshape(-1, *([1] * (x.dim() - 1)))
+from mixlab.core.tensors import per_sample
 
 
 class EpsilonPrecond(nn.Module):
@@ -24,7 +21,7 @@ class EpsilonPrecond(nn.Module):
         return self.net(x, sigma.log() / 4)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return x - _bc(sigma, x) * self(x, sigma)
+        return x - per_sample(sigma, x) * self(x, sigma)
 
 
 class EDMPrecond(nn.Module):
@@ -35,11 +32,11 @@ class EDMPrecond(nn.Module):
         self.net, self.sigma_data = net, float(sigma_data)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s, sd2 = _bc(sigma, x), self.sigma_data**2
+        s, sd2 = per_sample(sigma, x), self.sigma_data**2
         c_skip = sd2 / (s**2 + sd2)
         c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
         c_in = 1 / (s**2 + sd2).sqrt()
         return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return (x - self.denoise(x, sigma)) / _bc(sigma, x)
+        return (x - self.denoise(x, sigma)) / per_sample(sigma, x)

@@ -20,11 +20,7 @@ from omegaconf import DictConfig
 from mixlab.core.checkpoint import load_system
 from mixlab.core.config import build, check_positive_int, require
 from mixlab.core.distributed import DestroyProcessGroupAtExit
-from mixlab.core.evaluate import resolve_device
-
-
-def out_dir_of(cfg: DictConfig) -> Path:
-    return Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "eval"
+from mixlab.core.evaluate import out_dir_of, resolve_device
 
 
 def split_datamodule(run_cfg: DictConfig, cfg: DictConfig):

@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 
 from mixlab.core.checkpoint import load_system
 from mixlab.core.config import build, require
-from mixlab.sedd.evaluate import load_sedd, out_dir_of
+from mixlab.core.evaluate import out_dir_of
+from mixlab.sedd.evaluate import load_sedd
 
 
 def unigram_entropy(tokens: torch.Tensor) -> torch.Tensor:

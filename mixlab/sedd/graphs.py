@@ -14,12 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixlab.core.errors import ConfigError
+from mixlab.core.tensors import per_sample
 from mixlab.sedd.score_entropy import absorbing_score_entropy, uniform_score_entropy
-
-
-def _bc(sigma: Tensor, x: Tensor) -> Tensor:
-    """sigma [B] -> [B, 1, ..., 1] broadcasting against x [B, L, ...]; a scalar stays a scalar."""
-    return sigma if sigma.dim() == 0 else sigma.reshape(-1, *([1] * (x.dim() - 1)))
 
 
 def _uniforms(x0: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -108,7 +104,7 @@ class UniformGraph(Graph):
 
     def transition(self, i: Tensor, delta_sigma: Tensor) -> Tensor:
         # exp(s Q) = P + e^{-s} (I - P), P = 11^T / N
-        s = _bc(delta_sigma, i)[..., None]
+        s = per_sample(delta_sigma, i)[..., None]
         keep = torch.exp(-s)
         return -torch.expm1(-s) / self.dim + keep * self._one_hot(i, delta_sigma.dtype)
 
@@ -117,13 +113,13 @@ class UniformGraph(Graph):
 
     def staggered_score(self, score: Tensor, delta_sigma: Tensor) -> Tensor:
         # exp(-s Q) = P + e^{s} (I - P)
-        s = _bc(delta_sigma, score[..., 0]).to(score.dtype)[..., None]
+        s = per_sample(delta_sigma, score[..., 0]).to(score.dtype)[..., None]
         return torch.exp(s) * score - torch.expm1(s) * score.mean(-1, keepdim=True)
 
     def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None,
                           draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
         u, v = draws if draws is not None else _uniforms(x0, generator)
-        move = u < -torch.expm1(-_bc(sigma_bar, x0))
+        move = u < -torch.expm1(-per_sample(sigma_bar, x0))
         new = (v * self.dim).long().clamp_(max=self.dim - 1)  # uniform over the dim states
         return torch.where(move, new, x0)
 
@@ -164,7 +160,7 @@ class AbsorbingGraph(Graph):
 
     def transition(self, i: Tensor, delta_sigma: Tensor) -> Tensor:
         # column i != MASK: e^{-s} at i, 1 - e^{-s} at MASK; column MASK: 1 at MASK
-        s = _bc(delta_sigma, i)[..., None]
+        s = per_sample(delta_sigma, i)[..., None]
         dtype = delta_sigma.dtype
         masked = (i == self.mask_id)[..., None]
         stay = torch.where(masked, torch.ones_like(s), torch.exp(-s))
@@ -173,13 +169,13 @@ class AbsorbingGraph(Graph):
 
     def transp_transition(self, i: Tensor, delta_sigma: Tensor) -> Tensor:
         # row i != MASK: e^{-s} at i; row MASK: 1 - e^{-s} everywhere, 1 at MASK
-        s = _bc(delta_sigma, i)[..., None]
+        s = per_sample(delta_sigma, i)[..., None]
         masked = (i == self.mask_id)[..., None].to(delta_sigma.dtype)
         return torch.exp(-s) * self._one_hot(i, delta_sigma.dtype) - masked * torch.expm1(-s)
 
     def staggered_score(self, score: Tensor, delta_sigma: Tensor) -> Tensor:
         # exp(-s Q): e^{s} s_y for y != MASK; s_MASK + (1 - e^{s}) sum_{y != MASK} s_y at MASK
-        s = _bc(delta_sigma, score[..., 0]).to(score.dtype)[..., None]
+        s = per_sample(delta_sigma, score[..., 0]).to(score.dtype)[..., None]
         real = torch.exp(s) * score[..., : self.mask_id]
         mask = score[..., self.mask_id :] - torch.expm1(s) * score[..., : self.mask_id].sum(-1, keepdim=True)
         return torch.cat([real, mask], dim=-1)
@@ -187,7 +183,7 @@ class AbsorbingGraph(Graph):
     def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None,
                           draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
         u = draws[0] if draws is not None else _uniforms(x0, generator)[0]
-        move = u < -torch.expm1(-_bc(sigma_bar, x0))
+        move = u < -torch.expm1(-per_sample(sigma_bar, x0))
         return torch.where(move, torch.full_like(x0, self.mask_id), x0)
 
     def sample_limit(self, shape: tuple[int, ...], generator: torch.Generator | None = None, device="cpu") -> Tensor:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mixlab.core.errors import ConfigError
-from mixlab.mcl.analysis import analyze, win_fractions_by_group
+from tools.mcl.analysis import analyze, win_fractions_by_group
 from support import compose_eval
 
 FIGURES = ["expert_vs_digit", "expert_vs_sigma", "multi_expert_grid", "trajectory", "strategy_comparison",

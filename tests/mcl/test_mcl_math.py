@@ -1,6 +1,7 @@
 """MCL math on hand-made cases: assignment weights, per-expert losses, stacked experts, clipping."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -141,12 +142,39 @@ def test_usage_statistics():
     torch.testing.assert_close(usage_shares(torch.zeros(4)), torch.full((4,), 0.25))
 
 
-def test_bench_mcl_reports_the_baseline_and_the_mcl_paths(tmp_path):
-    from mixlab.mcl.bench import main
+def test_bench_mcl_plans_the_baseline_then_every_mcl_path():
+    from tools.mcl.bench import plan
 
-    rows = main(["--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "b.json")])
-    assert [r["variant"] for r in rows] == ["baseline step (reference)", "annealed WTA K=4, dense loop", "annealed WTA K=4, dense vmap",
-                                            "hard WTA K=4, dense loop", "hard WTA K=4, sparse"]
-    assert [r["path"] for r in rows] == ["baseline", "dense", "dense", "dense", "sparse"]
-    assert rows[0]["cost_vs_baseline"] == 1.0 and all(r["images_per_sec"] > 0 and r["cost_vs_baseline"] > 0 for r in rows)
-    assert (tmp_path / "b.json").is_file()
+    rows = plan(4, torch.device("cpu"))
+    assert [r[0] for r in rows] == ["baseline step (reference)", "annealed WTA K=4, dense loop", "annealed WTA K=4, dense vmap",
+                                    "hard WTA K=4, dense loop", "hard WTA K=4, sparse"]
+    assert [r[1]["path"] for r in rows] == ["baseline", "dense", "dense", "dense", "sparse"]
+    assert [r[0] for r in plan(4, torch.device("cpu"), ("sparse",))] == ["baseline step (reference)", "hard WTA K=4, sparse"]
+
+
+def test_bench_mcl_sparse_step_backpropagates_fewer_expert_rows_than_dense(tmp_path):
+    """Counted in expert-forward rows per step (one sample through one expert), on the same batch:
+    dense K B with gradient; sparse B with gradient (each sample through its winner) + K B routing rows."""
+    from tools.mcl.bench import main
+
+    K, B = 3, 5
+    rows = main(["--experts", str(K), "--batch", str(B), "--rows", "hard-loop,sparse", "--steps", "1", "--warmup", "0",
+                 "--dropout", "0", "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    baseline, dense, sparse = rows
+    assert [r["path"] for r in rows] == ["baseline", "dense", "sparse"]
+    assert (baseline["grad_rows"], baseline["nograd_rows"]) == (B, 0)
+    assert (dense["grad_rows"], dense["nograd_rows"]) == (K * B, 0)
+    assert (sparse["grad_rows"], sparse["nograd_rows"]) == (B, K * B)
+    assert sparse["grad_rows"] < dense["grad_rows"]
+    for r in rows:  # every ratio is this row's seconds over the reference's
+        assert r["cost_vs_baseline"] == pytest.approx(r["sec_per_step"] / baseline["sec_per_step"])
+        assert r["images_per_sec"] == pytest.approx(B / r["sec_per_step"])
+    assert [r["variant"] for r in json.loads((tmp_path / "b.json").read_text())] == [r["variant"] for r in rows]
+
+
+def test_bench_mcl_rejects_an_unknown_row(capsys):
+    from tools.mcl.bench import main
+
+    with pytest.raises(SystemExit):
+        main(["--rows", "sparse,dense"])
+    assert "--rows: choose from annealed-loop,annealed-vmap,hard-loop,sparse" in capsys.readouterr().err

@@ -204,7 +204,7 @@ def test_evaluator_writes_json_and_figure_on_smoke_checkpoints(smoke_runs, data_
 
 
 def test_draw_writes_samples_with_log_weights(smoke_runs, tmp_path):
-    from mixlab.samplers.draw import main
+    from tools.samplers.draw import main
 
     ckpt = smoke_runs.run("sampler_manywell_tb")["last_ckpt"]
     out = tmp_path / "draw.pt"

@@ -1,4 +1,4 @@
-"""make bench-samplers / make table-samplers: the straightforward reference implementations equal
+"""make bench-samplers / make table-samplers (tools/samplers): the straightforward reference implementations equal
 ours (so the benchmark compares equal work), the benchmark's rows, the table end to end on smoke runs."""
 
 import json
@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from mixlab.samplers import bench
 from mixlab.samplers.energies import Manywell
 from mixlab.samplers.local_search import PaperStepSize, mala
 from mixlab.samplers.objectives import SubTrajectoryBalance
-from mixlab.samplers.table import PAPER, TABLE_ROWS, welch_p
+from tools.samplers import bench
+from tools.samplers.paper import PAPER, PAPER_RUNS, TABLE_ROWS, load_paper
+from tools.samplers.table import welch_p
 
 
 def test_straightforward_references_compute_what_ours_compute():
@@ -28,12 +29,16 @@ def test_straightforward_references_compute_what_ours_compute():
     assert eta == pytest.approx(fast.step_size)
 
 
-def test_bench_reports_every_row_against_its_reference(tmp_path):
-    rows = bench.main(["--dims", "4", "--batch", "8", "--T", "4", "--ls-steps", "4", "--steps", "1", "--warmup", "0",
-                       "--json", str(tmp_path / "b.json")])
-    assert [(r["row"], r["impl"]) for r in rows] == [(k, i) for k in ("TB", "TB+LP", "FL-SubTB", "LS") for i in ("straightforward", "ours")]
-    assert all(r["sec_per_step"] > 0 and r["speedup_vs_straightforward"] > 0 for r in rows)
-    assert len(json.loads((tmp_path / "b.json").read_text())) == 8
+def test_bench_rows_cover_the_request_and_each_ratio_is_its_references_time_over_its_own(tmp_path):
+    rows = bench.main(["--dims", "2,4", "--rows", "TB,LS", "--batch", "8", "--T", "4", "--ls-steps", "4", "--steps", "1",
+                       "--warmup", "0", "--json", str(tmp_path / "b.json")])
+    assert [(r["dim"], r["row"], r["impl"]) for r in rows] == [(d, k, i) for d in (2, 4) for k in ("TB", "LS")
+                                                               for i in ("straightforward", "ours")]
+    for ref, ours in zip(rows[::2], rows[1::2]):  # each pair: the reference first, timed in the same process
+        assert ref["speedup_vs_straightforward"] == 1.0
+        assert ours["speedup_vs_straightforward"] == pytest.approx(ref["sec_per_step"] / ours["sec_per_step"])
+    assert all(r["images_per_sec"] == pytest.approx(8 / r["sec_per_step"]) for r in rows)
+    assert json.loads((tmp_path / "b.json").read_text()) == rows
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
@@ -53,15 +58,18 @@ def test_bench_bad_arguments_are_one_clear_error_before_timing(args, message, ca
     assert message in err and "Traceback" not in err
 
 
-def test_table_rows_are_the_papers():
-    assert all(e in PAPER for e in TABLE_ROWS) and len(TABLE_ROWS) == 7
-    assert PAPER["sampler_gmm25_tb_expl_ls"][2:] == ((0.171, 0.013), (0.004, 0.011), (1.25, 0.18))
+def test_table_rows_are_the_papers(tmp_path):
+    assert all(e in PAPER for e in TABLE_ROWS) and len(TABLE_ROWS) == 7 and PAPER_RUNS == 5
+    assert PAPER["sampler_gmm25_tb_expl_ls"] == ("25GMM", "TB + Expl. + LS", (0.171, 0.013), (0.004, 0.011), (1.25, 0.18))
+    (tmp_path / "paper.yaml").write_text("runs: 5\ntable_rows: [a, b]\nexperiments:\n  a: {energy: E, method: M, w2: [1.0, 0.1]}\n")
+    with pytest.raises(ValueError, match=r"table_rows \['b'\] have no entry"):
+        load_paper(tmp_path / "paper.yaml")
     assert welch_p([1.0], (1.0, 0.1)) is None  # one seed: no std
     assert welch_p([0.17, 0.18, 0.16], (0.171, 0.013)) > 0.5 and welch_p([5.0, 5.1, 4.9], (0.171, 0.013)) < 1e-3
 
 
 def test_validation_curves_join_the_versions_of_a_resumed_run(tmp_path):
-    from mixlab.samplers.curves import validation_curves
+    from tools.samplers.curves import validation_curves
 
     header = "epoch,step,train/loss_step,val/w2,val/delta_log_z\n"
     for version, rows in enumerate([["0,49,0.5,,", "0,99,,7.0,-2.0", "1,199,,6.0,-1.5"],  # killed after iteration 200
@@ -75,7 +83,7 @@ def test_validation_curves_join_the_versions_of_a_resumed_run(tmp_path):
 
 
 def test_curves_cli_compares_labelled_runs(tmp_path, capsys):
-    from mixlab.samplers.curves import main
+    from tools.samplers.curves import main
 
     header = "epoch,step,val/w2,val/shallow_share\n"
     for name, rows in (("a", ["0,99,6.0,0.3", "1,199,5.5,0.2"]), ("b", ["0,99,6.2,0.1"])):
@@ -94,7 +102,7 @@ def test_curves_cli_compares_labelled_runs(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_table_end_to_end_on_smoke_runs(tmp_path):
-    from mixlab.samplers.table import main
+    from tools.samplers.table import main
 
     args = ["--experiments", "sampler_gmm25_tb", "--seeds", "2", "--iters", "8", "--eval-every", "4", "--eval-n", "32",
             "--reference-seeds", "1", "--out", str(tmp_path), "--", "debug=smoke"]
@@ -112,7 +120,7 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
     # the arguments after -- are recorded per row; the table's own (seed, iterations, logger) are not
     assert row["overrides"] == ["debug=smoke"] and "- 25GMM TB: `debug=smoke`" in md
     assert (tmp_path / "curves.png").stat().st_size > 0
-    from mixlab.samplers.curves import validation_curves
+    from tools.samplers.curves import validation_curves
 
     w2 = validation_curves(tmp_path / "runs" / "sampler_gmm25_tb_seed0")["val/w2"]
     assert w2[:, 0].tolist() == [4, 8]  # x = iterations done at each validation (every 4 of 8)
@@ -136,7 +144,7 @@ def test_table_end_to_end_on_smoke_runs(tmp_path):
 def test_table_names_each_override_set_of_a_row_whose_seeds_differ():
     from argparse import Namespace
 
-    from mixlab.samplers.table import METRICS, markdown
+    from tools.samplers.table import METRICS, markdown
 
     metric = {"mean": 1.0, "std": None, "welch_p": None, "paper": None}
     row = {"energy": "Manywell-32", "method": "TB", "iterations": 8, "seeds": 2, "device": "cpu", "train_seconds_mean": 1.0,
@@ -145,3 +153,13 @@ def test_table_names_each_override_set_of_a_row_whose_seeds_differ():
     md = markdown([row], {}, args)
     assert "- Manywell-32 TB: none\n- Manywell-32 TB: `model.buffer.rank_k=0.1`" in md
     assert "overrides" not in markdown([{**row, "overrides": [""]}], {}, args)  # none anywhere: no section
+
+
+def test_reference_cli_prints_the_w2_reference_rows(capsys):
+    from tools.samplers.reference import main
+
+    rows = main(["--n", "20", "--seeds", "2"])
+    assert [r.name for r in rows][0] == "25GMM exact vs exact" and all(len(r.values) == 2 for r in rows)
+    assert capsys.readouterr().out.count("W2 = ") == len(rows)
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0"])

@@ -1,4 +1,4 @@
-"""`make bench-sedd` / `python -m mixlab.sedd.bench`: SEDD throughput as ratios to a reference run
+"""`make bench-sedd` / `python -m tools.sedd.bench`: SEDD throughput as ratios to a reference run
 in the same process.
 
 Training: tokens/s and peak memory of one optimizer step (score-entropy loss of an absorbing
@@ -19,13 +19,13 @@ import time
 
 import torch
 
-from mixlab.core.bench import device_name, measure, median_step_seconds, peak_memory_mb, save_json
 from mixlab.nets.dit import HAS_FLASH_ATTN, DDiT
 from mixlab.sedd.graphs import AbsorbingGraph
 from mixlab.sedd.noise import LogLinearNoise
-from mixlab.sedd.param import RADDScore, SEDDScore, ScoreFn
+from mixlab.sedd.param import RADDScore, ScoreFn, SEDDScore
 from mixlab.sedd.sampling import sample
 from mixlab.sedd.score_entropy import weighted_score_entropy
+from tools.bench import device_name, measure, median_step_seconds, peak_memory_mb, save_json
 
 SIZES = {"tiny": dict(hidden=128, n_blocks=4, n_heads=4, cond_dim=64), "small": dict(hidden=768, n_blocks=12, n_heads=12, cond_dim=128),
          "medium": dict(hidden=1024, n_blocks=24, n_heads=16, cond_dim=128)}

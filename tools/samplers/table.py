@@ -1,4 +1,4 @@
-"""`make table-samplers [SEEDS=3 ITERS=]` (python -m mixlab.samplers.table): the paper's Table 1
+"""`make table-samplers [SEEDS=3 ITERS=]` (python -m tools.samplers.table): the paper's Table 1
 rows for 25GMM {TB, TB+Expl, TB+Expl+LS, FL-SubTB+LP} and Manywell-32 {TB, TB+Expl+LS,
 TB+Expl+LP+LS}, each trained with SEEDS seeds (train.py, the experiment as configured; ITERS
 replaces the iteration count) and evaluated on its final checkpoint (evaluate.py, n = 2000,
@@ -16,7 +16,8 @@ Runs go to <out>/runs/<experiment>_seed<s>/; a run whose evaluation JSON exists 
 the finished runs of seeds < SEEDS in <out> (a table completed over several sessions, or several
 commands writing into one <out>), and leaves out rows with none. `--seed N` trains and
 evaluates only seed N of each row and writes no table: seeds of one row in parallel (one command
-each, the same --out), then `--finished-only` tabulates them.
+each, the same --out), then `--finished-only` tabulates them. The paper's numbers are read from
+tools/samplers/paper.yaml.
 """
 
 import argparse
@@ -33,26 +34,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from mixlab.samplers.curves import plot_table_curves
+from tools.samplers.curves import plot_table_curves
+from tools.samplers.paper import METRICS, PAPER_RUNS, TABLE_ROWS, paper_row
 
 ROOT = Path(__file__).resolve().parents[2]
-METRICS = ("abs_delta_log_z", "abs_delta_log_z_rw", "w2")
 LABELS = {"abs_delta_log_z": "|Δlog Ẑ|", "abs_delta_log_z_rw": "|Δlog Ẑ_RW|", "w2": "W2", "log_z_hat": "log Ẑ", "log_z_rw": "log Ẑ_RW"}
-# Table 1 of the paper (mean, std over 5 runs): Delta log Z, Delta log Z_RW, W2 (LGCP: log Z, log Z_RW)
-PAPER = {
-    "sampler_gmm25_tb": ("25GMM", "TB", (1.176, 0.109), (1.071, 0.112), (4.83, 0.45)),
-    "sampler_gmm25_tb_expl": ("25GMM", "TB + Expl.", (0.560, 0.302), (0.422, 0.320), (3.61, 1.41)),
-    "sampler_gmm25_tb_expl_ls": ("25GMM", "TB + Expl. + LS", (0.171, 0.013), (0.004, 0.011), (1.25, 0.18)),
-    "sampler_gmm25_flsubtb_lp": ("25GMM", "FL-SubTB + LP", (0.209, 0.025), (0.011, 0.024), (1.45, 0.29)),
-    "sampler_manywell_tb": ("Manywell-32", "TB", (4.01, 0.04), (2.67, 0.02), (6.14, 0.02)),
-    "sampler_manywell_tb_expl_ls": ("Manywell-32", "TB + Expl. + LS", (4.57, 2.13), (0.19, 0.29), (5.66, 0.05)),
-    "sampler_manywell_tb_expl_lp_ls": ("Manywell-32", "TB + Expl. + LP + LS", (4.68, 0.49), (0.07, 0.17), (5.33, 0.03)),
-    "sampler_manywell_pis": ("Manywell-32", "PIS", (3.85, 0.03), (2.69, 0.04), (6.15, 0.02)),
-    "sampler_funnel_vargrad_expl": ("Funnel", "VarGrad + Expl.", (0.642, 0.010), (0.250, 0.112), (22.1, 4.0)),
-}
-PAPER_RUNS = 5
-TABLE_ROWS = ["sampler_gmm25_tb", "sampler_gmm25_tb_expl", "sampler_gmm25_tb_expl_ls", "sampler_gmm25_flsubtb_lp",
-              "sampler_manywell_tb", "sampler_manywell_tb_expl_ls", "sampler_manywell_tb_expl_lp_ls"]
 
 
 def device_description() -> str:
@@ -137,7 +123,7 @@ def welch_p(ours: list[float], paper: tuple[float, float]) -> float | None:
 
 
 def summarise(experiment: str, runs: list[dict]) -> dict:
-    energy, method, *paper = PAPER.get(experiment, ("?", experiment, None, None, None))
+    energy, method, *paper = paper_row(experiment)
     row = {"experiment": experiment, "energy": energy, "method": method, "seeds": len(runs),
            "iterations": runs[0]["global_step"], "device": runs[0].get("host"),
            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
@@ -196,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.table", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.samplers.table", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 per row (default: %(default)s)")
     parser.add_argument("--iters", type=lambda s: int(s) if s else None, default=None, help="iterations per run (default: as configured)")
@@ -236,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         if not runs or args.seed is not None:
             continue
         rows.append(summarise(experiment, runs))
-        energies.setdefault(PAPER.get(experiment, ("?",))[0], runs[0]["ckpt"])
+        energies.setdefault(paper_row(experiment)[0], runs[0]["ckpt"])
     if args.seed is not None:
-        print(f"[mixlab] seed {args.seed} done; tabulate with: python -m mixlab.samplers.table --out {out} --seeds S --finished-only")
+        print(f"[mixlab] seed {args.seed} done; tabulate with: python -m tools.samplers.table --out {out} --seeds S --finished-only")
         return 0
     if not rows:
         print(f"error: no finished runs in {out / 'runs'} (run the table without --finished-only first)", file=sys.stderr)

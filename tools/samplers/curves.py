@@ -3,8 +3,8 @@ run's `val/*` metrics from its CSV logs (all versions: a resumed run logs into a
 value per step wins), one panel per metric against the iteration, one colour per experiment
 (one line per seed), the paper's mean as a dashed line.
 
-    python -m mixlab.samplers.curves <table dir> [--out curves.png]
-    python -m mixlab.samplers.curves --runs LABEL=RUN_DIR[,RUN_DIR...] ... [--metrics val/w2,val/shallow_share]
+    python -m tools.samplers.curves <table dir> [--out curves.png]
+    python -m tools.samplers.curves --runs LABEL=RUN_DIR[,RUN_DIR...] ... [--metrics val/w2,val/shallow_share]
         [--hline val/w2=5.33 ...] --out x.png
 
 The second form compares any runs (e.g. one experiment under different overrides), one colour per
@@ -23,7 +23,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# (column in metrics.csv, panel title, index of the paper's value in table.PAPER[exp][2:]); panels show |value|
+from tools.samplers.paper import TABLE_ROWS, paper_row  # noqa: E402
+
+# (column in metrics.csv, panel title, index of the paper's value in paper_row(exp)[2:]); panels show |value|
 PANELS = (("val/delta_log_z", "|Δlog Ẑ|", 0), ("val/delta_log_z_rw", "|Δlog Ẑ_RW|", 1), ("val/w2", "W2", 2))
 
 
@@ -43,17 +45,15 @@ def validation_curves(run_dir: Path) -> dict[str, np.ndarray]:
 
 def plot_table_curves(out: Path, experiments: list[str], path: Path | None = None) -> Path | None:
     """One figure of the runs under <out>/runs/<experiment>_seed<s>/; None when no run has logged a validation."""
-    from mixlab.samplers.table import PAPER
-
     path = path or out / "curves.png"
     runs = {e: sorted((out / "runs").glob(f"{e}_seed*")) for e in experiments}
     curves = {e: [validation_curves(r) for r in rs] for e, rs in runs.items()}
-    energies = list(dict.fromkeys(PAPER.get(e, ("?",))[0] for e in experiments))
+    energies = list(dict.fromkeys(paper_row(e)[0] for e in experiments))
     if not any(c for cs in curves.values() for c in cs):
         return None
     fig, axes = plt.subplots(len(energies), len(PANELS), figsize=(5 * len(PANELS), 3.6 * len(energies)), squeeze=False)
     for k, experiment in enumerate(experiments):
-        energy, method, *paper = PAPER.get(experiment, ("?", experiment, None, None, None))
+        energy, method, *paper = paper_row(experiment)
         colour = f"C{k % 10}"
         for j, (key, title, p) in enumerate(PANELS):
             ax = axes[energies.index(energy), j]
@@ -118,9 +118,7 @@ def _label_dirs(spec: str) -> tuple[str, list[Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mixlab.samplers.table import TABLE_ROWS
-
-    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.curves", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.samplers.curves", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table_dir", type=Path, nargs="?", help="a make table-samplers output directory")
     parser.add_argument("--experiments", default=",".join(TABLE_ROWS), help="with a table directory: comma-separated experiments (default: the seven Table 1 rows)")

@@ -1,6 +1,6 @@
 """Benchmark helpers shared by every method's `make bench-*`: time a training step, report
 each variant as a ratio to a reference run in the same process (never as absolute timings in
-tests), peak memory. Methods put their variants in `mixlab/<method>/bench.py`."""
+tests), peak memory. Methods put their variants in `tools/<method>/bench.py`."""
 
 import json
 import resource
@@ -44,7 +44,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def measure(timers: list[tuple[str, dict, Callable[[], float]]], batch: int, device: torch.device, ratio_key: str,
             json_path: str | None, ratio: str = "speedup", unit: str = "img") -> list[dict]:
-    """Run each (name, extra row fields, seconds-per-step callable), print and return rows with
+    """Run each (name, extra row fields, seconds-per-step callable; the fields are read after it runs, so it may
+    fill them), print and return rows with
     items/s (`unit`: images, tokens) and the ratio to the first row (the reference): `speedup` = ref / sec (higher is
     faster) or `cost` = sec / ref (how many reference steps one step costs). Optionally write JSON."""
     rows, ref = [], None

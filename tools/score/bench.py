@@ -1,4 +1,4 @@
-"""Training-throughput benchmark of the baseline: `make bench` / `python -m mixlab.score.bench
+"""Training-throughput benchmark of the baseline: `make bench` / `python -m tools.score.bench
 [--batch 128 --steps 20]`.
 
 Times optimizer steps of the seed's baseline (ScoreNet, eps loss, Adam) for several variants in
@@ -12,11 +12,11 @@ import contextlib
 
 import torch
 
-from mixlab.core.bench import device_name, measure, median_step_seconds
 from mixlab.nets.scorenet import ScoreNet
 from mixlab.score.losses import EpsilonLoss
 from mixlab.score.precond import EpsilonPrecond
 from mixlab.score.schedule import LogUniformSigma
+from tools.bench import device_name, measure, median_step_seconds
 
 VARIANTS = {  # name -> (channels_last, autocast dtype or None, torch.compile)
     "fp32 (reference)": (False, None, False),

@@ -1,4 +1,4 @@
-"""`make bench-samplers` (python -m mixlab.samplers.bench): seconds per training iteration on
+"""`make bench-samplers` (python -m tools.samplers.bench): seconds per training iteration on
 Manywell at d = 8 / 32 / 128 / 512 (batch 300, T = 100, Adam), median after warm-up, each row as a
 speed-up over a straightforward implementation timed in the same process:
 
@@ -20,13 +20,13 @@ import math
 
 import torch
 
-from mixlab.core.bench import device_name, measure, median_step_seconds, save_json
 from mixlab.samplers.energies import Energy, Manywell
 from mixlab.samplers.langevin import langevin_policy
 from mixlab.samplers.local_search import AdaptiveStepSize, PaperStepSize, mala
 from mixlab.samplers.nets import PISPolicy, forward_looking_flow
 from mixlab.samplers.objectives import ForwardLookingSubTB, TrajectoryBalance
 from mixlab.samplers.rollout import DiffusionRollout, RankNoise
+from tools.bench import device_name, measure, median_step_seconds, save_json
 
 
 class PairLoopManywell(Energy):
@@ -130,7 +130,7 @@ def iteration(kind: str, dim: int, straightforward: bool, batch: int, T: int, ls
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m mixlab.samplers.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.samplers.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dims", default="8,32,128,512", help="comma-separated Manywell dimensions, even (default: %(default)s)")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows of the table above (default: %(default)s)")

@@ -1,4 +1,4 @@
-"""`python -m mixlab.samplers.draw ckpt=PATH n=N [seed=0 out=FILE.pt batch_size=500 device=auto]`
+"""`python -m tools.samplers.draw ckpt=PATH n=N [seed=0 out=FILE.pt batch_size=500 device=auto]`
 
 Draws n samples x_1 from a trained sampler (no exploration) and writes them with their
 importance log-weights for downstream use:
@@ -33,7 +33,7 @@ def parse(argv: list[str]) -> dict:
         opts[key] = value
     for key in ("ckpt", "n"):
         if not opts[key]:
-            raise ConfigError(key, "required: python -m mixlab.samplers.draw ckpt=PATH n=N")
+            raise ConfigError(key, "required: python -m tools.samplers.draw ckpt=PATH n=N")
     for key, low in (("n", 1), ("seed", 0), ("batch_size", 1)):
         try:
             opts[key] = int(opts[key])

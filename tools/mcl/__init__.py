@@ -1,0 +1,1 @@
+"""MCL diffusion tools: the training-step benchmark and the analysis figures."""

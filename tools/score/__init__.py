@@ -1,0 +1,1 @@
+"""VE score diffusion tools: the training-throughput benchmark."""

@@ -1,0 +1,1 @@
+"""SEDD tools: the training and sampling throughput benchmark."""
