@@ -15,10 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-from mixlab.core.errors import ConfigError, DataNotFoundError
+from mixlab.core.errors import ArgumentError, DataNotFoundError
 from mixlab.data.base import named_subclasses
-from mixlab.data.text_online import (RecordTexts, hf_load_dataset, lambada_detokenizer, lm1b_detokenizer,
-                                     ptb_detokenizer, text8_splits, wikitext_detokenizer)
+from mixlab.data.text_online import (
+    RecordTexts,
+    hf_load_dataset,
+    lambada_detokenizer,
+    lm1b_detokenizer,
+    ptb_detokenizer,
+    text8_splits,
+    wikitext_detokenizer,
+)
 
 HF_HOST = ("huggingface.co", 443)
 WIKI_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -47,12 +54,12 @@ class Corpus:
                                 "(tools/data), not on first use")
 
 
-def find_corpus(name: str, key: str = "data.corpus") -> Corpus:
-    """The corpus named ``name``; ``ConfigError`` naming ``key`` for unknown names."""
+def find_corpus(name: str, arg: str = "corpus") -> Corpus:
+    """The corpus named ``name``; an unknown name is an ``ArgumentError`` naming ``arg``."""
     classes = named_subclasses(Corpus)
     match = next((cls for cls in classes if cls.name == name), None)
     if match is None:
-        raise ConfigError(key, f"unknown corpus '{name}' (choose {'|'.join(c.name for c in classes)})")
+        raise ArgumentError(arg, f"unknown corpus '{name}' (choose {'|'.join(c.name for c in classes)})")
     return match()
 
 

@@ -13,23 +13,24 @@ list of class names, ``images`` uint8 [N,H,W,3] and ``labels`` int64 [N] indexin
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
+from mixlab.core.validate import PositiveInt, checked
 from mixlab.data import sources
-from mixlab.core.errors import ConfigError, DataNotFoundError
 
 SPLITS = ("train", "test")
 
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ConfigError("split", f"unknown split '{split}' (choose {'|'.join(SPLITS)})")
+        raise ArgumentError("split", f"unknown split '{split}' (choose {'|'.join(SPLITS)})")
 
 
 def _select(images: np.ndarray, labels: np.ndarray, names: list[str], wanted: list[str]):
@@ -47,7 +48,8 @@ def _select(images: np.ndarray, labels: np.ndarray, names: list[str], wanted: li
 
 
 class CIFAR100Source:
-    def __init__(self, root: str | os.PathLike = "data", download: bool = True):
+    @checked
+    def __init__(self, root: str | Path = "data", download: bool = True):
         self.root, self.download = Path(root), download
         self.dir = self.root / "cifar-100-python"
 
@@ -79,8 +81,9 @@ class CIFAR100Source:
 class ImageFolderSource:
     EXTENSIONS = (".png", ".jpg", ".jpeg")
 
-    def __init__(self, root: str | os.PathLike = "data/tiny-imagenet", image_size: int = 64):
-        self.root, self.image_size = Path(root), int(image_size)
+    @checked
+    def __init__(self, root: str | Path = "data/tiny-imagenet", image_size: PositiveInt = 64):
+        self.root, self.image_size = Path(root), image_size
 
     def class_names(self, split: str = "train") -> list[str]:
         folder = self.root / split
@@ -113,9 +116,10 @@ class DigitFashionStandIn:
 
     needs_vocabulary = True
 
-    def __init__(self, root: str | os.PathLike = "data", image_size: int = 32, per_class: dict | None = None,
-                 download: bool = True, seed: int = 0):
-        self.root, self.image_size, self.download, self.seed = root, int(image_size), download, int(seed)
+    @checked
+    def __init__(self, root: str | Path = "data", image_size: PositiveInt = 32,
+                 per_class: dict[Literal["train", "test"], PositiveInt] | None = None, download: bool = True, seed: int = 0):
+        self.root, self.image_size, self.download, self.seed = root, image_size, download, seed
         self.per_class = {"train": 500, "test": 100, **(per_class or {})}
 
     def load(self, split: str, wanted: list[str], vocabulary: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -13,21 +13,26 @@ Batches ``(x, y)``: x float32 [B,3,H,W] normalised, y int64 [B].
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from mixlab.core.errors import ArgumentError, ConfigError
+from mixlab.core.validate import NonNegativeInt, PositiveInt, checked
 from mixlab.data.base import EpochSeededSampler, GlobalBatchDataModule
-from mixlab.core.errors import ConfigError
 
 
-def task_classes(subsets: list[list[str]], subset: int | None) -> list[str]:
+@checked
+def task_classes(subsets: list[list[str]], subset: PositiveInt | None) -> list[str]:
     """Class names of sub-dataset `subset` (1-based), or the union of all (first appearance)."""
     if not subsets or any(not s for s in subsets):
-        raise ConfigError("data.subsets", "must be a non-empty list of non-empty class-name lists")
+        raise ArgumentError("subsets", "must be a non-empty list of non-empty class-name lists")
     if subset is not None:
-        if isinstance(subset, bool) or not isinstance(subset, int) or not 1 <= subset <= len(subsets):
-            raise ConfigError("data.subset", f"must be null (all) or 1..{len(subsets)}, got {subset!r}")
+        if subset > len(subsets):
+            raise ArgumentError("subset", f"must be null (all) or 1..{len(subsets)}, got {subset!r}")
         return list(subsets[subset - 1])
     union: list[str] = []
     for names in subsets:
@@ -71,15 +76,15 @@ def augment_batch(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
 class ImageTaskDataModule(GlobalBatchDataModule):
     """``batch_size`` is GLOBAL (split over devices, divisibility checked)."""
 
-    def __init__(self, source, subsets: list[list[str]], subset: int | None = None, task: str = "task", image_size: int | None = None,
-                 batch_size: int = 32, val_fraction: float = 0.1, augment: bool = False, num_workers: int = 0,
-                 train_limit: int | None = None, val_limit: int | None = None, test_limit: int | None = None,
-                 seed: int = 0):
+    @checked
+    def __init__(self, source: Any, subsets: list[list[str]], subset: PositiveInt | None = None, task: str = "task",
+                 image_size: PositiveInt | None = None, batch_size: PositiveInt = 32,
+                 val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1, augment: bool = False,
+                 num_workers: NonNegativeInt = 0, train_limit: PositiveInt | None = None, val_limit: PositiveInt | None = None,
+                 test_limit: PositiveInt | None = None, seed: int = 0):
         super().__init__(batch_size)
         self.subsets = [list(s) for s in subsets]
         self.class_names = task_classes(self.subsets, subset)
-        if not 0 < val_fraction < 1:
-            raise ConfigError("data.val_fraction", f"must be in (0, 1), got {val_fraction}")
         self.source, self.subset, self.task, self.image_size = source, subset, task, image_size
         self.val_fraction, self.augment, self.num_workers = val_fraction, augment, num_workers
         self.limits = {"train": train_limit, "val": val_limit, "test": test_limit}

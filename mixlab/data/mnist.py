@@ -6,7 +6,7 @@ train = the train split, val = the test split (both optionally truncated to thei
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mixlab.core.errors import ConfigError
+from mixlab.core.validate import NonNegativeInt, PositiveInt, checked
 from mixlab.data import sources
 from mixlab.data.base import EpochSeededSampler, GlobalBatchDataModule
 
@@ -34,24 +35,22 @@ class MNISTDataModule(GlobalBatchDataModule):
     image_size = 28
     num_classes = 10
 
+    @checked
     def __init__(
         self,
-        root: str | os.PathLike = "data",
+        root: str | Path = "data",
         dataset: str = "mnist",
-        batch_size: int = 256,
-        num_workers: int = 0,
+        batch_size: PositiveInt = 256,
+        num_workers: NonNegativeInt = 0,
         shuffle: bool = True,
-        train_limit: int | None = None,
-        val_limit: int | None = None,
+        train_limit: PositiveInt | None = None,  # first N training images only (debug)
+        val_limit: PositiveInt | None = None,
         seed: int = 0,
         pin_memory: bool = False,
         download: bool = True,
     ):
         super().__init__(batch_size)
-        sources.dataset_dir_name(dataset)  # fail fast on unknown names
-        for key, limit in (("data.train_limit", train_limit), ("data.val_limit", val_limit)):
-            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-                raise ConfigError(key, f"must be a positive integer or null, got {limit!r}")
+        sources.image_set(dataset)  # fail fast on unknown names
         self.root, self.dataset = root, dataset
         self.num_workers, self.shuffle = num_workers, shuffle
         self.train_limit, self.val_limit, self.seed = train_limit, val_limit, seed
@@ -116,13 +115,10 @@ class MNISTDataModule(GlobalBatchDataModule):
         sampler = EpochSeededSampler(len(self.val_set), self.seed, False, self.rank, self.world_size)
         return self._loader(self.val_set, sampler, drop_last=False)
 
-    def real_images(self, n: int, split: str = "test") -> torch.Tensor:
+    @checked
+    def real_images(self, n: PositiveInt, split: str = "test") -> torch.Tensor:
         """The first ``n`` images of ``split`` in file order: float32 [n,1,28,28] in [-1,1]."""
         images, _ = sources.load_split(self.root, self.dataset, split, download=self.download)
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ConfigError("n", f"must be a positive integer, got {n!r}")
         if n > len(images):
-            raise ConfigError(
-                "n", f"asked for {n} real images but the {split} split of {self.dataset} holds only {len(images)}"
-            )
+            raise ConfigError("n", f"asked for {n} real images but the {split} split of {self.dataset} holds only {len(images)}")
         return to_model_range(images[:n])

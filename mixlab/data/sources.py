@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from mixlab.core.errors import ConfigError, DataNotFoundError, MixlabError
+from mixlab.core.errors import ArgumentError, DataNotFoundError, MixlabError
 from mixlab.core.network import internet_reachable  # noqa: F401  (sources.internet_reachable: patched in tests)
 from mixlab.data.base import named_subclasses
 
@@ -77,16 +77,16 @@ def image_sets() -> list[type[IDXImageSet]]:
 
 
 def image_set(dataset: str) -> type[IDXImageSet]:
-    """The data set class named ``dataset``; raises ``ConfigError`` for unknown names."""
+    """The data set class named ``dataset``; an unknown name is an ``ArgumentError`` ("dataset")."""
     sets = image_sets()
     match = next((cls for cls in sets if cls.name == dataset), None)
     if match is None:
-        raise ConfigError("data.dataset", f"unknown dataset '{dataset}' (choose {'|'.join(c.name for c in sets)})")
+        raise ArgumentError("dataset", f"unknown dataset '{dataset}' (choose {'|'.join(c.name for c in sets)})")
     return match
 
 
 def dataset_dir_name(dataset: str) -> str:
-    """``"mnist"`` -> ``"MNIST"``; raises ``ConfigError`` for unknown names."""
+    """``"mnist"`` -> ``"MNIST"``."""
     return image_set(dataset).folder
 
 
@@ -98,7 +98,7 @@ def raw_dir(root: str | os.PathLike, dataset: str) -> Path:
 def idx_file_names(split: str) -> tuple[str, str]:
     """Uncompressed (images, labels) file names of a split, e.g. ``t10k-images-idx3-ubyte``."""
     if split not in SPLIT_PREFIX:
-        raise ConfigError("split", f"unknown split '{split}' (choose {'|'.join(SPLIT_PREFIX)})")
+        raise ArgumentError("split", f"unknown split '{split}' (choose {'|'.join(SPLIT_PREFIX)})")
     prefix = SPLIT_PREFIX[split]
     return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
 

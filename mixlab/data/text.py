@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,8 +26,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mixlab.core.errors import ConfigError, DataNotFoundError
+from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
 from mixlab.core.network import internet_reachable
+from mixlab.core.validate import NonNegativeInt, PositiveInt, checked
 from mixlab.data.base import GlobalBatchDataModule
 from mixlab.data.corpora import find_corpus, make_hint
 from mixlab.data.text_corpora import build_corpus, corpus_dir, load_tokenizer, read_meta, read_tokens
@@ -152,13 +154,6 @@ class ShardedSequentialSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.world_size))
 
 
-def _check_positive(key: str, value, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(key, f"must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
-
-
 class TextDataModule(GlobalBatchDataModule):
     """Blocks of ``length`` tokens from ``<root>/text/<corpus>-<tokenizer>`` (train split) and
     from ``eval_corpus`` (default: the same corpus) for val / test.
@@ -166,27 +161,23 @@ class TextDataModule(GlobalBatchDataModule):
     ``vocab_size`` (token ids incl. EOS, no MASK), ``eos_id`` and ``tokenizer`` (``encode`` /
     ``decode``) come from the corpus's meta.json, readable once the corpus is built."""
 
-    def __init__(self, root: str | os.PathLike = "data", corpus: str = "classics", tokenizer: str = "char",
-                 length: int = 256, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
-                 train_limit: int | None = None, val_limit: int | None = None, test_limit: int | None = None,
-                 eval_corpus: str | None = None, val_split: str = "val", test_split: str = "test",
-                 download: bool = True, pin_memory: bool = False):
+    @checked
+    def __init__(self, root: str | Path = "data", corpus: str = "classics", tokenizer: str = "char",
+                 length: PositiveInt = 256, batch_size: PositiveInt = 64, num_workers: NonNegativeInt = 0, seed: int = 0,
+                 train_limit: PositiveInt | None = None, val_limit: PositiveInt | None = None,
+                 test_limit: PositiveInt | None = None, eval_corpus: str | None = None, val_split: str = "val",
+                 test_split: str = "test", download: bool = True, pin_memory: bool = False):
         super().__init__(batch_size)
-        self.spec = find_corpus(corpus, "data.corpus")
-        self.eval_spec = find_corpus(eval_corpus or corpus, "data.eval_corpus")
-        check_tokenizer_name(tokenizer, "data.tokenizer")
-        _check_positive("data.length", length)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError("data.num_workers", f"must be an integer >= 0, got {num_workers!r}")
-        for key, limit in (("data.train_limit", train_limit), ("data.val_limit", val_limit), ("data.test_limit", test_limit)):
-            _check_positive(key, limit, allow_none=True)
+        self.spec = find_corpus(corpus, "corpus")
+        self.eval_spec = find_corpus(eval_corpus or corpus, "eval_corpus")
+        check_tokenizer_name(tokenizer)
         if "train" not in self.spec.splits:
-            raise ConfigError("data.corpus", f"corpus '{corpus}' has no train split (only {', '.join(self.spec.splits)}); "
-                                             "train on another corpus and set data.eval_corpus")
-        for key, split in (("data.val_split", val_split), ("data.test_split", test_split)):
+            raise ArgumentError("corpus", f"corpus '{corpus}' has no train split (only {', '.join(self.spec.splits)}); "
+                                          "train on another corpus and set data.eval_corpus")
+        for arg, split in (("val_split", val_split), ("test_split", test_split)):
             if split not in self.eval_spec.splits:
-                raise ConfigError(key, f"corpus '{self.eval_spec.name}' has no '{split}' split "
-                                       f"(it has {', '.join(self.eval_spec.splits)})")
+                raise ArgumentError(arg, f"corpus '{self.eval_spec.name}' has no '{split}' split "
+                                         f"(it has {', '.join(self.eval_spec.splits)})")
         self.root, self.corpus, self.eval_corpus = root, corpus, eval_corpus or corpus
         self.tokenizer_name, self.length, self.num_workers, self.seed = tokenizer, length, num_workers, seed
         self.limits = {"train": train_limit, "val": val_limit, "test": test_limit}

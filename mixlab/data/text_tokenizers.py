@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixlab.core.errors import ConfigError, DataNotFoundError
+from mixlab.core.errors import ArgumentError, DataNotFoundError
 from mixlab.core.network import internet_reachable
 
 TOKENIZERS = ("gpt2", "char")
@@ -37,9 +37,9 @@ GPT2_BPE_CACHE_NAME = hashlib.sha1(GPT2_BPE_URL.encode()).hexdigest()  # tiktoke
 _TIKTOKEN_ENV_LOCK = threading.Lock()
 
 
-def check_tokenizer_name(name: str, key: str = "data.tokenizer") -> str:
+def check_tokenizer_name(name: str) -> str:
     if name not in TOKENIZERS:
-        raise ConfigError(key, f"unknown tokenizer '{name}' (choose {'|'.join(TOKENIZERS)})")
+        raise ArgumentError("tokenizer", f"unknown tokenizer '{name}' (choose {'|'.join(TOKENIZERS)})")
     return name
 
 
@@ -64,7 +64,7 @@ class GPT2Tokenizer:
         self.eos_id = encoding.eot_token  # 50256
 
     @classmethod
-    def load(cls, root: str | os.PathLike = "data") -> "GPT2Tokenizer":
+    def load(cls, root: str | os.PathLike = "data") -> GPT2Tokenizer:
         return cls(load_gpt2_encoding(root))
 
     def encode(self, text: str) -> list[int]:
@@ -147,7 +147,7 @@ class CharTokenizer:
         self._points = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32)  # sorted code points
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+    def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
         seen: set[str] = set()
         for text in texts:
             seen.update(text)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixlab.data.mnist import to_model_range
 from mixlab.core.errors import DataNotFoundError
+from mixlab.data.mnist import to_model_range
 from mixlab.nets.lenet import MNISTClassifier
 
 

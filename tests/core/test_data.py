@@ -10,12 +10,14 @@ import types
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from mixlab.data import sources
+from mixlab.core.config import build
 from mixlab.core.distributed import per_device_batch_size
+from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
+from mixlab.data import sources
 from mixlab.data.base import EpochSeededSampler
 from mixlab.data.mnist import MNISTDataModule
-from mixlab.core.errors import ConfigError, DataNotFoundError
 from tools.data import images as fetch_images
 
 
@@ -119,9 +121,9 @@ def test_load_split_missing_data(tmp_path):
 
 
 def test_load_split_rejects_bad_names(tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.dataset: unknown dataset 'cifar' \(choose mnist\|fashion_mnist\)"):
+    with pytest.raises(ArgumentError, match=r"^dataset: unknown dataset 'cifar' \(choose mnist\|fashion_mnist\)"):
         sources.load_split(tmp_path, "cifar", "train")
-    with pytest.raises(ConfigError, match="unknown split 'val'"):
+    with pytest.raises(ArgumentError, match="^split: unknown split 'val'"):
         sources.load_split(tmp_path, "mnist", "val")
 
 
@@ -231,10 +233,13 @@ def test_datamodule_limits_and_world_size(tmp_path):
     odd.trainer = types.SimpleNamespace(world_size=2, global_rank=1)
     with pytest.raises(ConfigError, match=r"data\.batch_size"):
         odd.setup("fit")
-    with pytest.raises(ConfigError, match=r"data\.train_limit"):
+    with pytest.raises(ArgumentError, match=r"^train_limit: must be >= 1, got 0"):
         MNISTDataModule(root=tmp_path, train_limit=0)
-    with pytest.raises(ConfigError, match=r"data\.dataset"):
+    with pytest.raises(ArgumentError, match=r"^dataset: unknown dataset 'cifar10'"):
         MNISTDataModule(root=tmp_path, dataset="cifar10")
+    cfg = OmegaConf.create({"data": {"_target_": "mixlab.data.mnist.MNISTDataModule", "root": str(tmp_path), "val_limit": True}})
+    with pytest.raises(ConfigError, match=r"^data\.val_limit: must be"):  # built from a config: the full key
+        build(cfg.data)
 
 
 def test_datamodule_loader_leaves_global_rng_alone(tmp_path):

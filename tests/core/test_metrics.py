@@ -3,7 +3,6 @@
 import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, cached_featur
 from mixlab.metrics.inception import WEIGHTS_FILE, ensure_inception_weights
 from mixlab.nets.lenet import MNISTClassifier
 from tools.data.weights import main as weights_main
-
 
 
 def _gaussian_feats(n: int, d: int, shift: float = 0.0, seed: int = 0) -> np.ndarray:

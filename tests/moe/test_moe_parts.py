@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.data.image_sources import CIFAR100Source, ImageFolderSource
 from mixlab.data.images import carve_validation, channel_stats, normalise, task_classes
-from mixlab.core.errors import ConfigError
 from mixlab.moe.init import average_state_dicts, init_moe_from_submodels
 from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
 from mixlab.moe.net import GatingNetwork, MoEClassifier, SafeBatchNorm1d, SubModel
@@ -143,7 +143,7 @@ def test_task_classes_and_errors():
     assert task_classes(SUBSETS, 2) == ["rose", "tulip"]
     assert task_classes(SUBSETS, None) == ["apple", "pear", "rose", "tulip", "oak_tree"]  # shared class once
     for bad in (0, 4, True, "1"):
-        with pytest.raises(ConfigError, match="^data.subset:"):
+        with pytest.raises(ArgumentError, match="^subset:"):
             task_classes(SUBSETS, bad)
 
 

@@ -4,9 +4,10 @@ GPT-2 BPE file is data/'s if `make data-text` installed it, else fetched the way
 
 from pathlib import Path
 
+from sedd_text_helpers import link_bpe_file, write_tiny_corpus
+
 from mixlab.data.text_tokenizers import GPT2_BPE_CACHE_NAME, tiktoken_cache_dir
 from tools.data.gpt2_bpe import install_gpt2_bpe
-from sedd_text_helpers import link_bpe_file, write_tiny_corpus
 
 PROJECT = Path(__file__).resolve().parents[2]
 

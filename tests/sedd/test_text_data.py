@@ -6,20 +6,35 @@ import types
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
+from sedd_text_helpers import link_bpe_file, write_lazyload_db, write_tiny_corpus
+from support import ROOT
 
-from mixlab.core.errors import ConfigError, DataNotFoundError
+from mixlab.core.config import build
+from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
 from mixlab.data import corpora, text, text_corpora
 from mixlab.data.text import TextDataModule
 from mixlab.data.text_corpora import build_corpus, corpus_dir, pack_documents, read_meta, read_tokens
-from mixlab.data.text_online import (RecordTexts, lambada_detokenizer, lm1b_detokenizer, ptb_detokenizer, text8_splits,
-                                     wikitext_detokenizer)
-from mixlab.data.text_tokenizers import GPT2_BPE_CACHE_NAME, GPT2Tokenizer, CharTokenizer, sha256_of, tiktoken_cache_dir
-from tools.data.classics import (BIBLE_BOOKS, TEST_DOCUMENTS, VAL_DOCUMENTS, austen_documents, bible_documents,
-                                 shakespeare_documents, split_documents)
+from mixlab.data.text_online import (
+    RecordTexts,
+    lambada_detokenizer,
+    lm1b_detokenizer,
+    ptb_detokenizer,
+    text8_splits,
+    wikitext_detokenizer,
+)
+from mixlab.data.text_tokenizers import GPT2_BPE_CACHE_NAME, CharTokenizer, GPT2Tokenizer, sha256_of, tiktoken_cache_dir
+from tools.data.classics import (
+    BIBLE_BOOKS,
+    TEST_DOCUMENTS,
+    VAL_DOCUMENTS,
+    austen_documents,
+    bible_documents,
+    shakespeare_documents,
+    split_documents,
+)
 from tools.data.gpt2_bpe import install_gpt2_bpe
 from tools.data.r_serialize import read_lazyload_db
-from sedd_text_helpers import link_bpe_file, write_lazyload_db, write_tiny_corpus
-from support import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -57,20 +72,23 @@ def test_char_tokenizer_round_trips():
     assert tok.decode([*tok.encode("ab"), tok.eos_id, 99]) == "ab<|endoftext|>\ufffd"
 
 
-def test_unknown_tokenizer_and_corpus_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"^data\.tokenizer: unknown tokenizer 'bytes'"):
+def test_unknown_tokenizer_and_corpus_are_argument_errors(tmp_path):
+    with pytest.raises(ArgumentError, match=r"^tokenizer: unknown tokenizer 'bytes'"):
         TextDataModule(root=tmp_path, tokenizer="bytes")
-    with pytest.raises(ConfigError, match=r"^data\.corpus: unknown corpus 'enwik8'"):
+    with pytest.raises(ArgumentError, match=r"^corpus: unknown corpus 'enwik8'"):
         TextDataModule(root=tmp_path, corpus="enwik8")
-    with pytest.raises(ConfigError, match=r"^data\.eval_corpus"):
+    with pytest.raises(ArgumentError, match=r"^eval_corpus"):
         TextDataModule(root=tmp_path, eval_corpus="enwik8")
-    with pytest.raises(ConfigError, match=r"^data\.corpus: corpus 'lambada' has no train split"):
+    with pytest.raises(ArgumentError, match=r"^corpus: corpus 'lambada' has no train split"):
         TextDataModule(root=tmp_path, corpus="lambada", tokenizer="gpt2")
-    with pytest.raises(ConfigError, match=r"^data\.val_split: corpus 'lm1b' has no 'val' split"):
+    with pytest.raises(ArgumentError, match=r"^val_split: corpus 'lm1b' has no 'val' split"):
         TextDataModule(root=tmp_path, corpus="lm1b", tokenizer="gpt2")
     for key, kwargs in (("length", {"length": 0}), ("train_limit", {"train_limit": -1}), ("num_workers", {"num_workers": -1})):
-        with pytest.raises(ConfigError, match=rf"^data\.{key}"):
+        with pytest.raises(ArgumentError, match=rf"^{key}: must be >="):
             TextDataModule(root=tmp_path, **kwargs)
+    cfg = OmegaConf.create({"data": {"_target_": "mixlab.data.text.TextDataModule", "root": str(tmp_path), "corpus": "enwik8"}})
+    with pytest.raises(ConfigError, match=r"^data\.corpus: unknown corpus 'enwik8'"):  # built from a config: the full key
+        build(cfg.data)
 
 
 # ---------------------------------------------------------------------------- corpus files
@@ -197,7 +215,7 @@ def test_missing_corpus_names_make_data_text(tmp_path, monkeypatch):
         with pytest.raises(DataNotFoundError, match=rf"`make data-text CORPUS={corpus}`"):
             dm.prepare_data()
         with pytest.raises(DataNotFoundError, match="make data-text"):
-            dm.vocab_size
+            _ = dm.vocab_size
 
 
 def test_online_corpus_is_built_on_first_use_when_reachable(tmp_path, monkeypatch):

@@ -19,8 +19,14 @@ from pathlib import Path
 
 from mixlab.core.errors import DataNotFoundError, MixlabError
 from mixlab.core.network import internet_reachable
-from mixlab.data.text_tokenizers import (GPT2_BPE_CACHE_NAME, GPT2_BPE_SHA256, GPT2_BPE_URL, sha256_of,
-                                         tiktoken_cache, tiktoken_cache_dir)
+from mixlab.data.text_tokenizers import (
+    GPT2_BPE_CACHE_NAME,
+    GPT2_BPE_SHA256,
+    GPT2_BPE_URL,
+    sha256_of,
+    tiktoken_cache,
+    tiktoken_cache_dir,
+)
 from tools.data.packages import pip_download_sdist
 
 WHISPER_SDIST = "openai-whisper==20250625"  # ships whisper/assets/gpt2.tiktoken (= r50k_base)
