@@ -13,7 +13,7 @@ ARGS  ?=
 MAKE_ONLY := ARGS EXP DATASET EXTRAS   # mk/<method>.mk files add their own (MAKE_ONLY += ...)
 CLI_OVERRIDES = $(strip $(foreach v,$(sort $(filter-out $(MAKE_ONLY),$(.VARIABLES))),$(if $(filter command line,$(origin $v)),'$v=$($v)')))
 
-.PHONY: help setup data data-fashion train eval test test-fast lint clean
+.PHONY: help setup data data-fashion train eval test test-fast lint gpu-check clean
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test-fast: setup  ## the test suite without the slow multi-process / subprocess 
 lint: setup  ## ruff: lint + format check (`$(PY) -m ruff format .` fixes the format)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+gpu-check: setup  ## every GPU row in one run (<8 min on one H100): benches, trainer=gpu throughput, NCCL, exact resume -> gpu_check.json (ARGS=--tiny: CPU, seconds)
+	$(PY) -m tools.gpu_check $(ARGS)
 
 clean:  ## remove logs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache

@@ -73,7 +73,8 @@ def training_rows(args, device) -> list[dict]:
         variants.append(("bf16 + flash-attn", torch.bfloat16, False))
     else:
         print("  (bf16 + flash-attn skipped: " + ("flash-attn is not installed" if device.type == "cuda" else "CPU") + ")")
-    variants.append(("bf16 + torch.compile", torch.bfloat16, True))
+    if args.compile:
+        variants.append(("bf16 + torch.compile", torch.bfloat16, True))
     tokens = args.batch * args.length
     timers = [(name, {"size": args.size, "length": args.length, "batch": args.batch},
                lambda d=dtype, c=comp: train_step_seconds(args.size, args.vocab, args.length, args.batch, device, d, c, args.steps, args.warmup))
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sample-steps", type=int, nargs="*", default=[128, 1024, 4096] if cuda else [16, 64])
     p.add_argument("--sample-batches", type=int, nargs="*", default=[1, 32] if cuda else [1, 4])
     p.add_argument("--skip", choices=["training", "sampling"], default=None)
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the torch.compile training row")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
