@@ -81,3 +81,16 @@ def test_a_normal_run_prints_no_tips_or_deprecation_noise(data_dir, tmp_path):
         assert noise not in out, out
     assert out.count("GPU available") == 1  # Lightning's info lines once, not twice (Hydra's handler too)
     assert "[mixlab] checkpoint:" in out
+
+
+def test_evaluate_leaves_no_run_folder_under_logs():
+    """Evaluators write next to the checkpoint (out_dir); Hydra writes no run dir, config copy or log file."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval.yaml", overrides=["ckpt=x"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None
+    assert "file" not in cfg.hydra.job_logging.handlers  # no evaluate.log
