@@ -169,6 +169,11 @@ class CharTokenizer:
         """How many characters of ``text`` encode() skips."""
         return int((~self._lookup(text)[1]).sum())
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` outside the vocabulary (encode() would skip them), in order."""
+        ids, known = self._lookup(text)
+        return list(dict.fromkeys(ch for ch, ok in zip(text, known.tolist()) if not ok))
+
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i] if 0 <= i < len(self.chars) else EOS_TEXT if i == self.eos_id
                        else UNKNOWN_ID_TEXT for i in (int(i) for i in ids))

@@ -38,12 +38,17 @@ def encode_fixed(tokenizer, cfg: DictConfig) -> dict:
     fixed = {}
     for key in ("prefix", "suffix"):
         if cfg.get(key):
+            unknown = getattr(tokenizer, "unknown_characters", lambda text: [])(str(cfg[key]))
+            require(not unknown, key, f"characters outside the checkpoint's {tokenizer.vocab_size - 1}-character vocabulary: "
+                                      f"{' '.join(map(repr, unknown))}; leave them out or replace them")
             fixed[key] = tokenizer.encode(str(cfg[key]))
     if cfg.get("infill"):
         pairs = []
         for item in cfg.infill:
             require(len(item) == 2, "infill", f"give [position, text] pairs, got {list(item)}")
             pos, text = int(item[0]), str(item[1])
+            unknown = getattr(tokenizer, "unknown_characters", lambda text: [])(text)
+            require(not unknown, "infill", f"characters outside the checkpoint's vocabulary: {' '.join(map(repr, unknown))}")
             pairs += [(pos + i, tok) for i, tok in enumerate(tokenizer.encode(text))]
         fixed["infill"] = pairs
     return fixed

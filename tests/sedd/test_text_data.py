@@ -241,3 +241,22 @@ def test_make_data_text_builds_an_offline_corpus_once(tmp_path, monkeypatch, cap
     argv = ["classics", "--tokenizer", "char", "--root", str(tmp_path)]
     assert prepare_text.main(argv) == 0 and prepare_text.main(argv) == 0 and len(calls) == 1
     assert "char vocab 4 eos 3; train: 8 tokens / 2 docs" in capsys.readouterr().out
+
+
+def test_text_a_user_types_never_loses_characters_silently():
+    """prefix / suffix / infill: characters the char tokenizer cannot encode are one error naming the key
+    and the characters; commas, quotes and known characters pass."""
+    from omegaconf import OmegaConf
+
+    from mixlab.core.errors import ConfigError
+    from mixlab.data.text_tokenizers import CharTokenizer
+    from mixlab.sedd.generate import encode_fixed
+
+    tok = CharTokenizer("Helo, wrd\"'")
+    assert tok.unknown_characters("Hé日llo é") == ["é", "日"]
+    fixed = encode_fixed(tok, OmegaConf.create({"prefix": 'Hello, "world"', "suffix": None, "infill": None}))
+    assert tok.decode(fixed["prefix"]) == 'Hello, "world"'
+    with pytest.raises(ConfigError, match=r"^suffix: characters outside .* 'é' '日'"):
+        encode_fixed(tok, OmegaConf.create({"prefix": None, "suffix": "Hé日", "infill": None}))
+    with pytest.raises(ConfigError, match=r"^infill: characters outside .* 'é'"):
+        encode_fixed(tok, OmegaConf.create({"prefix": None, "suffix": None, "infill": [[3, "é"]]}))
