@@ -36,6 +36,13 @@ def make_hint(corpus: str, tokenizer: str, root: str | os.PathLike) -> str:
             f"--tokenizer {tokenizer} --root {root}) to build it.")
 
 
+def rebuild_command(corpus: str, tokenizer: str, root: str | os.PathLike) -> str:
+    """The command that (re)builds ``<root>/text/<corpus>-<tokenizer>``."""
+    if Path(root) == Path("data"):
+        return f"make data-text CORPUS={corpus} TOKENIZERS={tokenizer}"
+    return f"python -m tools.data.text {corpus} --tokenizer {tokenizer} --root {root}"
+
+
 class Corpus:
     """A text corpus: ``name`` (its folder ``<root>/text/<name>-<tokenizer>``), ``splits``, and
     ``host`` (where ``documents`` downloads from; None: built only by ``make data-text``)."""
