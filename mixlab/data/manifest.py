@@ -37,6 +37,11 @@ EDGE_BYTES = 2**20  # hashed at each end of a bigger file
 WHOLE, EDGES = "file", "first and last MiB"
 
 
+def is_make_root(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is the data folder the make targets write (``data/`` of the project)."""
+    return Path(root) == Path("data") or Path(root).resolve() == Path(__file__).resolve().parents[2] / "data"
+
+
 class CorruptDataError(MixlabError, ValueError):
     """A data file exists but is damaged or cannot be parsed (truncated, bytes changed, wrong format)."""
 
@@ -125,8 +130,10 @@ def _problem(path_str: str, dtype: str | None, _stamp: tuple) -> str | None:
     if not isinstance(entry, dict) or not {"bytes", "sha256"} <= entry.keys():
         return f"its entry in {MANIFEST_NAME} is incomplete"
     if size != entry["bytes"]:
-        return (f"size {size} bytes, the manifest says {entry['bytes']} "
-                f"({entry.get('elements', '?')} {entry.get('dtype', '?')} elements)")
+        return (
+            f"size {size} bytes, the manifest says {entry['bytes']} "
+            f"({entry.get('elements', '?')} {entry.get('dtype', '?')} elements)"
+        )
     digest, covers = file_checksum(path)
     if digest != entry["sha256"]:
         what = "" if covers == WHOLE else f" ({covers})"

@@ -98,7 +98,7 @@ def raw_dir(root: str | os.PathLike, dataset: str) -> Path:
 
 def rebuild_command(root: str | os.PathLike, dataset: str) -> str:
     """The command that (re)installs ``dataset`` under ``root`` (the make target for ``data``)."""
-    if Path(root) == Path("data"):
+    if manifest.is_make_root(root):
         return image_set(dataset).make_target
     return f"python -m tools.data.images {dataset} --root {root}"
 

@@ -172,6 +172,17 @@ def write_corpus(out: Path, name: str, texts: dict[str, Iterable[str]], tokenize
     return meta
 
 
+def ensure_manifest(root: str | os.PathLike, corpus: str, tokenizer: str) -> bool:
+    """Write the manifest of an intact corpus folder built without one (by an older version); True if written."""
+    folder = corpus_dir(root, corpus, tokenizer)
+    if (folder / manifest.MANIFEST_NAME).is_file() or not (folder / "meta.json").is_file() or corpus_problem(folder):
+        return False
+    splits = read_meta(folder)["splits"]
+    files = {f"{s}.bin": {"dtype": TOKEN_DTYPE, "elements": c["tokens"]} for s, c in splits.items()}
+    manifest.write_manifest(folder, files, rebuild_command(corpus, tokenizer, root))
+    return True
+
+
 def is_built(folder: str | os.PathLike) -> bool:
     """A corpus folder with its meta.json and intact split files."""
     return (Path(folder) / "meta.json").is_file() and corpus_problem(folder) is None

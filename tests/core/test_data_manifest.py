@@ -7,7 +7,6 @@ command, a file without a manifest is accepted unless it is obviously broken.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,20 @@ import pytest
 
 from mixlab.core.errors import DataNotFoundError, MixlabError
 from mixlab.data import manifest, sources
-from mixlab.data.images import ImageTaskDataModule
 from mixlab.data.image_sources import DigitFashionStandIn
+from mixlab.data.images import ImageTaskDataModule
 from mixlab.data.mnist import MNISTDataModule
 from mixlab.data.text import TextDataModule
-from mixlab.data.text_corpora import build_corpus, check_split, corpus_dir, corpus_problem, read_tokens
+from mixlab.data.text_corpora import (
+    build_corpus,
+    check_split,
+    corpus_dir,
+    corpus_problem,
+    ensure_manifest,
+    read_tokens,
+    write_corpus,
+)
 from tools.data import images as fetch_images
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sedd"))
-from sedd_text_helpers import tiny_documents, write_tiny_corpus  # noqa: E402
 
 TEXT_COMMAND = "make data-text CORPUS=classics TOKENIZERS=char"
 ROOT = Path("data")  # relative, as `make` uses it: the errors then name the make targets
@@ -63,9 +67,23 @@ def one_line(e: pytest.ExceptionInfo, path: Path, command: str, what: str) -> st
 
 
 # ------------------------------------------------------------------------------------- text
+def tiny_texts() -> dict[str, list[str]]:
+    rng = np.random.default_rng(0)
+    words = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog")
+    return {
+        split: [f"{split}{i}: " + " ".join(rng.choice(words, 30)) + "." for i in range(n)]
+        for split, n in (("train", 20), ("val", 4), ("test", 4))
+    }
+
+
+def write_tiny_corpus(root: Path) -> None:
+    """classics-char under ``root`` through ``write_corpus`` (what `make data-text` runs)."""
+    write_corpus(corpus_dir(root, "classics", "char"), "classics", tiny_texts(), "char", root, source="tiny test corpus")
+
+
 @pytest.fixture
 def corpus():
-    write_tiny_corpus(ROOT)  # write_corpus: what `make data-text` runs
+    write_tiny_corpus(ROOT)
     return corpus_dir(ROOT, "classics", "char")
 
 
@@ -79,8 +97,9 @@ def test_text_manifest_lists_each_split(corpus):
     assert check_split(ROOT, "classics", "char", "train") == corpus / "train.bin"
 
 
-@pytest.mark.parametrize("how, what", [("odd", "the manifest says"), ("even", "the manifest says"),
-                                       ("corrupt", "sha256 differs from the manifest")])
+@pytest.mark.parametrize(
+    "how, what", [("odd", "the manifest says"), ("even", "the manifest says"), ("corrupt", "sha256 differs from the manifest")]
+)
 def test_damaged_text_split_is_one_line(corpus, how, what):
     damage(corpus / "train.bin", how)
     with pytest.raises(manifest.CorruptDataError) as e:
@@ -130,7 +149,7 @@ def test_big_memmap_hashes_its_ends(corpus, monkeypatch):
 
 
 def test_rebuild_command_rebuilds_a_damaged_corpus(corpus):
-    texts = {s: tiny_documents(n, seed=k, prefix=s) for k, (s, n) in enumerate({"train": 40, "val": 6, "test": 5}.items())}
+    texts = tiny_texts()
     calls = []
 
     def documents(workdir):
@@ -143,6 +162,20 @@ def test_rebuild_command_rebuilds_a_damaged_corpus(corpus):
     assert corpus_problem(corpus).startswith("val.bin: sha256 differs")
     build_corpus("classics", ["char"], ROOT, documents=documents)
     assert len(calls) == 1 and corpus_problem(corpus) is None
+    (corpus / "manifest.json").unlink()  # a folder built by an older version: kept, manifest added
+    build_corpus("classics", ["char"], ROOT, documents=documents)
+    assert ensure_manifest(ROOT, "classics", "char") and len(calls) == 1 and corpus_problem(corpus) is None
+    assert not ensure_manifest(ROOT, "classics", "char")  # already there
+
+
+def test_make_data_text_rebuilds_a_damaged_corpus(corpus, monkeypatch, capsys):
+    from tools.data import text as prepare_text
+
+    calls = []
+    monkeypatch.setitem(prepare_text.OFFLINE_BUILDERS, "classics", lambda workdir: calls.append(1) or (tiny_texts(), {}, "tiny"))
+    damage(corpus / "train.bin", "odd")
+    assert prepare_text.main(["classics", "--tokenizer", "char", "--root", "data"]) == 0 and len(calls) == 1
+    assert "train.bin: size" in capsys.readouterr().out and check_split(ROOT, "classics", "char", "train")
 
 
 @pytest.mark.parametrize("how", ["odd", "even"])
@@ -158,7 +191,9 @@ def test_text_datamodule_stops_before_training(corpus, how):
 def test_text_command_outside_the_make_layout(tmp_path):
     write_tiny_corpus(tmp_path / "elsewhere")
     damage(corpus_dir(tmp_path / "elsewhere", "classics", "char") / "train.bin", "odd")
-    with pytest.raises(manifest.CorruptDataError, match=r"`python -m tools.data.text classics --tokenizer char --root .*elsewhere`"):
+    with pytest.raises(
+        manifest.CorruptDataError, match=r"`python -m tools.data.text classics --tokenizer char --root .*elsewhere`"
+    ):
         check_split(tmp_path / "elsewhere", "classics", "char", "train")
 
 
@@ -184,8 +219,9 @@ def test_image_manifest_lists_the_idx_files():
 
 
 @pytest.mark.parametrize("dataset, command", [("mnist", "make data"), ("fashion_mnist", "make data-fashion")])
-@pytest.mark.parametrize("how, what", [("odd", "the manifest says"), ("even", "the manifest says"),
-                                       ("corrupt", "sha256 differs from the manifest")])
+@pytest.mark.parametrize(
+    "how, what", [("odd", "the manifest says"), ("even", "the manifest says"), ("corrupt", "sha256 differs from the manifest")]
+)
 def test_damaged_idx_file_is_one_line(dataset, command, how, what):
     raw = write_images(ROOT, dataset)
     damage(raw / "t10k-images-idx3-ubyte", how)
@@ -233,8 +269,9 @@ def test_image_datamodules_stop_before_training():
             step()
         one_line(e, raw / "train-images-idx3-ubyte", "make data", "the manifest says")
     write_images(ROOT, "fashion_mnist")  # the MoE stand-in reads both data sets
-    task = ImageTaskDataModule(DigitFashionStandIn(root=ROOT, per_class={"train": 2, "test": 2}), [["a", "b"], ["c"]],
-                               batch_size=2)
+    task = ImageTaskDataModule(
+        DigitFashionStandIn(root=ROOT, per_class={"train": 2, "test": 2}), [["a", "b"], ["c"]], batch_size=2
+    )
     with pytest.raises(manifest.CorruptDataError) as e:
         task.prepare_data()
     one_line(e, raw / "train-images-idx3-ubyte", "make data", "the manifest says")

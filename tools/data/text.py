@@ -19,7 +19,7 @@ from pathlib import Path
 from mixlab.core.errors import MixlabError
 from mixlab.data.base import named_subclasses
 from mixlab.data.corpora import Corpus
-from mixlab.data.text_corpora import build_corpus, corpus_dir, corpus_problem, read_meta
+from mixlab.data.text_corpora import build_corpus, corpus_dir, corpus_problem, ensure_manifest, read_meta
 from mixlab.data.text_tokenizers import tiktoken_cache_dir
 from tools.data import classics
 from tools.data.gpt2_bpe import install_gpt2_bpe
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{folder}: {damage}: rebuilding it", flush=True)
             build_corpus(args.corpus, args.tokenizer, args.root, force=args.force, documents=OFFLINE_BUILDERS.get(args.corpus))
             for tokenizer in args.tokenizer:
+                ensure_manifest(args.root, args.corpus, tokenizer)  # a folder built by an older version
                 print(describe(corpus_dir(args.root, args.corpus, tokenizer)))
     except (MixlabError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
