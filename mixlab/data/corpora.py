@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from mixlab.core.errors import ArgumentError, DataNotFoundError
 from mixlab.data.base import named_subclasses
+from mixlab.data.manifest import is_make_root
 from mixlab.data.text_online import (
     RecordTexts,
     hf_load_dataset,
@@ -34,6 +35,13 @@ WIKI_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 def make_hint(corpus: str, tokenizer: str, root: str | os.PathLike) -> str:
     return (f"Run `make data-text CORPUS={corpus}` (python -m tools.data.text {corpus} "
             f"--tokenizer {tokenizer} --root {root}) to build it.")
+
+
+def rebuild_command(corpus: str, tokenizer: str, root: str | os.PathLike) -> str:
+    """The command that (re)builds ``<root>/text/<corpus>-<tokenizer>``."""
+    if is_make_root(root):
+        return f"make data-text CORPUS={corpus} TOKENIZERS={tokenizer}"
+    return f"python -m tools.data.text {corpus} --tokenizer {tokenizer} --root {root}"
 
 
 class Corpus:

@@ -12,6 +12,9 @@ The one code path for reading data is torchvision's layout::
 (only when the internet is reachable), otherwise it raises ``DataNotFoundError`` naming the
 make target that installs them (``tools/data/images.py``, which also knows offline fallbacks
 and writes the same layout plus a ``SOURCE.txt`` describing where the files came from).
+Both write ``raw/manifest.json`` (``mixlab.data.manifest``: bytes, element count, sha256 of each
+file); ``load_split`` checks the files against it first, so a damaged file is one line naming
+it and the make target. Files without a manifest are accepted when they parse.
 
 A data set is one ``IDXImageSet`` subclass (its config name, folder, download mirror and make
 target) plus one yaml under ``conf/data/``; ``image_set(name)`` finds it by its ``name``.
@@ -27,9 +30,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from mixlab.core.errors import ArgumentError, DataNotFoundError, MixlabError
+from mixlab.core.errors import ArgumentError, DataNotFoundError
 from mixlab.core.network import internet_reachable  # noqa: F401  (sources.internet_reachable: patched in tests)
+from mixlab.data import manifest
 from mixlab.data.base import named_subclasses
+from mixlab.data.manifest import CorruptDataError
 
 # split name -> file-name prefix used by the IDX files
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
@@ -44,10 +49,6 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-
-
-class CorruptDataError(MixlabError, ValueError):
-    """A data file exists but cannot be parsed (truncated download, wrong format)."""
 
 
 # -------------------------------------------------------------------------------- data sets
@@ -95,6 +96,13 @@ def raw_dir(root: str | os.PathLike, dataset: str) -> Path:
     return Path(root) / dataset_dir_name(dataset) / "raw"
 
 
+def rebuild_command(root: str | os.PathLike, dataset: str) -> str:
+    """The command that (re)installs ``dataset`` under ``root`` (the make target for ``data``)."""
+    if manifest.is_make_root(root):
+        return image_set(dataset).make_target
+    return f"python -m tools.data.images {dataset} --root {root}"
+
+
 def idx_file_names(split: str) -> tuple[str, str]:
     """Uncompressed (images, labels) file names of a split, e.g. ``t10k-images-idx3-ubyte``."""
     if split not in SPLIT_PREFIX:
@@ -117,11 +125,11 @@ def find_split_files(root: str | os.PathLike, dataset: str, split: str) -> tuple
 
 
 # ------------------------------------------------------------------------------ IDX format
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, rebuild: str = "make data") -> np.ndarray:
     """Read an IDX file (gzip-compressed when the name ends in ``.gz``) into a numpy array.
 
     Format: 2 zero bytes, a type byte, a rank byte, ``rank`` big-endian uint32 sizes, data.
-    Raises ``CorruptDataError`` (one line, names the file) when anything does not fit.
+    Raises ``CorruptDataError`` (one line, names the file and ``rebuild``) when anything does not fit.
     """
     path = Path(path)
     try:
@@ -129,22 +137,22 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise CorruptDataError(f"{path}: cannot read IDX file ({e}); delete it and run `make data`") from e
+        raise CorruptDataError(f"{path}: cannot read IDX file ({e}); delete it and run `{rebuild}`") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise CorruptDataError(
             f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}); "
-            "delete it and run `make data`"
+            f"delete it and run `{rebuild}`"
         )
     dtype, rank = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * rank
     if len(raw) < header:
-        raise CorruptDataError(f"{path}: truncated IDX header; delete it and run `make data`")
+        raise CorruptDataError(f"{path}: truncated IDX header; delete it and run `{rebuild}`")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=rank, offset=4))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
         raise CorruptDataError(
             f"{path}: IDX header says shape {shape} ({expected} bytes) but the file holds "
-            f"{len(raw) - header} bytes; delete it and run `make data`"
+            f"{len(raw) - header} bytes; delete it and run `{rebuild}`"
         )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="))  # native byte order, writable copy
@@ -183,10 +191,10 @@ def torchvision_download(root: str | os.PathLike, dataset: str) -> None:
 
 # ---------------------------------------------------------------------------------- loading
 @functools.lru_cache(maxsize=8)
-def _read_split(images_path: str, labels_path: str, _stamp: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(images_path: str, labels_path: str, _stamp: tuple, rebuild: str = "make data") -> tuple[np.ndarray, np.ndarray]:
     """Read and check one split; cached on resolved paths (+ mtime/size so rewrites reload)."""
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
+    images = read_idx(images_path, rebuild)
+    labels = read_idx(labels_path, rebuild)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise CorruptDataError(f"{images_path}: expected uint8 images [N,28,28], got {images.dtype} {images.shape}")
     if labels.shape != (images.shape[0],):
@@ -225,9 +233,25 @@ def load_split(
         files = find_split_files(root, dataset, split)
         if files is None:
             raise DataNotFoundError(f"{name} not found under {where} after the torchvision download. {hint}")
+        write_manifest(root, dataset)
+    rebuild = rebuild_command(root, dataset)
+    for path in files:  # size and checksum against raw/manifest.json, when there is one
+        manifest.verify(path, rebuild)
     images_path, labels_path = (p.resolve() for p in files)
     stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in (images_path, labels_path))
-    return _read_split(str(images_path), str(labels_path), stamp)
+    return _read_split(str(images_path), str(labels_path), stamp, rebuild)
+
+
+def write_manifest(root: str | os.PathLike, dataset: str) -> Path | None:
+    """Write ``raw/manifest.json`` for the IDX files both splits read (None: a split is missing)."""
+    found = [find_split_files(root, dataset, split) for split in SPLIT_PREFIX]
+    if not all(found):
+        return None
+    files = {}
+    for path in (p for pair in found for p in pair):
+        array = read_idx(path, rebuild_command(root, dataset))
+        files[path.name] = {"dtype": array.dtype, "elements": array.size}
+    return manifest.write_manifest(raw_dir(root, dataset), files, rebuild_command(root, dataset))
 
 
 def dataset_provenance(root: str | os.PathLike, dataset: str) -> str:

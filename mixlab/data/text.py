@@ -31,7 +31,7 @@ from mixlab.core.network import internet_reachable
 from mixlab.core.validate import NonNegativeInt, PositiveInt, checked
 from mixlab.data.base import GlobalBatchDataModule
 from mixlab.data.corpora import find_corpus, make_hint
-from mixlab.data.text_corpora import build_corpus, corpus_dir, load_tokenizer, read_meta, read_tokens
+from mixlab.data.text_corpora import build_corpus, check_split, corpus_dir, load_tokenizer, read_meta, read_tokens
 from mixlab.data.text_tokenizers import check_tokenizer_name
 
 
@@ -235,13 +235,14 @@ class TextDataModule(GlobalBatchDataModule):
     # ------------------------------------------------------------------------------- blocks
     def blocks(self, role: str) -> TokenBlocks:
         """The ``length``-token blocks for ``role`` ("train" | "val" | "test"): the train split of
-        ``corpus``, or ``val_split`` / ``test_split`` of ``eval_corpus``; ``<role>_limit`` blocks spread over it."""
+        ``corpus``, or ``val_split`` / ``test_split`` of ``eval_corpus``; ``<role>_limit`` blocks spread over it.
+        The split file is checked first (a damaged one is one line naming it and `make data-text`)."""
         if role not in self._blocks:
             corpus, split = {"train": (self.corpus, "train"), "val": (self.eval_corpus, self.val_split),
                              "test": (self.eval_corpus, self.test_split)}[role]
             self._require(corpus)
-            folder = corpus_dir(self.root, corpus, self.tokenizer_name)
-            blocks = TokenBlocks(folder / f"{split}.bin", self.length, self.limits[role])
+            path = check_split(self.root, corpus, self.tokenizer_name, split)  # size and checksum vs its manifest
+            blocks = TokenBlocks(path, self.length, self.limits[role])
             if len(blocks) == 0:
                 raise ConfigError("data.length", f"a block of {self.length} tokens is longer than the {split} split of "
                                                  f"{corpus} ({blocks.num_tokens} tokens)")

@@ -7,11 +7,14 @@ Layout, one folder per (corpus, tokenizer), since a corpus may be tokenised eith
     <root>/text/<corpus>-<tokenizer>/meta.json      tokenizer, vocab_size, eos_id, chars (char only),
                                                     tokens / documents / skipped characters per split
     <root>/text/<corpus>-<tokenizer>/SOURCE.txt     where the text came from, how it was split
+    <root>/text/<corpus>-<tokenizer>/manifest.json  bytes, token count and sha256 of each split file
+                                                    (``mixlab.data.manifest``), checked before training
     <root>/text/tiktoken/<key>                      the GPT-2 BPE file in tiktoken's cache layout
 
 Splits are ``train``, ``val``, ``test`` (a corpus may lack some: openwebtext has only train).
 A build writes into a scratch folder next to the target and renames it when complete, so a
-killed build leaves no half corpus behind.
+killed build leaves no half corpus behind. A folder whose split files fail their check
+(``split_problem``) is rebuilt by the next ``build_corpus`` / ``make data-text`` as if missing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np
 
 from mixlab.core.errors import DataNotFoundError
 from mixlab.core.network import internet_reachable
-from mixlab.data.corpora import Corpus, find_corpus
+from mixlab.data import manifest
+from mixlab.data.corpora import Corpus, find_corpus, rebuild_command
 from mixlab.data.text_tokenizers import CharTokenizer, GPT2Tokenizer, check_tokenizer_name
 
 TOKEN_DTYPE = np.uint16
@@ -56,6 +60,49 @@ def read_tokens(path: str | os.PathLike) -> np.memmap:
 
 def read_meta(folder: str | os.PathLike) -> dict:
     return json.loads((Path(folder) / "meta.json").read_text())
+
+
+def split_problem(folder: str | os.PathLike, split: str) -> str | None:
+    """What is wrong with ``<folder>/<split>.bin`` (``manifest.problem``; without a manifest, a
+    size that is not meta.json's token count), or None."""
+    path = Path(folder) / f"{split}.bin"
+    found = manifest.problem(path, TOKEN_DTYPE)
+    if found is not None:
+        return found
+    try:
+        tokens = int(read_meta(folder)["splits"][split]["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no count to compare with
+    size = path.stat().st_size
+    if size != tokens * np.dtype(TOKEN_DTYPE).itemsize:
+        return f"size {size} bytes, meta.json says {tokens} tokens ({tokens * np.dtype(TOKEN_DTYPE).itemsize} bytes)"
+    return None
+
+
+def corpus_problem(folder: str | os.PathLike) -> str | None:
+    """The first damaged split file of a built corpus folder ("train.bin: size ..."), or None."""
+    try:
+        splits = read_meta(folder)["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"meta.json unreadable ({e})"
+    for split in splits:
+        found = split_problem(folder, split)
+        if found is not None:
+            return f"{split}.bin: {found}"
+    return None
+
+
+def check_split(root: str | os.PathLike, corpus: str, tokenizer: str, split: str) -> Path:
+    """``<split>.bin`` of a built corpus, checked (``split_problem``); a damaged or missing file is
+    one line naming it and the command that rebuilds the corpus."""
+    path = corpus_dir(root, corpus, tokenizer) / f"{split}.bin"
+    command = rebuild_command(corpus, tokenizer, root)
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: missing; rebuild it with `{command}`")
+    found = split_problem(path.parent, split)
+    if found is not None:
+        raise manifest.CorruptDataError(f"{path}: {found}; rebuild it with `{command}`")
+    return path
 
 
 def load_tokenizer(meta: dict, root: str | os.PathLike):
@@ -112,6 +159,8 @@ def write_corpus(out: Path, name: str, texts: dict[str, Iterable[str]], tokenize
         if tokenizer_name == "char":
             meta["chars"] = tokenizer.chars
         (scratch / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+        manifest.write_manifest(scratch, {f"{s}.bin": {"dtype": TOKEN_DTYPE, "elements": c["tokens"]} for s, c in splits.items()},
+                                rebuild_command(name, tokenizer_name, root))
         tok = ("characters of the train split, code-point order, EOS = len(chars)" if tokenizer_name == "char"
                else "GPT-2 BPE (tiktoken r50k_base), EOS <|endoftext|> = 50256")
         (scratch / "SOURCE.txt").write_text(f"{source}\nTokenizer: {tok}; EOS after every document; uint16 ids.\n")
@@ -123,15 +172,32 @@ def write_corpus(out: Path, name: str, texts: dict[str, Iterable[str]], tokenize
     return meta
 
 
+def ensure_manifest(root: str | os.PathLike, corpus: str, tokenizer: str) -> bool:
+    """Write the manifest of an intact corpus folder built without one (by an older version); True if written."""
+    folder = corpus_dir(root, corpus, tokenizer)
+    if (folder / manifest.MANIFEST_NAME).is_file() or not (folder / "meta.json").is_file() or corpus_problem(folder):
+        return False
+    splits = read_meta(folder)["splits"]
+    files = {f"{s}.bin": {"dtype": TOKEN_DTYPE, "elements": c["tokens"]} for s, c in splits.items()}
+    manifest.write_manifest(folder, files, rebuild_command(corpus, tokenizer, root))
+    return True
+
+
+def is_built(folder: str | os.PathLike) -> bool:
+    """A corpus folder with its meta.json and intact split files."""
+    return (Path(folder) / "meta.json").is_file() and corpus_problem(folder) is None
+
+
 def build_corpus(corpus: str, tokenizers: Iterable[str], root: str | os.PathLike = "data", force: bool = False,
                  spec: Corpus | None = None, documents: Callable | None = None) -> dict[str, dict]:
     """Fetch ``corpus``'s documents once and tokenise them with each tokenizer into
     ``<root>/text/<corpus>-<tokenizer>``; existing folders are kept unless ``force``.
     Returns {tokenizer: meta}. ``spec`` replaces the corpus class's instance, ``documents``
     its ``documents(workdir)`` (the preparation tools build offline corpora that way).
-    GPT-2 BPE: the file under ``<root>/text/tiktoken`` or tiktoken's download (online corpora)."""
+    GPT-2 BPE: the file under ``<root>/text/tiktoken`` or tiktoken's download (online corpora).
+    A folder with a damaged split file (``corpus_problem``) is rebuilt."""
     spec = spec or find_corpus(corpus)
-    todo = [t for t in (check_tokenizer_name(t) for t in tokenizers) if force or not (corpus_dir(root, corpus, t) / "meta.json").is_file()]
+    todo = [t for t in (check_tokenizer_name(t) for t in tokenizers) if force or not is_built(corpus_dir(root, corpus, t))]
     metas = {t: read_meta(corpus_dir(root, corpus, t)) for t in tokenizers if t not in todo}
     if not todo:
         return metas

