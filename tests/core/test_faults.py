@@ -1,0 +1,261 @@
+"""Faults a run must survive or report in one line: interrupted and damaged checkpoints, foreign
+checkpoints, signals, full and read-only disks."""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixlab.core import checkpoint_io
+from mixlab.core.checkpoint import read_checkpoint, resolve_resume
+from mixlab.core.checkpoint_io import AtomicCheckpointIO, save_with_digest, sidecar_of, verify_digest
+from mixlab.core.errors import ConfigError, DiskError, Interrupted
+from mixlab.core.evaluate import evaluator_for
+from mixlab.core.pipeline import build_plugins, train
+from support import ROOT, compose_train, env_for_subprocess
+
+SMOKE = ["experiment=baseline", "debug=smoke"]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory) -> Path:
+    """A smoke baseline run dir: checkpoints/last.ckpt (epoch 1) and best_*.ckpt, each with its sidecar."""
+    out = tmp_path_factory.mktemp("faults") / "run"
+    train(compose_train(SMOKE, data_dir, out))
+    return out
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def damage(path: Path, kind: str) -> None:
+    data = bytearray(path.read_bytes())
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "header":  # the zip record header of the first entry
+        data[:64] = bytes(64)
+        path.write_bytes(data)
+    else:  # 4 KB of random bytes in the middle (inside tensor data), size unchanged
+        middle = len(data) // 2
+        data[middle:middle + 4096] = os.urandom(4096)
+        path.write_bytes(data)
+
+
+def one_line(err: BaseException) -> str:
+    assert "\n" not in str(err), str(err)
+    return str(err)
+
+
+# ----- atomic writes ------------------------------------------------------------------------
+def test_every_checkpoint_has_a_matching_sidecar(trained):
+    ckpts = sorted((trained / "checkpoints").glob("*.ckpt"))
+    assert {p.name for p in ckpts} >= {"last.ckpt"} and len(ckpts) >= 2
+    for path in ckpts:
+        assert sidecar_of(path).is_file() and verify_digest(path) is None
+    assert not list((trained / "checkpoints").glob(".*tmp*"))  # no temporary file left
+
+
+def test_an_interrupted_write_leaves_the_previous_file_intact_and_resume_works(run_copy, monkeypatch, data_dir):
+    last = run_copy / "checkpoints" / "last.ckpt"
+    before, checkpoint = last.read_bytes(), torch.load(last, weights_only=False)
+    real_save = torch.save
+
+    for cut in range(1, 40):  # a kill after `cut` writes of torch.save's stream
+        def killed(obj, file, cut=cut):
+            class Dying:
+                calls = 0
+
+                def write(self, data):
+                    Dying.calls += 1
+                    if Dying.calls > cut:
+                        raise KeyboardInterrupt
+                    return file.write(data)
+
+                def flush(self):
+                    file.flush()
+
+            real_save(obj, Dying())
+
+        monkeypatch.setattr(checkpoint_io.torch, "save", killed)
+        with pytest.raises((KeyboardInterrupt, RuntimeError)):  # torch reports the broken stream as a RuntimeError
+            save_with_digest({**checkpoint, "global_step": 10**6}, last)
+        assert last.read_bytes() == before and verify_digest(last) is None
+        assert not list(last.parent.glob(".*tmp*"))
+    monkeypatch.undo()
+    summary = train(compose_train([*SMOKE, "trainer.max_epochs=3"], data_dir, run_copy))
+    assert summary["global_step"] == 12  # 3 epochs of 4 steps
+
+
+@pytest.mark.slow
+def test_kill_9_during_large_checkpoint_writes_never_damages_the_file(tmp_path):
+    path = tmp_path / "last.ckpt"
+    writer = ("import sys, torch\nfrom mixlab.core.checkpoint_io import save_with_digest\n"
+              "x = torch.randn(4_000_000)\nstep = 0\nprint('ready', flush=True)\n"
+              "while True:\n    step += 1\n    save_with_digest({'global_step': step, 'x': x}, sys.argv[1])\n")
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(path)], cwd=ROOT, env=env_for_subprocess(),
+                                stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()
+        time.sleep(0.3 + 0.17 * attempt)
+        proc.kill()
+        proc.wait()
+        if path.is_file():
+            assert verify_digest(path) is None
+            assert read_checkpoint(path, "ckpt_path")["global_step"] >= 1
+
+
+# ----- damaged checkpoints ------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["truncated", "header", "tensor bytes"])
+def test_a_damaged_last_ckpt_is_skipped_on_auto_resume(run_copy, data_dir, kind):
+    last = run_copy / "checkpoints" / "last.ckpt"
+    best = next((run_copy / "checkpoints").glob("best_*.ckpt"))
+    damage(last, kind)
+    with pytest.warns(UserWarning, match="skipped unreadable checkpoint") as record:
+        assert resolve_resume(None, run_copy, run_copy.parent) == str(best)
+    assert str(last) in str(record[0].message)
+    if kind == "tensor bytes":
+        assert "checksum mismatch" in str(record[0].message)
+        with pytest.warns(UserWarning, match="skipped unreadable checkpoint .*last.ckpt"):
+            summary = train(compose_train([*SMOKE, "trainer.max_epochs=3"], data_dir, run_copy))
+        assert summary["global_step"] == 12  # from the best checkpoint to the end of epoch 3
+
+
+@pytest.mark.parametrize("kind", ["truncated", "header", "tensor bytes"])
+def test_a_damaged_checkpoint_given_by_path_is_one_line_naming_the_key(run_copy, make_cfg, kind):
+    last = run_copy / "checkpoints" / "last.ckpt"
+    damage(last, kind)
+    with pytest.raises(ConfigError) as err:
+        train(make_cfg(*SMOKE, f"ckpt_path={last}"))
+    assert one_line(err.value).startswith(f"ckpt_path: checkpoint {last} is damaged (checksum mismatch")
+    for key in ("model.experts_ckpt", "model.init_from"):
+        with pytest.raises(ConfigError, match=f"^{key}: checkpoint .*last.ckpt is damaged"):
+            read_checkpoint(last, key)
+    with pytest.raises(ConfigError, match=r"^ckpt: checkpoint .*last.ckpt is damaged") as err:
+        evaluator_for(str(last))
+    one_line(err.value)
+
+
+def test_a_damaged_checkpoint_without_sidecar_is_unreadable_in_one_line(run_copy):
+    last = run_copy / "checkpoints" / "last.ckpt"
+    sidecar_of(last).unlink()  # as written by an older version
+    damage(last, "header")
+    with pytest.raises(ConfigError, match=r"^ckpt_path: cannot read checkpoint") as err:
+        read_checkpoint(last, "ckpt_path")
+    one_line(err.value)
+
+
+def test_a_foreign_checkpoint_for_ckpt_path_names_both_classes(trained, make_cfg):
+    last = trained / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError) as err:
+        train(make_cfg("experiment=mcl_k4", "debug=smoke", f"ckpt_path={last}"))
+    assert one_line(err.value) == f"ckpt_path: {last} is a ScoreDiffusion checkpoint; experiment mcl_k4 trains MCLDiffusion"
+
+
+def test_a_checkpoint_of_another_model_shape_is_one_line(trained, make_cfg):
+    last = trained / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"^ckpt_path: .* does not fit the configured model") as err:
+        train(make_cfg(*SMOKE, "model.net.base_ch=16", f"ckpt_path={last}"))
+    one_line(err.value)
+
+
+# ----- full and read-only disks ------------------------------------------------------------
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_damaged_checkpoint(run_copy, data_dir, monkeypatch, code):
+    last = run_copy / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    if code == errno.ENOSPC:  # the disk fills up in the middle of the checkpoint
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(checkpoint_io._HashingWriter, "write", write)
+    else:  # a read-only file system refuses the rename
+        def replace(src, dst):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        monkeypatch.setattr(checkpoint_io.os, "replace", replace)
+    with pytest.raises(DiskError) as err:
+        train(compose_train([*SMOKE, "trainer.max_epochs=3"], data_dir, run_copy))
+    line = one_line(err.value)
+    assert line.startswith("cannot write ") and errno.errorcode[code] in line and str(run_copy / "checkpoints") in line
+    monkeypatch.undo()
+    assert last.read_bytes() == before and verify_digest(last) is None
+    assert not list(last.parent.glob(".*tmp*"))
+
+
+# ----- plugins ------------------------------------------------------------------------------
+def test_the_checkpoint_io_composes_with_ddp_and_keeps_user_plugins(make_cfg):
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+    from omegaconf import open_dict
+
+    from mixlab.core.config import build
+
+    cfg = make_cfg(*SMOKE, "trainer=ddp_cpu", "trainer.devices=2")
+    trainer = build(cfg.trainer, plugins=build_plugins(cfg.trainer))
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    with open_dict(cfg):  # +trainer.plugins=[...] on the command line
+        cfg.trainer.plugins = [{"_target_": "lightning.pytorch.plugins.environments.LightningEnvironment"}]
+    plugins = build_plugins(cfg.trainer)
+    assert isinstance(plugins[0], LightningEnvironment) and isinstance(plugins[1], AtomicCheckpointIO)
+    own = AtomicCheckpointIO()
+    assert build_plugins(type(cfg.trainer)({"plugins": [own]})) == [own]  # a user's CheckpointIO is kept as the only one
+
+
+# ----- signals ------------------------------------------------------------------------------
+def test_evaluation_ends_on_sigterm_with_exit_code_143():
+    from mixlab.core.signals import raise_on_signals
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        raise_on_signals("evaluation")
+        with pytest.raises(Interrupted) as err:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert err.value.exit_code == 143 and "SIGTERM" in one_line(err.value)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _train_until_checkpoint(data_dir: Path, run_dir: Path, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "train.py", *SMOKE, "trainer.max_epochs=500", f"paths.data_dir={data_dir}",
+                             f"hydra.run.dir={run_dir}", *args], cwd=ROOT, env=env_for_subprocess(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt.sha256").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_training_saves_exits_non_zero_and_resumes(data_dir, tmp_path, signum):
+    run_dir = tmp_path / "run"
+    proc = _train_until_checkpoint(data_dir, run_dir)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err and "GPU available" not in out + err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "ckpt_path=last" in lines[0], err[-3000:]
+    # a signal during validation saves nothing new (the averaged weights are swapped in): the epoch's checkpoint stays
+    assert "checkpoint written" in lines[0] or "no new checkpoint" in lines[0], lines[0]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    saved = read_checkpoint(last, "ckpt_path")  # verified against its sidecar
+    if signum == signal.SIGINT:
+        return
+    # the same command (same run dir) continues from it, without Lightning's "not empty" warning
+    again = subprocess.run([sys.executable, "train.py", *SMOKE, f"trainer.max_epochs={saved['epoch'] + 1}",
+                            f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env_for_subprocess(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {last}" in again.stdout + again.stderr
+    assert "exists and is not empty" not in again.stdout + again.stderr
+    assert read_checkpoint(last, "ckpt_path")["global_step"] > saved["global_step"]
