@@ -100,7 +100,8 @@ def check_state_fits(ckpt_path: str | None, system) -> None:
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    """The run's checkpoints, and those Lightning's SLURM auto-requeue writes (`hpc_ckpt_<n>.ckpt`)."""
+    return sorted((run_dir / "checkpoints").glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
 
 
 def resolve_resume(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> str | None:

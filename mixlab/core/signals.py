@@ -13,6 +13,7 @@ written atomically (core.checkpoint_io.write_json_atomic), so no half-written me
 """
 
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -31,11 +32,11 @@ class StopOnSignal(L.Callback):
         self.signum: int | None = None
         self.saved: Path | None = None
         self._previous: dict[int, object] = {}
-        self._trainer = None
+        self._since = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Lightning has installed its SIGTERM handler by now (stop at the next batch boundary)
-        self.signum, self.saved, self._trainer = None, None, trainer
+        self.signum, self.saved = None, None
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[signum] = signal.getsignal(signum)
@@ -44,14 +45,13 @@ class StopOnSignal(L.Callback):
                 self._previous.pop(signum, None)
 
     def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.signum is not None:
-            raise KeyboardInterrupt  # a second Ctrl+C: stop now
-        self.signum = self.signum or signum
+        if signum == signal.SIGINT and self.signum is not None and time.monotonic() - self._since > 1.0:
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now (not the copy a DDP launcher forwards at once)
+        if self.signum is None:
+            self.signum, self._since = signum, time.monotonic()
         lightning = self._previous.get(signal.SIGTERM)
         if callable(lightning):  # Lightning's handler: flags the stop, forwards it to the other ranks
             lightning(signum, frame)
-        elif self._trainer is not None:  # no Lightning handler: stop at the end of this step
-            self._trainer.should_stop = True
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if not isinstance(exception, SIGTERMException):
@@ -63,10 +63,11 @@ class StopOnSignal(L.Callback):
             self.saved = path
 
     def teardown(self, trainer, pl_module, stage) -> None:
+        # Lightning restores the handlers from before fit itself; put back only what is still ours
         for signum, handler in self._previous.items():
-            if handler is not None:
+            if handler is not None and signal.getsignal(signum) == self._handle:
                 signal.signal(signum, handler)
-        self._previous, self._trainer = {}, None
+        self._previous = {}
 
     def interrupted(self, step: int, epoch: int) -> Interrupted:
         name = NAMES.get(self.signum, str(self.signum))

@@ -241,6 +241,7 @@ class SendSignal(L.Callback):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_training_saves_a_checkpoint_and_the_same_command_resumes(make_cfg, signum):
     cfg = make_cfg(*SMOKE, "trainer.max_epochs=3", f"+callbacks.kill={{_target_: test_faults.SendSignal, signum: {int(signum)}, at: 6}}")
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     with pytest.raises(Interrupted) as err:
         train(cfg)
     assert err.value.exit_code == 128 + signum
@@ -254,7 +255,7 @@ def test_a_signal_during_training_saves_a_checkpoint_and_the_same_command_resume
         summary = train(cfg)
     assert summary["global_step"] == 12
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after the run
+    assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT] and signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
 
 
 @pytest.mark.slow
