@@ -54,13 +54,10 @@ def _temporary(path: Path) -> Path:
 
 def _disk_error(path: Path, err: OSError) -> DiskError:
     name = errno.errorcode.get(err.errno, "OSError") if err.errno else type(err).__name__
-    hint = {errno.ENOSPC: "the disk is full: free space",
-            errno.EDQUOT: "the disk quota is exceeded: free space",
-            errno.EROFS: "the file system is read-only",
-            errno.EACCES: "permission denied",
-            errno.EPERM: "permission denied"}.get(err.errno, err.strerror or str(err))
-    return DiskError(f"cannot write {path} ({name}: {hint}); choose another log directory with paths.log_dir=DIR "
-                     "or hydra.run.dir=DIR (nothing half-written was left)")
+    hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(err.errno, err.strerror or str(err))
+    return DiskError(f"cannot write {path} ({name}: {hint}); free space there or choose another log directory "
+                     "(paths.log_dir=DIR or hydra.run.dir=DIR); nothing half-written was left")
 
 
 def write_atomic(path: str | Path, write: Callable[[Any], None], before_replace: Callable[[], None] | None = None) -> str:
