@@ -211,6 +211,23 @@ def test_the_checkpoint_io_composes_with_ddp_and_keeps_user_plugins(make_cfg):
     assert [type(p).__name__ for p in build_plugins(cfg.trainer)] == ["TorchCheckpointIO"]
 
 
+# ----- quiet output -----------------------------------------------------------------------
+def test_no_accelerator_banner_and_no_not_empty_warning_on_resume():
+    import logging
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+    from mixlab.core.quiet import quiet_lightning
+
+    quiet_lightning()
+    with warnings.catch_warnings(record=True) as caught:
+        rank_zero_warn("Checkpoint directory /logs/run/checkpoints exists and is not empty.")
+    assert not caught
+    handlers = logging.getLogger("lightning.pytorch").handlers
+    record = logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, __file__, 1, "GPU available: False, used: False", None, None)
+    assert handlers and all(not h.filter(record) for h in handlers)
+
+
 # ----- signals ------------------------------------------------------------------------------
 def test_evaluation_ends_on_sigterm_with_exit_code_143():
     from mixlab.core.signals import raise_on_signals
@@ -250,11 +267,7 @@ def test_a_signal_during_training_saves_a_checkpoint_and_the_same_command_resume
                                           f"checkpoint written: {last}. Resume: the same command with ckpt_path=last")
     assert read_checkpoint(last, "ckpt_path")["global_step"] == 6  # verified against its sidecar
     del cfg.callbacks.kill
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        summary = train(cfg)
-    assert summary["global_step"] == 12
-    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
+    assert train(cfg)["global_step"] == 12
     assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT] and signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
 
 
