@@ -3,7 +3,9 @@ the config key it came from (resume `ckpt_path`, `evaluate.py ckpt=`, and any ke
 that starts from another run), and a run or task directory is resolved to a checkpoint by the code.
 
 A mixlab checkpoint is a Lightning checkpoint plus `mixlab_config` (the composed run config),
-from which `load_system` rebuilds the system.
+from which `load_system` rebuilds the system. Its sha256 sidecar (`<name>.ckpt.sha256`, see
+core.checkpoint_io) is verified on every read; a file without one (older runs, foreign files) is
+accepted if it loads.
 """
 
 import json
@@ -14,15 +16,19 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from mixlab.core.checkpoint_io import verify_digest
 from mixlab.core.errors import ConfigError
 
 
 def read_checkpoint(path: str | Path, key: str, mmap: bool = False) -> dict:
-    """torch.load on CPU; a missing, truncated or corrupt file raises ConfigError(key) in one line.
+    """torch.load on CPU; a missing, truncated or corrupt file, or one whose content no longer
+    matches its sha256 sidecar, raises ConfigError(key) in one line.
     `mmap=True` maps the tensors instead of reading them (cheap peeks at the config)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, f"checkpoint file {path} does not exist")
+    if problem := verify_digest(path):
+        raise ConfigError(key, f"checkpoint {path} is damaged ({problem})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # zip, pickle, EOF, unicode, ... errors: the file is unusable whatever the cause
@@ -51,8 +57,51 @@ def furthest_intact(paths: list[Path]) -> tuple[Path | None, list[Path]]:
     return (max(readable)[-1] if readable else None), skipped
 
 
+def damage(path: Path) -> str:
+    """What is wrong with a checkpoint that furthest_intact skipped, in a few words."""
+    if problem := verify_digest(path):
+        return problem.split(":")[0]  # "checksum mismatch"
+    try:
+        read_checkpoint(path, "ckpt_path", mmap=True)
+    except ConfigError:
+        return "truncated or corrupt"
+    return "unreadable"
+
+
+def check_resume_fits(ckpt_path: str | None, cfg: DictConfig) -> None:
+    """A checkpoint to resume from must have been written for the system this run trains: a
+    foreign one is one line naming both classes, before any training."""
+    if not ckpt_path:
+        return
+    stored = (read_checkpoint(ckpt_path, "ckpt_path", mmap=True).get("mixlab_config") or {}).get("model") or {}
+    theirs, ours = str(stored.get("_target_", "")).rsplit(".", 1)[-1], str(cfg.model._target_).rsplit(".", 1)[-1]
+    if theirs and theirs != ours:
+        run = f"experiment {cfg.task_name}" if cfg.get("task_name") else "this run"
+        raise ConfigError("ckpt_path", f"{ckpt_path} is a {theirs} checkpoint; {run} trains {ours}")
+
+
+def check_state_fits(ckpt_path: str | None, system) -> None:
+    """Same class, other shapes (another number of experts, another net width, ...): one line with
+    the first differing keys, instead of Lightning's list of missing and unexpected keys."""
+    if not ckpt_path or not getattr(system, "strict_loading", True):
+        return
+    stored = read_checkpoint(ckpt_path, "ckpt_path", mmap=True).get("state_dict")
+    if not isinstance(stored, dict):
+        return
+    ours = system.state_dict()
+    missing, unexpected = sorted(set(ours) - set(stored)), sorted(set(stored) - set(ours))
+    reshaped = sorted(k for k in set(ours) & set(stored)
+                      if hasattr(stored[k], "shape") and tuple(stored[k].shape) != tuple(ours[k].shape))
+    if missing or unexpected or reshaped:
+        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if keys]
+        raise ConfigError("ckpt_path", f"{ckpt_path} does not fit the configured model ({'; '.join(parts)}): "
+                                       "it was trained with other model options")
+
+
 def resume_candidates(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    """The run's checkpoints, and those Lightning's SLURM auto-requeue writes (`hpc_ckpt_<n>.ckpt`)."""
+    return sorted((run_dir / "checkpoints").glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
 
 
 def resolve_resume(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> str | None:
@@ -79,7 +128,7 @@ def resolve_resume(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> s
         read_checkpoint(ckpt_path, "ckpt_path", mmap=True)
         return str(ckpt_path)
     for path in skipped:
-        warnings.warn(f"[mixlab] skipped unreadable checkpoint {path} (truncated or corrupt); resuming from "
+        warnings.warn(f"[mixlab] skipped unreadable checkpoint {path} ({damage(path)}); resuming from "
                       f"{found or 'scratch'}", stacklevel=2)
     if found is None and skipped and ckpt_path == "last":
         raise ConfigError("ckpt_path", f"no readable checkpoint under {task_dir}/runs/*/checkpoints/")

@@ -23,7 +23,7 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 def fail(err: MixlabError) -> None:
     print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(getattr(err, "exit_code", 2))  # 2, or 128 + signal for a run stopped by a signal
 
 
 def run_or_exit(fn: Callable[[DictConfig], object], cfg: DictConfig) -> None:

@@ -30,3 +30,17 @@ class ArgumentError(MixlabError, ValueError):
     def __init__(self, arg: str, problem: str):
         self.arg, self.problem = arg, problem
         super().__init__(f"{arg}: {problem}")
+
+
+class DiskError(MixlabError):
+    """A file could not be written (disk full, read-only or forbidden directory). The message
+    names the path; nothing half-written is left behind."""
+
+
+class Interrupted(MixlabError):
+    """A run stopped by SIGTERM or SIGINT. `exit_code` is 128 + the signal number (143, 130),
+    the shell's convention, so a chain of commands (`make demo`) stops too."""
+
+    def __init__(self, message: str, signum: int):
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(message)

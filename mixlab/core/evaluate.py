@@ -5,6 +5,7 @@ An evaluator is a config `conf/evaluator/<name>.yaml` (its options are top-level
 checkpoint: it knows no method.
 """
 
+import signal
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from mixlab.core.checkpoint import read_checkpoint, resolve_checkpoint, run_config, system_class
 from mixlab.core.config import require
+from mixlab.core.errors import Interrupted
 
 EVALUATOR_DIR = Path(__file__).resolve().parents[2] / "conf" / "evaluator"
 
@@ -45,10 +47,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def evaluate(cfg: DictConfig):
-    """Run the evaluator the composed config names (`run:` in conf/evaluator/<name>.yaml)."""
+    """Run the evaluator the composed config names (`run:` in conf/evaluator/<name>.yaml).
+    SIGTERM/SIGINT end it with exit code 143/130 (core.signals); results are written atomically."""
     from mixlab.core.quiet import quiet_lightning
+    from mixlab.core.signals import SIGTERMException, raise_on_signals
 
     quiet_lightning()
+    raise_on_signals("evaluation")
     require(bool(cfg.get("run")), "evaluator", f"no evaluator chosen; evaluate.py picks it from the checkpoint, or evaluator=NAME "
                                                f"({'|'.join(available_evaluators())})")
-    return get_method(cfg.run)(cfg)
+    try:
+        return get_method(cfg.run)(cfg)
+    except SIGTERMException:  # a Lightning loop inside the evaluator stopped on the signal
+        raise Interrupted("evaluation stopped by SIGTERM; no result files were written for the unfinished part "
+                          "(rerun the same command)", signal.SIGTERM) from None

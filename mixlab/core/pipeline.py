@@ -16,11 +16,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mixlab.callbacks.history import MetricHistory
-from mixlab.core.checkpoint import resolve_resume, system_class
+from mixlab.core.checkpoint import check_resume_fits, check_state_fits, resolve_resume, system_class
+from mixlab.core.checkpoint_io import AtomicCheckpointIO, write_json_atomic
 from mixlab.core.config import build, check_missing, check_optimizer_numbers, check_trainer, require
 from mixlab.core.distributed import DestroyProcessGroupAtExit, accumulation, local_rank, world_size
 from mixlab.core.errors import ConfigError
 from mixlab.core.quiet import quiet_lightning
+from mixlab.core.signals import SIGTERMException, StopOnSignal
 from mixlab.core.network import internet_reachable
 
 
@@ -65,6 +67,19 @@ def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
     return sorted(callbacks, key=lambda cb: (isinstance(cb, WeightAveraging), isinstance(cb, MetricHistory)))
 
 
+def build_plugins(trainer_cfg: DictConfig) -> list:
+    """`trainer.plugins` as given, plus the atomic, checksummed checkpoint IO unless one of them
+    already is a CheckpointIO."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    given = trainer_cfg.get("plugins")
+    given = [] if given is None else list(given) if OmegaConf.is_list(given) or isinstance(given, list) else [given]
+    plugins = [build(p, key=f"trainer.plugins.{i}") if OmegaConf.is_dict(p) and "_target_" in p else p for i, p in enumerate(given)]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
 def check_run_config(cfg: DictConfig):
     """Everything that can be checked before data or training: trainer and optimizer numbers,
     values left `???`, and the system's own checks. Returns (system class, world size)."""
@@ -88,9 +103,11 @@ def train(cfg: DictConfig) -> dict:
     _, world = check_run_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_resume(cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir) / cfg.task_name)
+    check_resume_fits(ckpt_path, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     system = build(cfg.model)
+    check_state_fits(ckpt_path, system)
     accumulate = accumulation(cfg.trainer)
     system.check_batch_split(world, accumulate)
     datamodule = build(cfg.data) if cfg.get("data") is not None else None
@@ -100,13 +117,17 @@ def train(cfg: DictConfig) -> dict:
             datamodule.prepare_data()  # fails here, before any training, when data is missing
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks, loggers = build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
-    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    stop = StopOnSignal(output_dir / "checkpoints")
+    trainer: L.Trainer = build(cfg.trainer, callbacks=[stop, *callbacks], logger=loggers or False, plugins=build_plugins(cfg.trainer))
     for logger in loggers:
         logger.log_hyperparams(system.run_config)
 
     if ckpt_path:
         rank_zero_info(f"[mixlab] resuming from {ckpt_path}")
-    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # SIGTERM or SIGINT: Lightning stopped between two batches
+        raise stop.interrupted(trainer.global_step, trainer.current_epoch) from None
     summary = {
         "run_dir": str(output_dir),
         "last_ckpt": _existing(output_dir / "checkpoints" / "last.ckpt"),
@@ -130,7 +151,7 @@ def _existing(path: Path) -> str | None:
 @rank_zero_only
 def _write_summary(output_dir: Path, summary: dict) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(output_dir / "summary.json", summary)
     print(f"[mixlab] run dir:     {summary['run_dir']}")
     print(f"[mixlab] checkpoint:  {summary['last_ckpt']} (best: {summary['best_ckpt']})")
     if summary["sample_grid"]:

@@ -1,15 +1,22 @@
 """Keep a normal run's output to what the user needs: no Lightning advertising tips, no
 deprecation warnings raised inside Lightning about its own internals, and each Lightning info
 line printed once (Lightning's own handler; Hydra's root handler would print it a second time).
-Each filter matches one known message where it is raised; nothing else is silenced."""
+No accelerator banner (`GPU available: ...`, `TPU available: ...`), no warning that the checkpoint
+directory is not empty on resume (the run dir is ours), no `Received SIGTERM` (the run prints its
+own line on a signal). Each filter matches one known message where it is raised; nothing else is
+silenced."""
 
 import logging
 import warnings
 
 
+DROPPED = ("💡 Tip", "GPU available: ", "TPU available: ", "HPU available: ", "Received SIGTERM: ")
+
+
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip" not in str(record.msg)
+        message = str(record.msg)
+        return not any(text in message for text in DROPPED)
 
 
 def quiet_lightning() -> None:
@@ -19,6 +26,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch\.utilities\._pytree")
     # lightning/pytorch/trainer/connectors/data_connector.py: we set num_workers on purpose (in-memory tensors)
     warnings.filterwarnings("ignore", message=r"The '\w+_dataloader' does not have many workers", module=r"lightning\.pytorch\.trainer\.connectors\.data_connector")
+    # lightning/pytorch/callbacks/model_checkpoint.py, on every resume into the run dir's checkpoints/
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if logger.handlers:

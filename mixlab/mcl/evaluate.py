@@ -7,7 +7,6 @@ to the checkpoint (eval/ dir). A gate checkpoint (experiment=mcl_k4_gate) is eva
 experts with the gate attached.
 """
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -115,7 +114,8 @@ def write_table(rows: list[dict], cfg: DictConfig, out_dir: Path, usage: list[fl
         cells = " | ".join(f"{r[p]['fid']:.2f} | {r[p]['precision']:.3f} | {r[p]['recall']:.3f}" for p in protocols)
         lines.append(f"| {r['label']} | {cells} | {r['sampling_seconds']} |")
     (out_dir / f"strategy_comparison_{tag}.md").write_text("\n".join(lines) + "\n")
-    (out_dir / f"strategy_comparison_{tag}.json").write_text(json.dumps(rows, indent=2))
+    from mixlab.core.checkpoint_io import write_json_atomic
+    write_json_atomic(out_dir / f"strategy_comparison_{tag}.json", rows)
     plot_comparison(rows, protocols, out_dir / f"strategy_comparison_{tag}.png")
     print("\n".join(lines))
     print(f"[mixlab] table:  {out_dir / f'strategy_comparison_{tag}.md'}")

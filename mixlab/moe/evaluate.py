@@ -8,7 +8,6 @@ The data module is rebuilt from the checkpoint's config, so the normalisation st
 the training split's; the gate temperature is the checkpoint's buffer (the final one).
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +85,8 @@ def evaluate_classifier(ckpt: str | Path, out: str | Path | None = None, split: 
         files["expert_analysis"] = str(plot_expert_analysis(contribution, expert_acc.numpy(), names, out / "expert_analysis.png",
                                                             title=f"{split}, T = {table['temperature']:.2f}"))
     table["files"] = files
-    (out / "accuracy.json").write_text(json.dumps(table, indent=2))
+    from mixlab.core.checkpoint_io import write_json_atomic
+    write_json_atomic(out / "accuracy.json", table)
     lines = [f"# {dm.task} ({table['source']}), {split} split: {100 * table['overall']:.2f}% of {table['n']}", "",
              "| class | n | accuracy (%) |" + ("" if res["gates"] is None else " mean gate per expert |"),
              "|---|---|---|" + ("" if res["gates"] is None else "---|")]

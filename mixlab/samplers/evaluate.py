@@ -11,7 +11,6 @@ controls; mixlab.samplers.metrics). LGCP: raw log Z_hat / log Z_hat_RW, no W2 / 
 Writes <run>/eval/sampler_n<n>_seed<seed>.json and .png.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -81,7 +80,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "reference_seconds": round(reference_seconds, 2), "figure": str(figure) if figure else None,
     }
     path = out_dir / f"{tag}.json"
-    path.write_text(json.dumps(report, indent=2))
+    from mixlab.core.checkpoint_io import write_json_atomic
+    write_json_atomic(path, report)
     report["metrics_json"] = str(path)
     print_report(report)
     return report

@@ -8,7 +8,6 @@ The real set is the first n images of the test split (file order), as in the see
 Mixture systems reuse `Scorer` and `sample_and_score` with their own sample() keywords.
 """
 
-import json
 import time
 from pathlib import Path
 
@@ -94,7 +93,8 @@ def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device
         "device": str(device), "sample_grid": str(grid_path), **scorer(fake),
     }
     metrics_path = out_dir / f"metrics_{tag}.json"
-    metrics_path.write_text(json.dumps(result, indent=2))
+    from mixlab.core.checkpoint_io import write_json_atomic
+    write_json_atomic(metrics_path, result)
     result["metrics_json"] = str(metrics_path)
     return result
 

@@ -8,7 +8,6 @@ duplicates (trainer.test; per-sequence terms gathered by torchmetrics). The same
 autoregressive baseline (`experiment=ar_char|ar_bpe`) reports its exact test perplexity.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -133,7 +132,8 @@ def write_report(cfg: DictConfig, result: dict, kind: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{kind}_{cfg.split}" + (f"_T{cfg.timesteps}" if kind == "elbo" else "") + f"_seed{cfg.seed}"
     path = out / f"{tag}.json"
-    path.write_text(json.dumps(result, indent=2))
+    from mixlab.core.checkpoint_io import write_json_atomic
+    write_json_atomic(path, result)
     if kind == "elbo":
         print(f"[mixlab] {result['split']}: {result['nats_per_token']:.4f} +- {result['nats_per_token_se']:.4f} nats/token, "
               f"ppl <= {result['ppl_bound']:.3f} +- {result['ppl_bound_se']:.3f} ({result['tokens']:,} tokens, {result['sequences']} sequences)")

@@ -9,7 +9,6 @@ mean NLL is reported too). `judge_gpt2=auto|null|PATH` adds GPT-2's (`gen_ppl_gp
 Face GPT-2 folder, auto: <paths.weights_dir>/gpt2-large when present, mixlab.sedd.gpt2): GPT-2 BPE
 samples are scored as sampled, character-level ones decoded and re-tokenised with GPT-2 BPE."""
 
-import json
 import time
 from pathlib import Path
 
@@ -129,7 +128,8 @@ def run(cfg: DictConfig) -> dict:
     from mixlab.callbacks.sampling import save_texts
 
     result["samples"] = str(save_texts(texts, out / f"{tag}.txt"))
-    (out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+    from mixlab.core.checkpoint_io import write_json_atomic
+    write_json_atomic(out / f"{tag}.json", result)
     print(texts[0][:600] + ("..." if len(texts[0]) > 600 else ""))
     gen = f", gen-PPL {result['gen_ppl']:.2f} +- {result['gen_ppl_se']:.2f}" if "gen_ppl" in result else ""
     gen += f", GPT-2 gen-PPL {result['gen_ppl_gpt2']:.2f} (NLL {result['gen_nll_gpt2']:.3f})" if "gen_ppl_gpt2" in result else ""

@@ -79,7 +79,8 @@ def test_a_normal_run_prints_no_tips_or_deprecation_noise(data_dir, tmp_path):
     out = proc.stdout + proc.stderr
     for noise in ("Tip:", "deprecated", "Deprecat", "litlogger", "LeafSpec"):
         assert noise not in out, out
-    assert out.count("GPU available") == 1  # Lightning's info lines once, not twice (Hydra's handler too)
+    assert "GPU available" not in out and "TPU available" not in out  # no accelerator banner
+    assert out.count("`Trainer.fit` stopped") == 1  # Lightning's info lines once, not twice (Hydra's handler too)
     assert "[mixlab] checkpoint:" in out
 
 
