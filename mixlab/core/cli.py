@@ -92,9 +92,23 @@ def _composition_error(err: Exception, overrides: list, config_name: str, contex
     return ConfigError("overrides", first)
 
 
-def check_overrides(config_name: str, overrides: list[str], context: str = "") -> None:
+def check_writable(path: Path, key: str) -> None:
+    """The run dir `path` can be created and written (its nearest existing folder is writable and not
+    on a read-only file system); else one line naming the key and the path."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if read_only else "no write permission"
+        raise ConfigError(key, f"cannot write the run dir {path} ({existing} is on {why}); choose another folder "
+                               "with paths.log_dir=... or hydra.run.dir=...")
+
+
+def check_overrides(config_name: str, overrides: list[str], context: str = "", run_dir: str | None = None) -> None:
     """Compose conf/<config_name>.yaml with `overrides`; a composition error becomes one line
-    naming the key (`context` says which evaluator / checkpoint the options were checked for)."""
+    naming the key (`context` says which evaluator / checkpoint the options were checked for).
+    The run dir (`run_dir`, else the config's hydra.run.dir) must be writable."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -103,9 +117,11 @@ def check_overrides(config_name: str, overrides: list[str], context: str = "") -
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             try:
-                compose(config_name, overrides=overrides)
+                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
             except Exception as err:  # Hydra's ConfigCompositionException / MissingConfigException / OmegaConf errors
                 raise _composition_error(err, parsed, config_name, context) from None
+            key = "hydra.run.dir" if run_dir else "paths.log_dir"
+            check_writable(Path(run_dir or OmegaConf.select(cfg, "hydra.run.dir")), key)
     finally:
         GlobalHydra.instance().clear()
 
@@ -117,7 +133,8 @@ def hydra_entry(config_name: str, task: Callable[[], Callable[[DictConfig], obje
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     if not multirun and not any(a.startswith("--") for a in sys.argv[1:]):
         try:
-            check_overrides(config_name, user_overrides(sys.argv[1:]), context)
+            run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")), None)
+            check_overrides(config_name, user_overrides(sys.argv[1:]), context, run_dir)
         except MixlabError as err:
             fail(err)
 

@@ -105,3 +105,17 @@ def test_bad_overrides_name_the_key(overrides, start):
 
 def test_good_overrides_pass():
     check_overrides("train", ["experiment=mcl_k4", "trainer.max_epochs=2", "+extra_key=1", 'task_name="Hello, world"'])
+
+
+def test_a_run_dir_on_a_read_only_file_system_is_one_line(monkeypatch, tmp_path):
+    import os
+    import types
+
+    from mixlab.core import cli
+
+    cli.check_writable(tmp_path / "logs" / "run", "paths.log_dir")  # creatable: fine
+    monkeypatch.setattr(cli.os, "statvfs", lambda path: types.SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(ConfigError, match=r"^paths\.log_dir: cannot write the run dir .*read-only file system"):
+        cli.check_writable(tmp_path / "logs" / "run", "paths.log_dir")
+    with pytest.raises(ConfigError, match=r"^hydra\.run\.dir: cannot write"):
+        check_overrides("train", [], run_dir=str(tmp_path / "x"))
