@@ -8,7 +8,6 @@ import math
 
 import torch
 
-from mixlab.core.errors import ArgumentError
 from mixlab.core.validate import PositiveFloat, checked
 
 
@@ -17,8 +16,6 @@ class LogUniformSigma:
 
     @checked
     def __init__(self, sigma_min: PositiveFloat = 0.01, sigma_max: PositiveFloat = 80.0):
-        if sigma_min >= sigma_max:
-            raise ArgumentError("sigma_min", f"need sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
     def __call__(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

@@ -59,7 +59,7 @@ class ScoreDiffusion(MixlabSystem):
         sigma_sampler: Callable,
         optimizer: Callable,
         scheduler: Callable | None = None,
-        precond: Callable[[nn.Module], nn.Module] = EpsilonPrecond,
+        precond: Callable[[nn.Module], nn.Module] | str = EpsilonPrecond,
         sigma_min: PositiveFloat = 0.01,
         sigma_max: PositiveFloat = 80.0,
         sigma_data: PositiveFloat = 0.5,
@@ -69,6 +69,8 @@ class ScoreDiffusion(MixlabSystem):
         seed: int = 0,
         compile: bool = False,
     ):
+        if isinstance(precond, str):  # the config group's option name given as a value
+            raise ArgumentError("precond", f"a preconditioner, not the string '{precond}': choose one with model/precond=eps|edm")
         if sigma_min >= sigma_max:
             raise ArgumentError("sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
         super().__init__(seed=seed, compile=compile)

@@ -141,7 +141,7 @@ def test_sample_is_deterministic_under_a_seed_and_counts_evaluations():
 
 @pytest.mark.parametrize("build,arg", [
     (lambda: ODESampling(steps=0), "steps"), (lambda: ODESampling(solver="heun"), "solver"), (lambda: KarrasGrid(rho=0.0), "rho"),
-    (lambda: LogUniformSigma(sigma_min=100.0), "sigma_min"), (lambda: LogNormalSigma(p_std=-1.0), "p_std"),
+    (lambda: LogUniformSigma(sigma_min=0.0), "sigma_min"), (lambda: LogNormalSigma(p_std=-1.0), "p_std"),
     (lambda: EDMPrecond(torch.nn.Identity(), sigma_data=0), "sigma_data"), (lambda: EpsilonPrecond("net"), "net"),
 ])
 def test_bad_arguments_name_the_argument(build, arg):
