@@ -81,3 +81,18 @@ def test_a_normal_run_prints_no_tips_or_deprecation_noise(data_dir, tmp_path):
         assert noise not in out, out
     assert out.count("GPU available") == 1  # Lightning's info lines once, not twice (Hydra's handler too)
     assert "[mixlab] checkpoint:" in out
+
+
+@pytest.mark.parametrize("args,start", [
+    (["solver=rk4"], "error: solver: unknown value 'rk4' (choose euler|heun)"),
+    (["grid=cosine"], "error: grid: unknown value 'cosine' (choose geometric|karras)"),
+    (["steps=0"], "error: steps: must be >= 1, got 0"),
+])
+def test_score_sampling_options_are_named_in_one_line(baseline_ckpt, args, start):
+    assert one_line_error(run("evaluate.py", f"ckpt={baseline_ckpt}", *args)).startswith(start)
+
+
+def test_a_precond_given_as_a_value_points_to_the_config_group(data_dir, tmp_path):
+    line = one_line_error(run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}", "model.precond=edm",
+                              run_dir=tmp_path / "run"))
+    assert line.startswith("error: model.precond:") and "model/precond=eps|edm" in line
