@@ -195,3 +195,10 @@ def test_ddp_usage_is_reduced_over_ranks_and_training_matches_one_process(make_c
     w1, w2 = (c["current_model_state"] for c in ckpts)
     for key in w1:  # per-expert normalisation by the global weight totals: 2 x B/2 == 1 x B
         torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=1e-4)
+
+
+def test_every_strategy_name_builds_the_routing_of_that_name():
+    for name in ROUTINGS.routings:
+        assert build_routing(name, seed=3).name == name  # result rows and file tags use the routing's own name
+    assert build_routing("single_expert", expert=2).tag == "single_expert2"
+    assert build_routing("random_expert", per="sample").tag == "random_expert_per_sample"

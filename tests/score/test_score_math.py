@@ -147,3 +147,16 @@ def test_sample_is_deterministic_under_a_seed_and_counts_evaluations():
 def test_bad_arguments_name_the_argument(build, arg):
     with pytest.raises(ArgumentError, match=f"^{arg}: "):
         build()
+
+
+def test_the_evaluators_solver_and_grid_names_build_their_classes():
+    from omegaconf import OmegaConf
+
+    from mixlab.core.config import build
+    from support import ROOT
+
+    tables = OmegaConf.load(ROOT / "conf" / "evaluator" / "sampling" / "ode.yaml")
+    for table in ("solvers", "grids"):
+        for name, node in tables[table].items():
+            assert build(node).name == name  # solver=NAME / grid=NAME on the command line
+    assert build(tables.grids.karras).rho == 7.0
