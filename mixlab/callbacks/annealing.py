@@ -9,12 +9,15 @@ resumed run continues the schedule exactly.
 """
 
 import math
+from typing import Literal
 
 import lightning as L
 import torch
 
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import PositiveInt, checked
+
 SCHEDULES = ("linear", "exponential", "cosine")
-INTERVALS = ("epoch", "step")
 
 
 def annealed_value(start: float, end: float, progress: float, schedule: str = "exponential") -> float:
@@ -50,14 +53,11 @@ class TemperatureAnnealing(L.Callback):
             trainer's estimated number of optimizer steps). Past `total` the value stays `end`.
     """
 
-    def __init__(self, start: float, end: float, schedule: str = "exponential", interval: str = "epoch", total: int | None = None):
-        from mixlab.core.config import check_choice, require
-
-        check_choice(schedule, list(SCHEDULES), "callbacks.temperature.schedule")
-        check_choice(interval, list(INTERVALS), "callbacks.temperature.interval")
-        require(start > 0 and end > 0 or schedule != "exponential", "callbacks.temperature.start",
-                f"the exponential schedule needs start > 0 and end > 0, got {start} and {end}")
-        require(total is None or total >= 1, "callbacks.temperature.total", f"must be >= 1, got {total}")
+    @checked
+    def __init__(self, start: float, end: float, schedule: Literal["linear", "exponential", "cosine"] = "exponential",
+                 interval: Literal["epoch", "step"] = "epoch", total: PositiveInt | None = None):
+        if schedule == "exponential" and not (start > 0 and end > 0):
+            raise ArgumentError("start", f"the exponential schedule needs start > 0 and end > 0, got {start} and {end}")
         self.start, self.end, self.schedule, self.interval, self.total = float(start), float(end), schedule, interval, total
         self.value = float(start)
 

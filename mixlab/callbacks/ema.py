@@ -7,8 +7,15 @@ use them) and saves them as the checkpoint's `state_dict` (the raw weights go to
 `current_model_state`), so evaluation loads EMA weights by default.
 """
 
+from typing import Annotated
+
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+from pydantic import Field
+
+from mixlab.core.validate import checked
+
+Decay = Annotated[float, Field(gt=0, lt=1)]
 
 
 class EMAUpdate:
@@ -18,8 +25,9 @@ class EMAUpdate:
     short run's average is not dominated by its first weights (0.999^1000 = 0.37).
     """
 
-    def __init__(self, decay: float, warmup: bool = False):
-        self.decay, self.warmup = float(decay), warmup
+    @checked
+    def __init__(self, decay: Decay, warmup: bool = False):
+        self.decay, self.warmup = decay, warmup
 
     def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
         decay = self.decay
@@ -33,11 +41,8 @@ class EMA(WeightAveraging):
     """EMA with decay `decay` (optionally warmed up), updated after every optimizer step, kept on
     the training device. The seed uses a constant 0.999 from the start (warmup=False)."""
 
-    def __init__(self, decay: float = 0.999, warmup: bool = False, use_buffers: bool = True):
-        if not 0.0 < decay < 1.0:
-            from mixlab.core.errors import ConfigError
-
-            raise ConfigError("callbacks.ema.decay", f"must be in (0, 1), got {decay}")
+    @checked
+    def __init__(self, decay: Decay = 0.999, warmup: bool = False, use_buffers: bool = True):
         super().__init__(use_buffers=use_buffers, avg_fn=EMAUpdate(decay, warmup))
         self.decay = decay
 

@@ -1,7 +1,11 @@
 """MetricHistory: per-epoch values of logged metrics kept in the checkpoint, so figures such as
 training curves can be drawn from a checkpoint alone, whichever logger (or none) the run used."""
 
+from collections.abc import Sequence
+
 import lightning as L
+
+from mixlab.core.validate import checked
 
 
 class MetricHistory(L.Callback):
@@ -10,7 +14,8 @@ class MetricHistory(L.Callback):
     other callbacks, so metrics they log at epoch end (expert usage) are in the same row, and
     before the checkpoint is written (ModelCheckpoint runs after the other callbacks)."""
 
-    def __init__(self, prefixes: tuple[str, ...] = ("train/", "val/", "usage/", "temperature")):
+    @checked
+    def __init__(self, prefixes: Sequence[str] = ("train/", "val/", "usage/", "temperature")):
         self.prefixes = tuple(prefixes)
         self.history: list[dict[str, float]] = []
 

@@ -8,6 +8,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from mixlab.core.validate import NonNegativeInt, PositiveInt, checked
+
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Write images in [-1, 1] ([N, C, H, W]) as one PNG grid; returns the path."""
@@ -44,11 +46,9 @@ class SampleGrid(L.Callback):
     order and EMA swaps the raw weights back in its own.
     """
 
-    def __init__(self, every_n_epochs: int = 5, num_samples: int = 64, seed: int = 0, every_n_steps: int | None = None, **options):
-        if every_n_steps is not None and every_n_steps < 1:
-            from mixlab.core.errors import ConfigError
-
-            raise ConfigError("callbacks.sample_grid.every_n_steps", f"must be >= 1 or null, got {every_n_steps}")
+    @checked
+    def __init__(self, every_n_epochs: NonNegativeInt = 5, num_samples: PositiveInt = 64, seed: int = 0,
+                 every_n_steps: PositiveInt | None = None, **options):
         self.every_n_epochs, self.every_n_steps, self.num_samples, self.seed = every_n_epochs, every_n_steps, num_samples, seed
         self.options = options
         self.last_path: Path | None = None  # the first file of the latest sampling

@@ -14,12 +14,14 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from mixlab.core.validate import NonNegativeInt, UnitFloat, checked
 from mixlab.metrics.expert_stats import dead_experts, effective_experts, usage_shares
 
 
 class ExpertUsage(L.Callback):
-    def __init__(self, dead_threshold: float = 0.01, plot_every_n_epochs: int = 1, key: str = "usage"):
-        self.dead_threshold, self.plot_every_n_epochs, self.key = float(dead_threshold), int(plot_every_n_epochs), key
+    @checked
+    def __init__(self, dead_threshold: UnitFloat = 0.01, plot_every_n_epochs: NonNegativeInt = 1, key: str = "usage"):
+        self.dead_threshold, self.plot_every_n_epochs, self.key = float(dead_threshold), plot_every_n_epochs, key
         self.history: list[list[float]] = []
         self._sums: torch.Tensor | None = None
         self.last_plot: Path | None = None

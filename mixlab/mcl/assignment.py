@@ -16,10 +16,21 @@ forward on its own samples only.
 import torch
 import torch.nn.functional as F
 
+from mixlab.core.validate import UnitFloat, checked
 from mixlab.metrics.expert_stats import winners_one_hot
 
 
-class HardWTA:
+class AssignmentRule:
+    """Base class of the rules (conf/model/assignment/<name>.yaml picks one by `_target_`)."""
+
+    uses_temperature = uses_scores = False
+    one_hot = False
+
+    def __call__(self, losses: torch.Tensor, temperature: float | None = None, scores: torch.Tensor | None = None):
+        raise NotImplementedError
+
+
+class HardWTA(AssignmentRule):
     """Only the winner (argmin loss) trains on a sample: w = one-hot(argmin_k loss)."""
 
     uses_temperature = uses_scores = False
@@ -30,7 +41,7 @@ class HardWTA:
         return w, w
 
 
-class AnnealedWTA:
+class AnnealedWTA(AssignmentRule):
     """w_nk = softmax_k(-loss_nk / (tau + 1e-8)); tau -> 0 is hard WTA, tau -> inf uniform."""
 
     uses_temperature, uses_scores = True, False
@@ -42,25 +53,22 @@ class AnnealedWTA:
         return torch.softmax(-losses / (float(temperature) + 1e-8), dim=1), winners_one_hot(losses)
 
 
-class RelaxedWTA:
+class RelaxedWTA(AssignmentRule):
     """Winner weight 1, every loser weight alpha (the reference: alpha = 0.1)."""
 
     uses_temperature = uses_scores = False
     one_hot = False
 
-    def __init__(self, alpha: float = 0.1):
-        if not 0.0 <= alpha <= 1.0:
-            from mixlab.core.errors import ConfigError
-
-            raise ConfigError("model.assignment.alpha", f"must be in [0, 1], got {alpha}")
-        self.alpha = float(alpha)
+    @checked
+    def __init__(self, alpha: UnitFloat = 0.1):
+        self.alpha = alpha
 
     def __call__(self, losses, temperature=None, scores=None):
         win = winners_one_hot(losses)
         return win + self.alpha * (1.0 - win), win
 
 
-class ResilientMCL:
+class ResilientMCL(AssignmentRule):
     """The reference's "resilient MCL": scoring heads s_k(x_sigma, sigma) predict which expert
     will win; samples are routed (hard) to argmax_k s_k, and the heads learn
     CE(s, argmin_k loss) alongside the experts (`head_loss`)."""
@@ -78,9 +86,6 @@ class ResilientMCL:
     def head_loss(scores: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the heads' logits [B, K] against the true winner argmin_k loss."""
         return F.cross_entropy(scores, losses.argmin(dim=1))
-
-
-NORMALIZATIONS = ("per_expert", "batch")
 
 
 def weighted_expert_losses(per_sample: torch.Tensor, weights: torch.Tensor, normalization: str = "per_expert",

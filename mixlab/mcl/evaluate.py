@@ -17,10 +17,11 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from mixlab.core.checkpoint import load_system  # noqa: E402
-from mixlab.core.config import check_choice, require  # noqa: E402
+from mixlab.core.config import build, require  # noqa: E402
+from mixlab.core.errors import ArgumentError, ConfigError  # noqa: E402
 from mixlab.core.evaluate import out_dir_of, resolve_device  # noqa: E402
 from mixlab.mcl.gate import MCLGate  # noqa: E402
-from mixlab.mcl.routing import STRATEGIES, Routing, build_routing  # noqa: E402
+from mixlab.mcl.routing import Routing  # noqa: E402
 from mixlab.mcl.system import MCLDiffusion  # noqa: E402
 from mixlab.score.evaluate import Scorer, print_report, sample_and_score, validate  # noqa: E402
 
@@ -63,20 +64,34 @@ def label(strategy: str, kwargs: dict) -> str:
     return strategy
 
 
+def check_strategy(cfg: DictConfig, strategy: str, key: str = "strategy") -> None:
+    require(strategy in cfg.routings, key, f"unknown value '{strategy}' (choose {'|'.join(cfg.routings)})")
+
+
+def routing_of(cfg: DictConfig, strategy: str, seed: int, **kwargs) -> Routing:
+    """The routing `strategy=NAME` names (`routings.NAME` of the evaluator's config, filled in
+    by `expert=` / `per=`; `kwargs` override them). A bad argument names the option (`per: ...`)."""
+    check_strategy(cfg, strategy)
+    return build(cfg.routings[strategy], key="", seed=seed, **kwargs)
+
+
 def score_routing(cfg, system, ckpt, scorer, device, routing: Routing, name: str, out_dir: Path | None = None) -> dict:
     fields = {"label": name, "strategy": routing.name, "expert": getattr(routing, "expert", None)}
-    return sample_and_score(cfg, system, ckpt, scorer, device, {"routing": routing}, tag=routing.tag, fields=fields, out_dir=out_dir)
+    try:
+        return sample_and_score(cfg, system, ckpt, scorer, device, {"routing": routing}, tag=routing.tag, fields=fields, out_dir=out_dir)
+    except ArgumentError as err:  # the routing's arguments are this evaluator's options (expert=, per=)
+        raise ConfigError(err.arg, err.problem) from None
 
 
 def evaluate(cfg: DictConfig) -> dict | list[dict]:
     validate(cfg)
     if cfg.strategy not in (None, "", "all"):
-        check_choice(cfg.strategy, ["all", *STRATEGIES], "strategy")
+        check_strategy(cfg, cfg.strategy)
     device = resolve_device(cfg.device)
     system, run_cfg, ckpt = load_bank(cfg, device)
     if cfg.strategy == "all":
         return compare(cfg, system, run_cfg, ckpt, device)
-    routing = build_routing(cfg.strategy, expert=cfg.expert, seed=cfg.routing_seed, per=cfg.per) if cfg.strategy else system.routing
+    routing = routing_of(cfg, cfg.strategy, seed=cfg.routing_seed) if cfg.strategy else system.routing
     result = score_routing(cfg, system, ckpt, Scorer(cfg, run_cfg, device), device, routing, f"{routing.name} routing")
     print_report(result)
     return result
@@ -87,7 +102,7 @@ def compare(cfg: DictConfig, system: MCLDiffusion, run_cfg: DictConfig, ckpt: di
     plan = applicable_strategies(system)
     if cfg.get("strategies"):
         for s in cfg.strategies:
-            check_choice(s, list(STRATEGIES), "strategies")
+            check_strategy(cfg, s, "strategies")
         plan = [(s, kw) for s, kw in plan if s in cfg.strategies]
     scorer, out_dir = Scorer(cfg, run_cfg, device), out_dir_of(cfg)
     rows = []
@@ -96,7 +111,7 @@ def compare(cfg: DictConfig, system: MCLDiffusion, run_cfg: DictConfig, ckpt: di
         rows.append({**sample_and_score(cfg, baseline, base_ckpt, scorer, device, out_dir=out_dir / "baseline"), "label": "baseline"})
         print(f"[mixlab] baseline: FID {rows[-1][cfg.protocols[0]]['fid']:.2f}")
     for strategy, kwargs in plan:
-        routing = build_routing(strategy, seed=cfg.routing_seed, **kwargs)
+        routing = routing_of(cfg, strategy, seed=cfg.routing_seed, **kwargs)
         rows.append(score_routing(cfg, system, ckpt, scorer, device, routing, label(strategy, kwargs), out_dir))
         print(f"[mixlab] {rows[-1]['label']}: FID {rows[-1][cfg.protocols[0]]['fid']:.2f} ({rows[-1]['sampling_seconds']} s)")
     write_table(rows, cfg, out_dir, usage=system.usage_shares.tolist())

@@ -16,9 +16,10 @@ from torch import nn
 
 from mixlab.core.checkpoint import load_system
 from mixlab.core.config import require
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.system import MixlabSystem
 from mixlab.core.tensors import per_sample
+from mixlab.core.validate import checked
 from mixlab.score.schedule import LogUniformSigma
 
 
@@ -36,13 +37,17 @@ class MCLGate(MixlabSystem):
         given = "experts_ckpt" in cfg.model.keys() and not OmegaConf.is_missing(cfg.model, "experts_ckpt") and cfg.model.experts_ckpt
         require(bool(given), "model.experts_ckpt", "give the trained MCL checkpoint the gate routes between: model.experts_ckpt=PATH")
 
+    @checked
     def __init__(self, gate: Callable[..., nn.Module], experts_ckpt: str, optimizer: Callable, seed: int = 0):
         super().__init__(seed=seed)
         from mixlab.mcl.system import MCLDiffusion
 
-        experts, _, _ = load_system(experts_ckpt, "cpu", key="model.experts_ckpt")
+        try:
+            experts, _, _ = load_system(experts_ckpt, "cpu", key="experts_ckpt")
+        except ConfigError as err:  # named relative to this constructor: the config adds its path
+            raise ArgumentError("experts_ckpt", str(err).removeprefix(f"{err.key}: ")) from None
         if not isinstance(experts, MCLDiffusion):
-            raise ConfigError("model.experts_ckpt", f"{experts_ckpt} is a {type(experts).__name__} checkpoint, not an MCL one")
+            raise ArgumentError("experts_ckpt", f"{experts_ckpt} is a {type(experts).__name__} checkpoint, not an MCL one")
         self.experts = experts.requires_grad_(False)
         self.gate = gate(num_experts=experts.num_experts)
         self.sigma_sampler = LogUniformSigma(experts.sigma_min, experts.sigma_max)

@@ -8,13 +8,17 @@ like any eps function, `routing(x, sigma) -> eps_hat`, by the Euler/Heun sampler
     (resilient heads); usage_shares -> [K] (training win rates).
 Randomness comes from the routing's own CPU generator (seeded), so every strategy starts
 from the same x_T (the sampler's generator) and is reproducible.
+A routing is chosen by config `_target_` (model.routing; the evaluators' `strategy=NAME` picks
+`routings.NAME` of conf/evaluator/routings/mcl.yaml).
 """
 
 import abc
+from typing import Literal
 
 import torch
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import NonNegativeInt, checked
 
 
 class Routing(abc.ABC):
@@ -23,8 +27,9 @@ class Routing(abc.ABC):
     name = "routing"
     evaluations_per_call = 1  # expert forwards per network call per sample (cost)
 
+    @checked
     def __init__(self, seed: int = 0):
-        self.seed = int(seed)
+        self.seed = seed
         self._generator: torch.Generator | None = None
 
     @property
@@ -59,9 +64,10 @@ class SingleExpert(Routing):
 
     name = "single_expert"
 
-    def __init__(self, expert: int = 0, seed: int = 0):
+    @checked
+    def __init__(self, expert: NonNegativeInt = 0, seed: int = 0):
         super().__init__(seed)
-        self.expert = int(expert)
+        self.expert = expert
 
     @property
     def tag(self) -> str:
@@ -69,7 +75,7 @@ class SingleExpert(Routing):
 
     def start(self, bank, batch_size):
         if not 0 <= self.expert < bank.num_experts:
-            raise ConfigError("expert", f"expert {self.expert} is out of range for a model with {bank.num_experts} experts (0..{bank.num_experts - 1})")
+            raise ArgumentError("expert", f"expert {self.expert} is out of range for a model with {bank.num_experts} experts (0..{bank.num_experts - 1})")
         return super().start(bank, batch_size)
 
     def __call__(self, x, sigma):
@@ -82,9 +88,8 @@ class RandomExpert(Routing):
 
     name = "random_expert"
 
-    def __init__(self, per: str = "batch", seed: int = 0):
-        if per not in ("batch", "sample"):
-            raise ConfigError("per", f"unknown value '{per}' (choose batch|sample)")
+    @checked
+    def __init__(self, per: Literal["batch", "sample"] = "batch", seed: int = 0):
         super().__init__(seed)
         self.per = per
 
@@ -127,9 +132,8 @@ class Gated(Routing):
     (`source=gate`, the reference's `gated`) or resilient MCL's scoring heads (`source=scores`,
     the `scored` routing)."""
 
-    def __init__(self, source: str = "gate", seed: int = 0):
-        if source not in ("gate", "scores"):
-            raise ConfigError("source", f"unknown value '{source}' (choose gate|scores)")
+    @checked
+    def __init__(self, source: Literal["gate", "scores"] = "gate", seed: int = 0):
         super().__init__(seed)
         self.source = source
         self.name = "gated" if source == "gate" else "scored"
@@ -147,9 +151,10 @@ class Sticky(Gated):
     `margin`. Experts that specialise by noise level still hand over along sigma, while the
     call-to-call flip-flopping that breaks trajectories is suppressed (margin 0 == `gated`)."""
 
-    def __init__(self, source: str = "gate", margin: float = 0.2, seed: int = 0):
+    @checked
+    def __init__(self, source: Literal["gate", "scores"] = "gate", margin: float = 0.2, seed: int = 0):
         super().__init__(source, seed)
-        self.margin, self.name = float(margin), f"sticky_{'gate' if source == 'gate' else 'scores'}"
+        self.margin, self.name = margin, f"sticky_{'gate' if source == 'gate' else 'scores'}"
 
     def start(self, bank, batch_size):
         self.current, self.switches = None, 0
@@ -174,9 +179,8 @@ class Committed(Routing):
     the mixture sum_k pi_k p_k with pi = how much of the data each expert won; `source=gate` /
     `scores` take the argmax of the gate / resilient heads at (x_T, sigma_max)."""
 
-    def __init__(self, source: str = "usage", seed: int = 0):
-        if source not in ("usage", "gate", "scores"):
-            raise ConfigError("source", f"unknown value '{source}' (choose usage|gate|scores)")
+    @checked
+    def __init__(self, source: Literal["usage", "gate", "scores"] = "usage", seed: int = 0):
         super().__init__(seed)
         self.source, self.name = source, f"committed_{source}"
 
@@ -195,26 +199,3 @@ class Committed(Routing):
         if self.choice is None:
             self.choice = self._choose(x, sigma)
         return self.bank.eps_select(self.choice, x, sigma)
-
-
-_FACTORIES = {
-    "single_expert": lambda expert, seed, per: SingleExpert(expert, seed),
-    "random_expert": lambda expert, seed, per: RandomExpert(per, seed),
-    "best_expert": lambda expert, seed, per: BestExpert(seed),
-    "mixture_score": lambda expert, seed, per: MixtureScore(seed),
-    "gated": lambda expert, seed, per: Gated("gate", seed),
-    "scored": lambda expert, seed, per: Gated("scores", seed),
-    "committed_usage": lambda expert, seed, per: Committed("usage", seed),
-    "committed_gate": lambda expert, seed, per: Committed("gate", seed),
-    "committed_scores": lambda expert, seed, per: Committed("scores", seed),
-    "sticky_gate": lambda expert, seed, per: Sticky("gate", seed=seed),
-    "sticky_scores": lambda expert, seed, per: Sticky("scores", seed=seed),
-}
-STRATEGIES = tuple(_FACTORIES)
-
-
-def build_routing(strategy: str, expert: int = 0, seed: int = 0, per: str = "batch") -> Routing:
-    """Routing from the CLI's strategy name (`make eval strategy=...`)."""
-    if strategy not in _FACTORIES:
-        raise ConfigError("strategy", f"unknown value '{strategy}' (choose {'|'.join(STRATEGIES)})")
-    return _FACTORIES[strategy](expert, seed, per)

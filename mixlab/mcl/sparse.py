@@ -9,18 +9,16 @@ over the batch, instead of K forward/backwards.
 """
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
 from mixlab.mcl.assignment import weighted_expert_losses
 
-SPARSE_CHOICES = ("auto", "True", "False")
-
-
-def use_sparse(sparse: str | bool, one_hot: bool) -> bool:
+def use_sparse(sparse: Literal["auto", True, False], one_hot: bool) -> bool:
     """`model.sparse`: auto -> sparse exactly when the rule's weights are one-hot; true/false as said.
     The caller rejects true with a soft rule (its losers' weights would need every expert's gradient)."""
-    return one_hot if str(sparse) == "auto" else sparse is True
+    return one_hot if sparse == "auto" else sparse is True
 
 
 def sparse_expert_losses(expert_loss: Callable[[int, torch.Tensor], torch.Tensor], weights: torch.Tensor,

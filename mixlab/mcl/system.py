@@ -15,20 +15,22 @@ mask, as in the reference). Same objective and gradients as the dense path (with
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mixlab.core.config import is_int, require
-from mixlab.core.errors import ConfigError
-from mixlab.mcl.assignment import NORMALIZATIONS, weighted_expert_losses
+from mixlab.core.config import require
+from mixlab.core.errors import ArgumentError, ConfigError
+from mixlab.core.validate import PositiveInt, checked
+from mixlab.mcl.assignment import AssignmentRule, weighted_expert_losses
 from mixlab.mcl.routing import Routing, SingleExpert
-from mixlab.mcl.sparse import SPARSE_CHOICES, sparse_expert_losses, use_sparse
+from mixlab.mcl.sparse import sparse_expert_losses, use_sparse
 from mixlab.metrics.expert_stats import usage_shares
 from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
 from mixlab.core.tensors import per_sample
-from mixlab.score.system import PRECONDS, ScoreDiffusion
+from mixlab.score.system import ScoreDiffusion
 
 
 class _OneExpert(nn.Module):
@@ -71,28 +73,20 @@ class MCLDiffusion(ScoreDiffusion):
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
         super().check_config(cfg)
-        k = cfg.model.get("num_experts")
-        require(is_int(k) and k >= 1, "model.num_experts", f"must be an integer >= 1, got {k!r}")
         target = str((cfg.model.get("assignment") or {}).get("_target_", ""))
         if target.endswith("AnnealedWTA"):
             require((cfg.get("callbacks") or {}).get("temperature") is not None, "callbacks.temperature",
                     "annealed WTA needs the TemperatureAnnealing callback (callbacks=mcl, or another model/assignment)")
 
-    def __init__(self, net: nn.Module, assignment, num_experts: int = 4, vectorize: str | bool = "auto",
-                 normalization: str = "per_expert", sparse: str | bool = "auto", scorer: nn.Module | None = None, routing: Routing | None = None, **kwargs):
-        if not isinstance(num_experts, int) or num_experts < 1:
-            raise ConfigError("model.num_experts", f"must be an integer >= 1, got {num_experts!r}")
-        if normalization not in NORMALIZATIONS:
-            raise ConfigError("model.normalization", f"unknown value '{normalization}' (choose {'|'.join(NORMALIZATIONS)})")
-        if str(vectorize) not in ("auto", "True", "False"):
-            raise ConfigError("model.vectorize", f"unknown value '{vectorize}' (choose auto|true|false)")
-        if str(sparse) not in SPARSE_CHOICES:
-            raise ConfigError("model.sparse", f"unknown value '{sparse}' (choose auto|true|false)")
+    @checked
+    def __init__(self, net: nn.Module, assignment: AssignmentRule, num_experts: PositiveInt = 4, vectorize: Literal["auto", True, False] = "auto",
+                 normalization: Literal["per_expert", "batch"] = "per_expert", sparse: Literal["auto", True, False] = "auto",
+                 scorer: nn.Module | None = None, routing: Routing | None = None, **kwargs):
         if sparse is True and not assignment.one_hot:
-            raise ConfigError("model.sparse", f"true needs one-hot weights (hard WTA, resilient MCL); {type(assignment).__name__} "
-                                              "gives every expert a share of every sample: use model.sparse=auto or false")
+            raise ArgumentError("sparse", f"true needs one-hot weights (hard WTA, resilient MCL); {type(assignment).__name__} "
+                                          "gives every expert a share of every sample: use sparse=auto or false")
         if assignment.uses_scores and scorer is None:
-            raise ConfigError("model.scorer", f"{type(assignment).__name__} needs scoring heads: set model.scorer (mixlab.nets.gating.ScoringHead)")
+            raise ArgumentError("scorer", f"{type(assignment).__name__} needs scoring heads (mixlab.nets.gating.ScoringHead)")
         super().__init__(net=StackedExperts(net, num_experts, vectorize=vectorize is True), **kwargs)
         self.num_experts, self.vectorize_mode = num_experts, str(vectorize)
         self.assignment, self.normalization = assignment, normalization
@@ -134,7 +128,7 @@ class MCLDiffusion(ScoreDiffusion):
 
     def expert_model(self, k: int) -> nn.Module:
         """Expert k alone behind the system's preconditioner: (x, sigma) -> eps_hat."""
-        return PRECONDS[self.precond](_OneExpert(self.experts, k), self.sigma_data)
+        return self.precond(_OneExpert(self.experts, k))
 
     def step_losses(self, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> MCLStep:
         """The step's objective for this rank's samples, dense or sparse (see the module doc)."""

@@ -16,12 +16,11 @@ from omegaconf import DictConfig
 
 from mixlab.callbacks.sampling import save_grid
 from mixlab.core.checkpoint import load_system
-from mixlab.core.config import build, check_choice, check_positive_int
-from mixlab.core.errors import ConfigError
+from mixlab.core.config import build, is_int, require
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.evaluate import out_dir_of, resolve_device
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
-from mixlab.score.solvers import num_evaluations
-from mixlab.score.system import check_sampling
+from mixlab.score.solvers import ODESampling
 
 
 def feature_extractor(protocol: str, cfg: DictConfig, dataset: str, device: torch.device):
@@ -41,11 +40,24 @@ def feature_extractor(protocol: str, cfg: DictConfig, dataset: str, device: torc
 
 
 def validate(cfg: DictConfig) -> None:
-    check_positive_int(cfg.n, "n")
-    check_positive_int(cfg.batch_size, "batch_size")
-    check_sampling(cfg, "")
+    for key in ("n", "batch_size"):
+        require(is_int(cfg[key]) and cfg[key] >= 1, key, f"must be an integer >= 1, got {cfg[key]!r}")
+    sampling_of(cfg)
     for p in cfg.protocols:
-        check_choice(p, list(PROTOCOLS), "protocols")
+        require(p in PROTOCOLS, "protocols", f"unknown value '{p}' (choose {'|'.join(PROTOCOLS)})")
+
+
+def sampling_of(cfg: DictConfig) -> ODESampling:
+    """`solver=NAME steps=N grid=NAME`: the classes the evaluator's `solvers` / `grids` tables
+    (conf/evaluator/sampling/ode.yaml) give those names."""
+    for option, table in (("solver", "solvers"), ("grid", "grids")):
+        require(cfg[option] in cfg[table], option, f"unknown value '{cfg[option]}' (choose {'|'.join(cfg[table])})")
+    try:
+        solver = build(cfg.solvers[cfg.solver], key=f"solvers.{cfg.solver}")
+        grid = build(cfg.grids[cfg.grid], key=f"grids.{cfg.grid}")
+        return ODESampling(solver=solver, steps=cfg.steps, grid=grid)
+    except ArgumentError as err:
+        raise ConfigError(err.arg, err.problem) from None
 
 
 class Scorer:
@@ -80,8 +92,8 @@ def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device
     write metrics_<tag...>.json + samples_<tag...>.png. `fields` are added to the result."""
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    fake = system.sample(cfg.n, solver=cfg.solver, steps=cfg.steps, grid=cfg.grid, generator=gen, batch_size=cfg.batch_size,
-                         **(sample_kwargs or {}))
+    sampling = sampling_of(cfg)
+    fake = system.sample(cfg.n, **sampling.options(), generator=gen, batch_size=cfg.batch_size, **(sample_kwargs or {}))
     sample_s = time.perf_counter() - t0
     out_dir = out_dir or out_dir_of(cfg)
     tag = f"{tag + '_' if tag else ''}{cfg.solver}_{cfg.grid}{cfg.steps}_n{cfg.n}_seed{cfg.seed}"
@@ -89,7 +101,7 @@ def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device
     result = {
         "ckpt": str(Path(cfg.ckpt).resolve()), "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"),
         "dataset": scorer.dataset, **(fields or {}), "n": cfg.n, "solver": cfg.solver, "grid": cfg.grid, "steps": cfg.steps,
-        "nfe": num_evaluations(cfg.solver, cfg.steps), "seed": cfg.seed, "sampling_seconds": round(sample_s, 2),
+        "nfe": sampling.solver.evaluations(cfg.steps), "seed": cfg.seed, "sampling_seconds": round(sample_s, 2),
         "device": str(device), "sample_grid": str(grid_path), **scorer(fake),
     }
     metrics_path = out_dir / f"metrics_{tag}.json"

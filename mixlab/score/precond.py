@@ -2,17 +2,22 @@
 
 - forward(x, sigma) -> eps_hat, the PF-ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma
 - denoise(x, sigma) -> D(x, sigma), the estimate of x0 (score = (D - x) / sigma^2)
+
+A system takes the class as a partial (conf/model/precond/<name>.yaml, `model/precond=edm`) and
+wraps its net: `precond(net)`.
 """
 
 import torch
 from torch import nn
 
 from mixlab.core.tensors import per_sample
+from mixlab.core.validate import PositiveFloat, checked
 
 
 class EpsilonPrecond(nn.Module):
     """The seed: the net sees the raw x_sigma and c_noise = ln(sigma)/4 and predicts eps."""
 
+    @checked
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
@@ -27,7 +32,8 @@ class EpsilonPrecond(nn.Module):
 class EDMPrecond(nn.Module):
     """Karras et al. (2022): D = c_skip x + c_out F(c_in x, ln(sigma)/4), unit-variance in/out."""
 
-    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+    @checked
+    def __init__(self, net: nn.Module, sigma_data: PositiveFloat = 0.5):
         super().__init__()
         self.net, self.sigma_data = net, float(sigma_data)
 

@@ -3,15 +3,19 @@
 VE forward process: x_sigma = x0 + sigma * eps, eps ~ N(0, I).
 """
 
+import abc
 import math
 
 import torch
+
+from mixlab.core.validate import PositiveFloat, checked
 
 
 class LogUniformSigma:
     """sigma = exp(U(ln sigma_min, ln sigma_max)): the seed's training distribution."""
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 80.0):
+    @checked
+    def __init__(self, sigma_min: PositiveFloat = 0.01, sigma_max: PositiveFloat = 80.0):
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
     def __call__(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -22,7 +26,8 @@ class LogUniformSigma:
 class LogNormalSigma:
     """ln sigma ~ N(p_mean, p_std^2): EDM's training distribution (Karras et al. 2022)."""
 
-    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
+    @checked
+    def __init__(self, p_mean: float = -1.2, p_std: PositiveFloat = 1.2):
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
     def __call__(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -47,9 +52,32 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     return torch.cat([sig, sig.new_zeros(1)]).float()
 
 
-SIGMA_GRIDS = {"geometric": geometric_sigmas, "karras": karras_sigmas}
+class SigmaGrid(abc.ABC):
+    """A sampling-time grid: `grid(steps, sigma_min, sigma_max)` -> steps + 1 decreasing sigmas ending in 0."""
+
+    name = "grid"
+
+    @abc.abstractmethod
+    def __call__(self, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor: ...
 
 
-def sigma_grid(kind: str, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """Look up a grid by name (`geometric` as in the seed, `karras` with rho = 7)."""
-    return SIGMA_GRIDS[kind](steps, sigma_min, sigma_max)
+class GeometricGrid(SigmaGrid):
+    """The seed's grid (`geometric_sigmas`)."""
+
+    name = "geometric"
+
+    def __call__(self, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+        return geometric_sigmas(steps, sigma_min, sigma_max)
+
+
+class KarrasGrid(SigmaGrid):
+    """EDM's grid (`karras_sigmas`) with exponent rho (7 in Karras et al. 2022)."""
+
+    name = "karras"
+
+    @checked
+    def __init__(self, rho: PositiveFloat = 7.0):
+        self.rho = rho
+
+    def __call__(self, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+        return karras_sigmas(steps, sigma_min, sigma_max, self.rho)

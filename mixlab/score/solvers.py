@@ -4,9 +4,13 @@
 Deterministic given x_init; the initial state is sigma_max * z as in the seed.
 """
 
+import abc
 from collections.abc import Callable
 
 import torch
+
+from mixlab.core.validate import PositiveInt, checked
+from mixlab.score.schedule import KarrasGrid, SigmaGrid
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -36,19 +40,60 @@ def heun(eps_fn: EpsFn, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return x
 
 
-SOLVERS = {"euler": euler, "heun": heun}
+class Solver(abc.ABC):
+    """A PF-ODE solver: `solver(eps_fn, x_init, sigmas)` -> x at the last sigma."""
+
+    name = "solver"
+
+    @abc.abstractmethod
+    def __call__(self, eps_fn: EpsFn, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def evaluations(self, steps: int) -> int:
+        """Network evaluations for `steps` steps."""
 
 
-def num_evaluations(solver: str, steps: int) -> int:
-    """Network evaluations for `steps` steps (Heun skips its corrector on the final step)."""
-    return steps if solver == "euler" else 2 * steps - 1
+class Euler(Solver):
+    """`euler`: one evaluation per step."""
+
+    name = "euler"
+
+    def __call__(self, eps_fn, x, sigmas):
+        return euler(eps_fn, x, sigmas)
+
+    def evaluations(self, steps: int) -> int:
+        return steps
+
+
+class Heun(Solver):
+    """`heun`: 2 * steps - 1 evaluations (no corrector on the final step)."""
+
+    name = "heun"
+
+    def __call__(self, eps_fn, x, sigmas):
+        return heun(eps_fn, x, sigmas)
+
+    def evaluations(self, steps: int) -> int:
+        return 2 * steps - 1
+
+
+class ODESampling:
+    """How a score model samples by default: solver, number of steps, sigma grid."""
+
+    @checked
+    def __init__(self, solver: Solver | None = None, steps: PositiveInt = 20, grid: SigmaGrid | None = None):
+        self.solver, self.steps, self.grid = solver or Heun(), steps, grid or KarrasGrid()
+
+    def options(self) -> dict:
+        """The keywords of `ScoreDiffusion.sample`."""
+        return {"solver": self.solver, "steps": self.steps, "grid": self.grid}
 
 
 def sample(
     eps_fn: EpsFn,
     shape: tuple[int, ...],
     sigmas: torch.Tensor,
-    solver: str = "heun",
+    solver: Solver,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     clamp: bool = True,
@@ -56,5 +101,5 @@ def sample(
     """Draw x_T = sigma_max * z and integrate the PF-ODE down the grid; clamp to [-1, 1]."""
     z = torch.randn(shape, generator=generator, device=device)
     sigmas = sigmas.to(device)
-    x = SOLVERS[solver](eps_fn, sigmas[0] * z, sigmas)
+    x = solver(eps_fn, sigmas[0] * z, sigmas)
     return x.clamp(-1, 1) if clamp else x

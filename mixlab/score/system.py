@@ -1,34 +1,32 @@
 """VE score diffusion (the seed's baseline): DSM training, PF-ODE sampling."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mixlab.core.config import check_choice, check_positive_int, require
+from mixlab.core.config import is_int, require
 from mixlab.core.system import MixlabSystem
-from mixlab.score.precond import EDMPrecond, EpsilonPrecond
-from mixlab.score.schedule import SIGMA_GRIDS, sigma_grid
-from mixlab.score.solvers import SOLVERS, sample
-
-PRECONDS: dict[str, Callable[[nn.Module, float], nn.Module]] = {
-    "eps": lambda net, sigma_data: EpsilonPrecond(net),
-    "edm": lambda net, sigma_data: EDMPrecond(net, sigma_data),
-}
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import PositiveFloat, PositiveInt, checked
+from mixlab.score.precond import EpsilonPrecond
+from mixlab.score.schedule import SigmaGrid
+from mixlab.score.solvers import ODESampling, Solver, sample
 
 
-def check_sampling(node, prefix: str) -> None:
-    """solver / steps / grid of a sampling block (model.sampler, callbacks.sample_grid, evaluator)."""
+def check_sample_grid(cfg: DictConfig) -> None:
+    """The sample-grid callback calls `sample()` with its options: a solver / grid node
+    (`_target_`, as model.sampler has) and steps >= 1."""
+    node = (cfg.get("callbacks") or {}).get("sample_grid")
     if node is None:
         return
-    key = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)
-    if "solver" in node:
-        check_choice(node.solver, list(SOLVERS), key("solver"))
-    if "steps" in node:
-        check_positive_int(node.steps, key("steps"))
-    if "grid" in node:
-        check_choice(node.grid, list(SIGMA_GRIDS), key("grid"))
+    for name in ("solver", "grid"):
+        value = node.get(name)
+        require(value is None or (isinstance(value, DictConfig) and "_target_" in value), f"callbacks.sample_grid.{name}",
+                f"must be a node with a _target_ (e.g. {{_target_: mixlab.score.solvers.Heun}}), got {value!r}")
+    steps = node.get("steps")
+    require(steps is None or (is_int(steps) and steps >= 1), "callbacks.sample_grid.steps", f"must be an integer >= 1, got {steps!r}")
 
 
 class ScoreDiffusion(MixlabSystem):
@@ -39,8 +37,8 @@ class ScoreDiffusion(MixlabSystem):
         loss: callable (model, x0, sigma, noise) -> [B] (EpsilonLoss, EDMLoss).
         sigma_sampler: callable (n, generator, device) -> sigma [n] (LogUniformSigma, ...).
         optimizer / scheduler: partials taking params / optimizer (scheduler may be None).
-        precond: `eps` (seed: raw input, eps output) or `edm` (Karras et al. preconditioning).
-        sampler: defaults for `sample()`: solver, steps, grid (geometric | karras).
+        precond: partial taking the net: EpsilonPrecond (the seed) or EDMPrecond (model/precond=edm).
+        sampler: ODESampling, the defaults of `sample()`: solver, steps, grid.
         compile: torch.compile the preconditioned net's forward (model.compile=true).
     """
 
@@ -48,16 +46,12 @@ class ScoreDiffusion(MixlabSystem):
 
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
-        model = cfg.model
-        check_choice(model.get("precond", "eps"), list(PRECONDS), "model.precond")
-        smin, smax = model.get("sigma_min", 0.01), model.get("sigma_max", 80.0)
-        require(0 < smin < smax, "model.sigma_min", f"need 0 < sigma_min < sigma_max, got {smin} and {smax}")
-        check_sampling(model.get("sampler"), "model.sampler")
-        check_sampling((cfg.get("callbacks") or {}).get("sample_grid"), "callbacks.sample_grid")
+        check_sample_grid(cfg)
 
     def compiled_modules(self) -> list[nn.Module]:
         return [self.model]
 
+    @checked
     def __init__(
         self,
         net: nn.Module,
@@ -65,26 +59,28 @@ class ScoreDiffusion(MixlabSystem):
         sigma_sampler: Callable,
         optimizer: Callable,
         scheduler: Callable | None = None,
-        precond: str = "eps",
-        sigma_min: float = 0.01,
-        sigma_max: float = 80.0,
-        sigma_data: float = 0.5,
-        image_shape: tuple[int, ...] = (1, 28, 28),
-        sampler: dict | None = None,
+        precond: Callable[[nn.Module], nn.Module] | str = EpsilonPrecond,
+        sigma_min: PositiveFloat = 0.01,
+        sigma_max: PositiveFloat = 80.0,
+        sigma_data: PositiveFloat = 0.5,
+        image_shape: Sequence[PositiveInt] = (1, 28, 28),
+        sampler: ODESampling | None = None,
         channels_last: bool = False,
         seed: int = 0,
         compile: bool = False,
     ):
+        if isinstance(precond, str):  # the config group's option name given as a value
+            raise ArgumentError("precond", f"a preconditioner, not the string '{precond}': choose one with model/precond=eps|edm")
+        if sigma_min >= sigma_max:
+            raise ArgumentError("sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
         super().__init__(seed=seed, compile=compile)
-        check_choice(precond, list(PRECONDS), "model.precond")
-        require(0 < sigma_min < sigma_max, "model.sigma_min", f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
-        self.precond, self.sigma_data = precond, float(sigma_data)
-        self.model = PRECONDS[precond](net, sigma_data)
+        self.precond, self.sigma_data = precond, sigma_data
+        self.model = precond(net)
         self.loss_fn, self.sigma_sampler = loss, sigma_sampler
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.image_shape = tuple(image_shape)
-        self.sampler_defaults = {"solver": "heun", "steps": 20, "grid": "karras", **(sampler or {})}
+        self.sampler_defaults = (sampler or ODESampling()).options()
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -140,22 +136,23 @@ class ScoreDiffusion(MixlabSystem):
         Subclasses may take keyword options (MCL: the routing), passed through `sample()`."""
         return self.model
 
-    def sigmas(self, steps: int, grid: str) -> torch.Tensor:
-        return sigma_grid(grid, steps, self.sigma_min, self.sigma_max)
+    def sigmas(self, steps: int, grid: SigmaGrid) -> torch.Tensor:
+        return grid(steps, self.sigma_min, self.sigma_max)
 
     @torch.no_grad()
     def sample(
         self,
         n: int,
-        solver: str | None = None,
+        solver: Solver | None = None,
         steps: int | None = None,
-        grid: str | None = None,
+        grid: SigmaGrid | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 256,
         **options,
     ) -> torch.Tensor:
         """n images in [-1, 1] on CPU, [n, C, H, W], integrated in chunks of batch_size.
-        `options` go to `eps_function` (a mixture system's routing)."""
+        solver / steps / grid default to the system's `sampler`; `options` go to `eps_function`
+        (a mixture system's routing)."""
         opts = {**self.sampler_defaults, **{k: v for k, v in dict(solver=solver, steps=steps, grid=grid).items() if v}}
         sigmas = self.sigmas(opts["steps"], opts["grid"])
         was_training = self.model.training

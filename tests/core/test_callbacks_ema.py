@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mixlab.callbacks.ema import EMA, EMAUpdate
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.pipeline import build_callbacks
 
 
@@ -61,8 +61,15 @@ def test_ema_callback_matches_closed_form_and_is_saved_in_checkpoint(tmp_path):
 def test_ema_is_picklable_for_ddp_spawn_and_validates_decay():
     restored = pickle.loads(pickle.dumps(EMA(decay=0.999)))
     assert restored.decay == 0.999
-    with pytest.raises(ConfigError, match="callbacks.ema.decay"):
+    with pytest.raises(ArgumentError, match="^decay: must be < 1, got 1.5"):
         EMA(decay=1.5)
+    from omegaconf import OmegaConf
+
+    from mixlab.core.config import build
+
+    node = OmegaConf.create({"callbacks": {"ema": {"_target_": "mixlab.callbacks.ema.EMA", "decay": 0}}})
+    with pytest.raises(ConfigError, match="^callbacks.ema.decay: must be > 0, got 0"):
+        build(node.callbacks.ema)
 
 
 def test_ema_is_ordered_after_callbacks_that_sample():

@@ -95,3 +95,18 @@ def test_evaluate_leaves_no_run_folder_under_logs():
     GlobalHydra.instance().clear()
     assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None
     assert "file" not in cfg.hydra.job_logging.handlers  # no evaluate.log
+
+
+@pytest.mark.parametrize("args,start", [
+    (["solver=rk4"], "error: solver: unknown value 'rk4' (choose euler|heun)"),
+    (["grid=cosine"], "error: grid: unknown value 'cosine' (choose geometric|karras)"),
+    (["steps=0"], "error: steps: must be >= 1, got 0"),
+])
+def test_score_sampling_options_are_named_in_one_line(baseline_ckpt, args, start):
+    assert one_line_error(run("evaluate.py", f"ckpt={baseline_ckpt}", *args)).startswith(start)
+
+
+def test_a_precond_given_as_a_value_points_to_the_config_group(data_dir, tmp_path):
+    line = one_line_error(run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}", "model.precond=edm",
+                              run_dir=tmp_path / "run"))
+    assert line.startswith("error: model.precond:") and "model/precond=eps|edm" in line

@@ -5,9 +5,11 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.config import build
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.metrics.expert_stats import dead_experts, effective_experts, usage_shares
 from mixlab.mcl.assignment import AnnealedWTA, HardWTA, RelaxedWTA, ResilientMCL, weighted_expert_losses
 from mixlab.nets.scorenet import ScoreNet
@@ -26,8 +28,11 @@ def test_relaxed_wta_gives_losers_alpha():
     w, winners = RelaxedWTA(alpha=0.1)(LOSSES)
     torch.testing.assert_close(w, torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [1.0, 0.1, 0.1]]))
     torch.testing.assert_close(winners, HardWTA()(LOSSES)[0])
-    with pytest.raises(ConfigError, match="model.assignment.alpha"):
+    with pytest.raises(ArgumentError, match="^alpha: must be <= 1, got 1.5"):
         RelaxedWTA(alpha=1.5)
+    node = {"model": {"assignment": {"_target_": "mixlab.mcl.assignment.RelaxedWTA", "alpha": -0.1}}}
+    with pytest.raises(ConfigError, match="^model.assignment.alpha: must be >= 0, got -0.1"):  # built from a config: the full key
+        build(OmegaConf.create(node).model.assignment)
 
 
 def test_annealed_wta_limits_and_a_hand_computed_softmax():

@@ -113,7 +113,7 @@ def test_sparse_true_with_a_soft_rule_is_a_config_error(make_cfg, assignment):
         build(cfg.model)
     with pytest.raises(ConfigError, match="^model.sparse:"):
         train(cfg)  # fails before any training
-    with pytest.raises(ConfigError, match="^model.sparse: unknown value 'maybe'"):
+    with pytest.raises(ConfigError, match="^model.sparse: must be 'auto', True or False, got 'maybe'"):
         build(make_cfg("experiment=mcl_k4", "debug=smoke", "model.sparse=maybe").model)
     assert not build(make_cfg("experiment=mcl_k4", "debug=smoke", f"model/assignment={assignment}").model).sparse  # auto: dense
     assert build(make_cfg(*RESILIENT).model).sparse

@@ -9,12 +9,24 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from mixlab.callbacks.annealing import TemperatureAnnealing, annealed_value
 from mixlab.core.config import build
-from mixlab.core.errors import ConfigError
-from mixlab.mcl.routing import STRATEGIES, Committed, Gated, SingleExpert, Sticky, build_routing
+from omegaconf import OmegaConf
+
+from mixlab.core.errors import ArgumentError, ConfigError
+from mixlab.mcl.evaluate import routing_of
+from mixlab.mcl.routing import Committed, Gated, RandomExpert, SingleExpert, Sticky
 from mixlab.nets.gating import GatingNet
 from mixlab.core.pipeline import train
+from mixlab.score.schedule import KarrasGrid
+from mixlab.score.solvers import Heun
+from support import ROOT
 
 SMOKE = ["experiment=mcl_k4", "debug=smoke"]
+ROUTINGS = OmegaConf.load(ROOT / "conf" / "evaluator" / "routings" / "mcl.yaml")  # strategy=NAME -> routings.NAME
+
+
+def build_routing(strategy: str, seed: int = 0, **options):
+    """The routing `strategy=NAME` (with evaluator options such as expert=, per=) builds."""
+    return routing_of(OmegaConf.merge(ROUTINGS, options), strategy, seed=seed)
 
 
 @pytest.fixture
@@ -25,11 +37,11 @@ def mcl_system(make_cfg):
     return system
 
 
-@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if not s.endswith("scores") and s != "scored"])
+@pytest.mark.parametrize("strategy", [s for s in ROUTINGS.routings if not s.endswith("scores") and s != "scored"])
 def test_every_routing_samples_deterministically(mcl_system, strategy):
     def draw():
         gen = torch.Generator().manual_seed(3)
-        return mcl_system.sample(6, solver="heun", steps=3, grid="karras", generator=gen, batch_size=4,
+        return mcl_system.sample(6, solver=Heun(), steps=3, grid=KarrasGrid(), generator=gen, batch_size=4,
                                  routing=build_routing(strategy, expert=1, seed=7, per="sample"))
 
     a, b = draw(), draw()
@@ -68,10 +80,16 @@ def test_routings_choose_what_they_say(mcl_system):
 
 def test_routing_errors_name_the_key(mcl_system):
     x, sigma = torch.randn(2, 1, 28, 28), torch.ones(2)
-    with pytest.raises(ConfigError, match="^expert: expert 7 is out of range"):
+    with pytest.raises(ArgumentError, match="^expert: expert 7 is out of range"):
         SingleExpert(7).start(mcl_system, 2)
-    with pytest.raises(ConfigError, match="^strategy: unknown value 'nope'"):
+    with pytest.raises(ConfigError, match="^strategy: unknown value 'nope' \\(choose single_expert\\|"):
         build_routing("nope")
+    with pytest.raises(ConfigError, match="^per: must be 'batch' or 'sample', got 'diagonal'"):
+        build_routing("random_expert", per="diagonal")
+    with pytest.raises(ArgumentError, match="^source: "):
+        Committed("oracle")
+    with pytest.raises(ArgumentError, match="^per: "):
+        RandomExpert("diagonal")
     with pytest.raises(ConfigError, match="^strategy: scored routing needs resilient"):
         build_routing("scored").start(mcl_system, 2)(x, sigma)
     mcl_system.gate = None
@@ -177,3 +195,10 @@ def test_ddp_usage_is_reduced_over_ranks_and_training_matches_one_process(make_c
     w1, w2 = (c["current_model_state"] for c in ckpts)
     for key in w1:  # per-expert normalisation by the global weight totals: 2 x B/2 == 1 x B
         torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=1e-4)
+
+
+def test_every_strategy_name_builds_the_routing_of_that_name():
+    for name in ROUTINGS.routings:
+        assert build_routing(name, seed=3).name == name  # result rows and file tags use the routing's own name
+    assert build_routing("single_expert", expert=2).tag == "single_expert2"
+    assert build_routing("random_expert", per="sample").tag == "random_expert_per_sample"

@@ -7,8 +7,9 @@ import torch
 
 from mixlab.score.losses import EDMLoss, EpsilonLoss
 from mixlab.score.precond import EDMPrecond, EpsilonPrecond
-from mixlab.score.solvers import euler, heun, num_evaluations, sample
-from mixlab.score.schedule import LogNormalSigma, LogUniformSigma, geometric_sigmas, karras_sigmas
+from mixlab.core.errors import ArgumentError
+from mixlab.score.solvers import Euler, Heun, ODESampling, euler, heun, sample
+from mixlab.score.schedule import GeometricGrid, KarrasGrid, LogNormalSigma, LogUniformSigma, geometric_sigmas, karras_sigmas
 from mixlab.nets.scorenet import ScoreNet
 
 MU, S = 0.3, 0.5  # data ~ N(MU, S^2 I)
@@ -33,7 +34,7 @@ def test_scorenet_matches_seed_size_and_shapes():
     assert out.shape == (3, 1, 28, 28)
 
 
-@pytest.mark.parametrize("grid", [geometric_sigmas, karras_sigmas])
+@pytest.mark.parametrize("grid", [geometric_sigmas, karras_sigmas, GeometricGrid(), KarrasGrid()])
 def test_sigma_grids_monotone_end_at_zero(grid):
     s = grid(50, 0.01, 80.0)
     assert len(s) == 51 and s[-1] == 0
@@ -129,9 +130,33 @@ def test_sample_is_deterministic_under_a_seed_and_counts_evaluations():
         return ExactGaussianEps()(x, s)
 
     sig = karras_sigmas(5, 0.01, 80)
-    a = sample(eps_fn, (4, 1, 3, 3), sig, "heun", torch.Generator().manual_seed(7))
-    assert len(calls) == num_evaluations("heun", 5) == 9
-    b = sample(eps_fn, (4, 1, 3, 3), sig, "heun", torch.Generator().manual_seed(7))
+    a = sample(eps_fn, (4, 1, 3, 3), sig, Heun(), torch.Generator().manual_seed(7))
+    assert len(calls) == Heun().evaluations(5) == 9
+    b = sample(eps_fn, (4, 1, 3, 3), sig, Heun(), torch.Generator().manual_seed(7))
     torch.testing.assert_close(a, b)
     assert a.min() >= -1 and a.max() <= 1
-    assert num_evaluations("euler", 200) == 200
+    assert Euler().evaluations(200) == 200
+    torch.testing.assert_close(Euler()(ExactGaussianEps(), sig[0] * torch.ones(2, 1, 3, 3), sig), euler(ExactGaussianEps(), sig[0] * torch.ones(2, 1, 3, 3), sig))
+
+
+@pytest.mark.parametrize("build,arg", [
+    (lambda: ODESampling(steps=0), "steps"), (lambda: ODESampling(solver="heun"), "solver"), (lambda: KarrasGrid(rho=0.0), "rho"),
+    (lambda: LogUniformSigma(sigma_min=0.0), "sigma_min"), (lambda: LogNormalSigma(p_std=-1.0), "p_std"),
+    (lambda: EDMPrecond(torch.nn.Identity(), sigma_data=0), "sigma_data"), (lambda: EpsilonPrecond("net"), "net"),
+])
+def test_bad_arguments_name_the_argument(build, arg):
+    with pytest.raises(ArgumentError, match=f"^{arg}: "):
+        build()
+
+
+def test_the_evaluators_solver_and_grid_names_build_their_classes():
+    from omegaconf import OmegaConf
+
+    from mixlab.core.config import build
+    from support import ROOT
+
+    tables = OmegaConf.load(ROOT / "conf" / "evaluator" / "sampling" / "ode.yaml")
+    for table in ("solvers", "grids"):
+        for name, node in tables[table].items():
+            assert build(node).name == name  # solver=NAME / grid=NAME on the command line
+    assert build(tables.grids.karras).rho == 7.0

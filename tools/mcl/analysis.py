@@ -26,8 +26,9 @@ from mixlab.core.config import check_positive_int  # noqa: E402
 from mixlab.core.evaluate import resolve_device  # noqa: E402
 from mixlab.data.mnist import to_model_range  # noqa: E402
 from mixlab.data.sources import load_split  # noqa: E402
-from mixlab.mcl.evaluate import applicable_strategies, label, load_bank  # noqa: E402
-from mixlab.mcl.routing import SingleExpert, build_routing  # noqa: E402
+from mixlab.mcl.evaluate import applicable_strategies, label, load_bank, routing_of  # noqa: E402
+from mixlab.mcl.routing import SingleExpert  # noqa: E402
+from mixlab.score.evaluate import sampling_of  # noqa: E402
 
 
 # ----- statistics (pure) -------------------------------------------------------------------
@@ -96,7 +97,7 @@ def _image_rows(rows: list[torch.Tensor], row_labels: list[str], path: Path, col
 
 
 @torch.no_grad()
-def trajectory(system, routing, n: int, steps: int, grid: str, seed: int, snapshots: int = 10) -> tuple[list[torch.Tensor], list[float]]:
+def trajectory(system, routing, n: int, steps: int, grid, seed: int, snapshots: int = 10) -> tuple[list[torch.Tensor], list[float]]:
     """Euler along the sampling grid; the denoised estimate x - sigma * eps at `snapshots` steps."""
     sigmas = system.sigmas(steps, grid).to(system.device)
     gen = torch.Generator(device=system.device).manual_seed(seed)
@@ -142,6 +143,7 @@ def _training_curves(history: list[dict], path: Path) -> Path:
 def analyze(cfg: DictConfig) -> dict:
     for key in ("n", "steps", "num_eval_samples"):
         check_positive_int(cfg[key], key)
+    sampling = sampling_of(cfg)
     device = resolve_device(cfg.device)
     system, run_cfg, ckpt = load_bank(cfg, device)
     out = Path(cfg.out_dir) if cfg.get("out_dir") else Path(cfg.ckpt).resolve().parent.parent / "analysis"
@@ -164,13 +166,13 @@ def analyze(cfg: DictConfig) -> dict:
 
     def draw(routing, bank=system):
         g = torch.Generator(device=device).manual_seed(cfg.seed)
-        return bank.sample(cfg.n, solver=cfg.solver, steps=cfg.steps, grid=cfg.grid, generator=g, **({"routing": routing} if routing else {}))
+        return bank.sample(cfg.n, **sampling.options(), generator=g, **({"routing": routing} if routing else {}))
 
     usage = system.usage_shares.tolist()
     written["multi_expert_grid"] = _image_rows([draw(SingleExpert(k)) for k in range(K)], [f"expert {k}\n({100 * usage[k]:.0f}% won)" for k in range(K)],
                                                out / "multi_expert_grid.png", title="Each expert alone, same initial noise")
-    path_routing = build_routing("gated") if system.gate is not None else system.routing  # the gate when there is one
-    frames, sig = trajectory(system, path_routing, min(cfg.n, 6), cfg.steps, cfg.grid, cfg.seed)
+    path_routing = routing_of(cfg, "gated", seed=cfg.seed) if system.gate is not None else system.routing  # the gate when there is one
+    frames, sig = trajectory(system, path_routing, min(cfg.n, 6), sampling.steps, sampling.grid, cfg.seed)
     per_sample = [torch.stack([f[i] for f in frames]) for i in range(frames[0].shape[0])]
     written["trajectory"] = _image_rows(per_sample, [f"sample {i}" for i in range(len(per_sample))], out / "trajectory.png",
                                         [f"σ={s:.2g}" for s in sig], f"Denoised estimate along the ODE ({path_routing.name} routing)")
@@ -182,7 +184,7 @@ def analyze(cfg: DictConfig) -> dict:
         names.append("baseline")
     for strategy, kwargs in applicable_strategies(system):
         if strategy != "single_expert":
-            rows.append(draw(build_routing(strategy, seed=cfg.seed, **kwargs)))
+            rows.append(draw(routing_of(cfg, strategy, seed=cfg.seed, **kwargs)))
             names.append(label(strategy, kwargs))
     written["strategy_comparison"] = _image_rows(rows, names, out / "strategy_comparison.png", title="Routing strategies, same initial noise")
     callbacks = ckpt.get("callbacks", {})
