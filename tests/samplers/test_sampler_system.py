@@ -55,6 +55,20 @@ def first_error(make_cfg, *overrides: str) -> ConfigError:
     (["model.buffer.first_add_twice=sometimes"], "model.buffer.first_add_twice"),
     (["+model.buffer.size=10"], "model.buffer.size"),
     (["model.local_search.enabled=true", "model.local_search.carry_step_size=maybe"], "model.local_search.carry_step_size"),
+    (["model.energy._target_=torch.nn.Linear"], "model.energy._target_"),
+    (["model.local_search.steps=0"], "model.local_search.steps"),
+    (["+model.local_search.chains=3"], "model.local_search.chains"),
+    (["model.exploration.decay_steps=0"], "model.exploration.decay_steps"),
+    (["model.buffer.rank_k=0"], "model.buffer.rank_k"),
+    (["model/objective=pis", "model.both_ways=true"], "model.both_ways"),
+    (["model/objective=pis", "model.vectorize=true"], "model.vectorize"),
+    (["model/objective=pis", "model.objective.dim=3"], "model.objective.dim"),
+    (["model/objective=subtb", "model.objective.lam=0"], "model.objective.lam"),
+    (["model.policy.hidden=0"], "model.policy.hidden"),
+    (["model/policy=langevin", "model.policy.scale_layers=0"], "model.policy.scale_layers"),
+    (["model/objective=fl_subtb", "model.flow.num_layers=-1"], "model.flow.num_layers"),
+    (["model.batch_size=0"], "model.batch_size"),
+    (["model.learn_variance=yes"], "model.learn_variance"),
 ])
 def test_bad_configs_name_the_key_before_training(make_cfg, overrides, key):
     err = first_error(make_cfg, "experiment=sampler_gmm25_tb", "debug=smoke", *overrides)
