@@ -101,8 +101,8 @@ class DiffusionSampler(MixlabSystem):
         super().__init__(seed=seed, compile=compile)
         self.energy, self.objective = energy, objective
         self.rollout = DiffusionRollout(T, sigma2, learn_variance, log_var_range, vectorize)
-        self.exploration = exploration or Exploration()
-        self.ls = local_search or LocalSearchSettings()
+        self.exploration = Exploration() if exploration is None else exploration
+        self.ls = LocalSearchSettings() if local_search is None else local_search
         self.both_ways = both_ways or self.ls.enabled
         if objective.reparametrised:
             for arg, conflict in (("local_search.enabled", self.ls.enabled), ("both_ways", both_ways),
@@ -119,7 +119,7 @@ class DiffusionSampler(MixlabSystem):
         self.flow = _complete(flow, energy.dim)
         objective.check(self.flow)
         self.log_z = nn.Parameter(torch.zeros(())) if objective.needs_log_z else None
-        buffer = buffer or ReplayBuffer()
+        buffer = ReplayBuffer() if buffer is None else buffer  # (an empty buffer is falsy)
         self.buffer = buffer if self.both_ways else None  # terminal states of forward rollouts
         self.ls_buffer = buffer.empty_copy() if self.ls.enabled else None  # accepted MALA proposals
         self.ls_step_size, self.ls_stats = self.ls.step_size, {}
