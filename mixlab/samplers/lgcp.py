@@ -66,7 +66,7 @@ class LGCP(Energy):
     before training / evaluating; the first evaluation otherwise), so a config builds without the data."""
 
     @checked
-    def __init__(self, root: str | None = "data", grid: PositiveInt = 40, signal_variance: PositiveFloat = 1.91,
+    def __init__(self, root: str | Path | None = "data", grid: PositiveInt = 40, signal_variance: PositiveFloat = 1.91,
                  beta: PositiveFloat = 1 / 33, points: np.ndarray | Sequence[Sequence[float]] | None = None, lazy: bool = False):
         super().__init__()
         self.root, self.signal_variance = root, float(signal_variance)

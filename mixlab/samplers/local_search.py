@@ -24,7 +24,13 @@ from dataclasses import dataclass
 import torch
 
 from mixlab.core.errors import ArgumentError
-from mixlab.core.validate import NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat, checked
+from mixlab.core.validate import (
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+    checked,
+)
 
 OPTIMAL_ACCEPTANCE = 0.574  # high-dimensional MALA optimum (Roberts & Rosenthal 1998)
 

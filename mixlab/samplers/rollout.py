@@ -19,15 +19,22 @@ run's generator and keeps this process's rows, so N ranks reproduce one process.
 """
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from mixlab.core.errors import ArgumentError
-from mixlab.core.validate import NonNegativeFloat, PositiveFloat, PositiveInt, checked
+from mixlab.core.validate import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    checked,
+)
 
 
 @dataclass
@@ -49,11 +56,12 @@ class RankNoise:
     or whatever `select` ([global, ...] -> [batch, ...]) picks. Draws are made on the generator's
     device and moved to `device`."""
 
-    def __init__(self, generator: torch.Generator, global_batch: int, rank: int = 0, world_size: int = 1,
+    @checked
+    def __init__(self, generator: torch.Generator, global_batch: PositiveInt, rank: NonNegativeInt = 0, world_size: PositiveInt = 1,
                  select: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.generator, self.global_batch = generator, int(global_batch)
+        if rank >= world_size:
+            raise ArgumentError("rank", f"must be < world_size ({world_size}), got {rank}")
+        self.generator, self.global_batch = generator, global_batch
         self.select = select if select is not None else (lambda t: t[rank::world_size])
         self.batch = self.select(torch.empty(self.global_batch, 0)).shape[0]
 

@@ -34,16 +34,29 @@ from mixlab.samplers.local_search import mala
 from mixlab.samplers.metrics import log_weights, sampler_metrics
 from mixlab.samplers.objectives import Objective
 from mixlab.samplers.rollout import DiffusionRollout, Exploration, RankNoise
-from mixlab.samplers.training import (Collectives, LocalSearchSettings, StepIndices, is_backward_step,
-                                      local_search_due, merge_mala, reduce_counts)
+from mixlab.samplers.training import (
+    Collectives,
+    LocalSearchSettings,
+    StepIndices,
+    is_backward_step,
+    local_search_due,
+    merge_mala,
+    reduce_counts,
+)
 
 VAL_SEED = 12345  # validation trajectories (the same noise every evaluation); exact samples: VAL_SEED + 1
 FP32 = ("32", "32-true", "64", "64-true")
 
 
-def _complete(net: Callable | None, dim: int) -> nn.Module | None:
-    """A built module as is, a partial (Hydra `_partial_: true`) called with dim=."""
-    return net if net is None or isinstance(net, nn.Module) else net(dim=dim)
+def _complete(net: Callable | None, dim: int, arg: str) -> nn.Module | None:
+    """A built module as is, a partial (Hydra `_partial_: true`) called with dim= (its argument
+    errors named under `arg`; built from a config, the partial names its full key itself)."""
+    if net is None or isinstance(net, nn.Module):
+        return net
+    try:
+        return net(dim=dim)
+    except ArgumentError as err:
+        raise ArgumentError(f"{arg}.{err.arg}", err.problem) from None
 
 
 def _target_class(node, key: str, base: type) -> None:
@@ -104,19 +117,20 @@ class DiffusionSampler(MixlabSystem):
         self.exploration = Exploration() if exploration is None else exploration
         self.ls = LocalSearchSettings() if local_search is None else local_search
         self.both_ways = both_ways or self.ls.enabled
-        if objective.reparametrised:
-            for arg, conflict in (("local_search.enabled", self.ls.enabled), ("both_ways", both_ways),
-                                  ("exploration.factor", self.exploration.factor > 0)):
+        if objective.reparametrised:  # PIS differentiates through its own forward rollouts
+            for arg, conflict, problem in (
+                    ("local_search.enabled", self.ls.enabled, "local search (backward training from a buffer) does not apply"),
+                    ("both_ways", both_ways, "it trains on forward rollouts only"),
+                    ("exploration.factor", self.exploration.factor > 0, "exploration does not apply (set 0)")):
                 if conflict:
-                    raise ArgumentError(arg, f"{objective.name} differentiates through its own forward rollouts; "
-                                             "local search, both-ways training and exploration do not apply (turn it off)")
+                    raise ArgumentError(arg, f"{objective.name} differentiates through its own forward rollouts; {problem}")
             self.rollout.check(reparametrise=True)
         try:
             objective.bind(energy.dim)
         except ArgumentError as err:
             raise ArgumentError(f"objective.{err.arg}", err.problem) from None
-        self.policy = _complete(policy, energy.dim)
-        self.flow = _complete(flow, energy.dim)
+        self.policy = _complete(policy, energy.dim, "policy")
+        self.flow = _complete(flow, energy.dim, "flow")
         objective.check(self.flow)
         self.log_z = nn.Parameter(torch.zeros(())) if objective.needs_log_z else None
         buffer = ReplayBuffer() if buffer is None else buffer  # (an empty buffer is falsy)

@@ -257,6 +257,10 @@ def test_errors_name_the_argument():
     with pytest.raises(ArgumentError) as info:
         DiffusionRollout(T=3, vectorize=True).forward(PISPolicy(3), target, noise(0, 2), reparametrise=True)
     assert info.value.arg == "vectorize"
+    for kwargs, arg in [({"rank": 2, "world_size": 2}, "rank"), ({"global_batch": 0}, "global_batch")]:
+        with pytest.raises(ArgumentError) as info:
+            RankNoise(torch.Generator(), **{"global_batch": 4, **kwargs})
+        assert info.value.arg == arg
     for kwargs, arg in [({"sigma2": 0.0, "T": 3}, "sigma2"), ({"sigma2": 1.0, "T": 0}, "T")]:
         with pytest.raises(ArgumentError) as info:
             ForwardLookingFlow(FlowNet(3), **kwargs)

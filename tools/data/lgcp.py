@@ -44,7 +44,7 @@ def read_finpines_txt(path: str | Path) -> np.ndarray:
 def _apt_get(*args: str) -> subprocess.CompletedProcess:
     sudo = [] if os.geteuid() == 0 or shutil.which("sudo") is None else ["sudo"]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    return subprocess.run([*sudo, "apt-get", *args], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run([*sudo, "apt-get", *args], check=False, capture_output=True, text=True, env=env, timeout=900)
 
 
 def _download_package(workdir: Path) -> Path:
