@@ -37,11 +37,11 @@ class StepIndices(Dataset):
 
 
 class LocalSearchSettings:
-    """model.local_search: parallel MALA every `every` iterations on `batch_size` chains from the
-    replay buffer, `steps` steps of which the first `burn_in` are discarded, initial step size
-    `step_size` adapted by `rule` (default PaperStepSize) and carried over between calls
-    (`carry_step_size`; false: every call starts again from `step_size`, as the reference code
-    does), target R^beta. `enabled`: false leaves local search off."""
+    """Local search (config: model.local_search): parallel MALA every `every` iterations on
+    `batch_size` chains from the replay buffer, `steps` steps of which the first `burn_in` are
+    discarded, initial step size `step_size` adapted by `rule` (default PaperStepSize) and carried
+    over between calls (`carry_step_size`; false: every call starts again from `step_size`, as the
+    reference code does), target R^beta. `enabled`: false leaves local search off."""
 
     @checked
     def __init__(self, enabled: bool = False, every: PositiveInt = 100, steps: PositiveInt = 200,
