@@ -2,7 +2,7 @@
 .PHONY: data-lgcp sampler-reference
 
 data-lgcp: setup  ## Finnish pines for the LGCP energy -> data/finpines (Debian r-cran-spatstat.data, not installed)
-	$(PY) -m mixlab.samplers.lgcp --root data
+	$(PY) -m tools.data.lgcp --root data
 
 sampler-reference: setup  ## W2 between independent exact sample sets (25GMM, Funnel, Manywell-32) + mode-dropping controls (ARGS="--n 2000 --seeds 5")
 	$(PY) -m tools.samplers.reference $(ARGS)

@@ -24,9 +24,11 @@ draws="reference" it sets the phase of the lag (a first draw of 2 batches, the n
 the adds in between).
 """
 
+from typing import Literal
+
 import torch
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.validate import PositiveFloat, PositiveInt, checked
 
 
 def rank_weights(log_r: torch.Tensor, k: float = 0.01) -> torch.Tensor:
@@ -38,21 +40,12 @@ def rank_weights(log_r: torch.Tensor, k: float = 0.01) -> torch.Tensor:
 
 
 class ReplayBuffer:
-    """FIFO ring buffer of (x [d], log R) with rank-based prioritised sampling."""
+    """FIFO ring buffer of (x [d], log R) with rank-based prioritised sampling; `rank_k` is k above."""
 
-    DRAWS = ("independent", "reference")
-
-    def __init__(self, capacity: int = 600_000, k: float = 0.01, draws: str = "independent",
-                 first_add_twice: bool = False):
-        if not (isinstance(capacity, int) and not isinstance(capacity, bool) and capacity >= 1):
-            raise ConfigError("capacity", f"must be an integer >= 1, got {capacity!r}")
-        if not k > 0:
-            raise ConfigError("k", f"must be > 0, got {k!r}")
-        if draws not in self.DRAWS:
-            raise ConfigError("draws", f"must be one of {', '.join(self.DRAWS)}, got {draws!r}")
-        if not isinstance(first_add_twice, bool):
-            raise ConfigError("first_add_twice", f"must be true or false, got {first_add_twice!r}")
-        self.capacity, self.k, self.draws, self.first_add_twice = capacity, float(k), draws, first_add_twice
+    @checked
+    def __init__(self, capacity: PositiveInt = 600_000, rank_k: PositiveFloat = 0.01,
+                 draws: Literal["independent", "reference"] = "independent", first_add_twice: bool = False):
+        self.capacity, self.k, self.draws, self.first_add_twice = capacity, float(rank_k), draws, first_add_twice
         self.queue: torch.Tensor | None = None  # draws="reference": drawn positions (oldest = 0) not yet served
         self.cursor = 0  # next position of `queue` to serve
         self.x: torch.Tensor | None = None  # [allocated, d] storage; rows [0, size) are valid
@@ -62,6 +55,10 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return self.size
+
+    def empty_copy(self) -> "ReplayBuffer":
+        """A new empty buffer with the same settings."""
+        return ReplayBuffer(self.capacity, self.k, self.draws, self.first_add_twice)
 
     def _chronological(self) -> torch.Tensor:
         """Storage rows of the contents, oldest first [size]."""

@@ -8,14 +8,13 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.validate import PositiveInt, checked
 from mixlab.samplers.figures import draw, title_of
 
 
 class SamplerFigures(L.Callback):
-    def __init__(self, every_n_steps: int = 1000, key: str = "figures/samples"):
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ConfigError("callbacks.sampler_figures.every_n_steps", f"must be an integer >= 1, got {every_n_steps!r}")
+    @checked
+    def __init__(self, every_n_steps: PositiveInt = 1000, key: str = "figures/samples"):
         self.every_n_steps, self.key = every_n_steps, key
         self.last_path: Path | None = None
         self._last_step = 0
@@ -36,7 +35,7 @@ class SamplerFigures(L.Callback):
     @rank_zero_only
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, latest: dict) -> None:
         path = Path(trainer.default_root_dir) / "figures" / f"step_{trainer.global_step:07d}.png"
-        self.last_path = draw(pl_module.energy, latest["x"], latest["truth"], path, title_of(latest["metrics"], latest["step"]))
+        self.last_path = draw(pl_module.energy, latest["x"], latest["truth"], path, title_of(latest["metrics"], latest["step"], pl_module.energy))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=self.key, images=[str(path)], step=trainer.global_step)

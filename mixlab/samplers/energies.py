@@ -1,14 +1,19 @@
 """Unnormalised target densities p(x) = R(x) / Z on R^d for the diffusion samplers.
 
 Every energy is a tiny `nn.Module` chosen by config `_target_` (its tensors are non-persistent
-buffers: they follow the system's device and stay out of checkpoints) and provides
+buffers: they follow the system's device and stay out of checkpoints) and owns what is known
+about it:
 
-    dim                      int
+    dim, name                int, str (tables and reports)
     log_reward(x [B,d])      -> [B]      log R(x) = -E(x)
     grad_log_reward(x)       -> [B,d]    closed form here; the base class falls back to autograd
     log_z                    float | None
     sample(n, generator)     -> [n,d] exact samples, or None where none are known
+    sample_statistics(x)     -> {name: number} energy-specific summaries of samples; `describe` words them
+    mode_controls()          -> [(name, draw(n, generator))]: mode-dropping sample sets a W2 is read against
+    figure(x, truth)         -> a matplotlib figure of samples (and exact samples) over the target
 
+A new energy is one class (here or in its own module) and one conf/model/energy/<name>.yaml.
 NaN / inf handling (e.g. a NaN gradient -> 0) is the caller's job. The LGCP energy lives in
 `mixlab.samplers.lgcp` (it needs data). Constants are checked against quadrature in
 tests/samplers/test_energies.py.
@@ -16,11 +21,15 @@ tests/samplers/test_energies.py.
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Annotated
 
+import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.validate import PositiveFloat, checked
 
 # Manywell: one double well a in R, log R(a) = -a^4 + 6a^2 + a/2 (scipy quadrature, rel. 1e-13).
 MANYWELL_Z_A = 11784.509265127823
@@ -30,11 +39,18 @@ MANYWELL_MEAN_A2 = 2.9598060904889367  # E[a^2]
 MANYWELL_SHALLOW_SHARE = 0.15569290378886083  # P(a < 0): the shallow well's share
 
 
+Draw = Callable[[int, torch.Generator], torch.Tensor]  # (n, generator) -> [n,d] samples
+
+
 class Energy(nn.Module, ABC):
     """Base class: subclasses set `dim` and `log_z` and implement `log_reward`."""
 
     dim: int
     log_z: float | None = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
 
     @abstractmethod
     def log_reward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +78,22 @@ class Energy(nn.Module, ABC):
         """Energy-specific summaries of samples [n,d] reported beside the generic metrics."""
         return {}
 
+    def describe(self, stats: dict) -> str:
+        """Words for this energy's `sample_statistics` found in `stats` (a dict of metrics), for
+        figure titles and printed reports; "" when there are none."""
+        return ""
+
+    def mode_controls(self) -> list[tuple[str, Draw]]:
+        """Mode-dropping controls: (name, draw) sample sets with modes missing, whose W2 to exact
+        samples is the level a mode-collapsed sampler reaches (none by default)."""
+        return []
+
+    def figure(self, x: torch.Tensor, truth: torch.Tensor | None):
+        """Samples x [n,d] (and exact samples `truth`) over the target: the first two coordinates."""
+        from mixlab.samplers.figures import scatter_figure
+
+        return scatter_figure(x, truth, 0, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_reward(x)
 
@@ -76,7 +108,10 @@ class Energy(nn.Module, ABC):
 class GMM25(Energy):
     """Mixture of 25 Gaussians: means {-10,-5,0,5,10}^2, covariance 0.3 I, weights 1/25 (log Z = 0)."""
 
-    def __init__(self, variance: float = 0.3, spacing: float = 5.0):
+    name = "25GMM"
+
+    @checked
+    def __init__(self, variance: PositiveFloat = 0.3, spacing: PositiveFloat = 5.0):
         super().__init__()
         self.dim, self.log_z, self.variance = 2, 0.0, float(variance)
         grid = torch.arange(-2, 3, dtype=torch.float64) * spacing
@@ -102,6 +137,15 @@ class GMM25(Energy):
         noise = torch.randn(n, 2, generator=generator, device=device, dtype=torch.float64)
         return (self.means[modes] + math.sqrt(self.variance) * noise).float()
 
+    def sample_without_corner_mode(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Exact samples with the corner mode (-10,-10) dropped (24 modes, weights 1/24)."""
+        weights = torch.ones(len(self.means))
+        weights[0] = 0.0
+        return self.sample(n, generator, weights=weights)
+
+    def mode_controls(self):
+        return [("without one corner mode", self.sample_without_corner_mode)]
+
     def mode_counts(self, x: torch.Tensor, radius: float | None = None) -> torch.Tensor:
         """Samples per mode [25]: a sample counts for its nearest mean if it lies within `radius`
         (default 3 standard deviations). `(counts > 0).sum()` is the number of modes hit."""
@@ -113,14 +157,34 @@ class GMM25(Energy):
     def sample_statistics(self, x):
         return {"modes_hit": int((self.mode_counts(x) > 0).sum())}
 
+    def describe(self, stats):
+        return f"modes hit {stats['modes_hit']}/{len(self.means)}" if stats.get("modes_hit") is not None else ""
+
+    def figure(self, x, truth):
+        """Target contours with the samples, a KDE of the samples, a KDE of exact samples."""
+        from mixlab.samplers.figures import SAMPLER, as_numpy, kde, mesh, plt, scatter
+
+        lim = 13.0
+        pts, exact = as_numpy(x), as_numpy(truth)
+        fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.5))
+        xx, yy = mesh(-lim, lim, -lim, lim)
+        grid = torch.from_numpy(np.stack([xx.ravel(), yy.ravel()], 1)).to(self.means)
+        log_r = self.log_reward(grid).cpu().numpy().reshape(xx.shape)
+        axes[0].contour(xx, yy, np.maximum(log_r, -30), levels=20, cmap="Greys", linewidths=0.6)
+        scatter(axes[0], pts, 0, 1, SAMPLER, "sampler")
+        axes[0].set(title=f"target contours + {len(pts)} samples", xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+        kde(axes[1], pts, lim, "KDE of the samples")
+        if exact is not None:
+            kde(axes[2], exact, lim, "KDE of exact samples")
+        return fig
+
 
 class Funnel(Energy):
     """Neal's funnel: x_0 ~ N(0, 3^2), x_{1:d-1} | x_0 ~ N(0, e^{x_0} I); normalised (log Z = 0)."""
 
-    def __init__(self, dim: int = 10, scale: float = 3.0):
+    @checked
+    def __init__(self, dim: Annotated[int, Field(ge=2)] = 10, scale: PositiveFloat = 3.0):
         super().__init__()
-        if not (isinstance(dim, int) and dim >= 2):
-            raise ConfigError("model.energy.dim", f"the funnel needs an integer dim >= 2, got {dim!r}")
         self.dim, self.log_z, self.scale = dim, 0.0, float(scale)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # carries the device
 
@@ -141,6 +205,16 @@ class Funnel(Energy):
         x0 = self.scale * z[:, :1]
         return torch.cat([x0, torch.exp(0.5 * x0) * z[:, 1:]], dim=1).float()
 
+    def figure(self, x, truth):
+        """(x0, x1) over the marginal's contours, exact samples in grey."""
+        from mixlab.samplers.figures import mesh, scatter_figure
+
+        fig = scatter_figure(x, truth, 0, 1, lim=(-10, 10), ylim=(-10, 10), title="(x0, x1)")
+        xx, yy = mesh(-10, 10, -10, 10)
+        log_p = -0.5 * (xx / self.scale) ** 2 - 0.5 * yy**2 * np.exp(-xx) - 0.5 * xx
+        fig.axes[0].contour(xx, yy, np.maximum(log_p, -25), levels=25, cmap="Greys", linewidths=0.6, zorder=0)
+        return fig
+
 
 class Manywell(Energy):
     """d/2 independent consecutive pairs (a, b) = (x_{2k}, x_{2k+1}):
@@ -149,14 +223,17 @@ class Manywell(Energy):
     # rejection proposal for a (the reference's): 0.2 N(-1.7, 0.5^2) + 0.8 N(1.7, 0.5^2), envelope 3 Z_a
     PROPOSAL_WEIGHTS, PROPOSAL_MEANS, PROPOSAL_STD, ENVELOPE = (0.2, 0.8), (-1.7, 1.7), 0.5, 3.0
 
-    def __init__(self, dim: int = 32):
+    @checked
+    def __init__(self, dim: Annotated[int, Field(ge=2, multiple_of=2)] = 32):
+        """dim: even (pairs of coordinates)."""
         super().__init__()
-        if not (isinstance(dim, int) and not isinstance(dim, bool) and dim >= 2 and dim % 2 == 0):
-            raise ConfigError("model.energy.dim", f"Manywell needs an even dim >= 2 (pairs of coordinates), got {dim!r}")
         self.dim = dim
         self.log_z = (dim // 2) * MANYWELL_LOG_Z_PAIR
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
+    @property
+    def name(self) -> str:
+        return f"Manywell-{self.dim}"
     @staticmethod
     def well_log_reward(a: torch.Tensor) -> torch.Tensor:
         return -(a**4) + 6 * a**2 + 0.5 * a
@@ -201,23 +278,35 @@ class Manywell(Energy):
         """Share of the pairs' a-coordinates in the shallow well (a < 0); exact: MANYWELL_SHALLOW_SHARE."""
         return float((x[:, 0::2] < 0).double().mean())
 
+    def sample_deep_wells_only(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Exact samples with every a in its deep well (a > 0): the W2 level of the paper's mode-collapsed samplers."""
+        return self.sample(n, generator, positive_only=True)
+
+    def mode_controls(self):
+        return [("deep wells only", self.sample_deep_wells_only)]
+
     def sample_statistics(self, x):
         return {"shallow_share": self.shallow_share(x), "shallow_share_exact": MANYWELL_SHALLOW_SHARE}
 
+    def describe(self, stats):
+        if stats.get("shallow_share") is None:
+            return ""
+        return f"shallow-well share {stats['shallow_share']:.3f} (exact {MANYWELL_SHALLOW_SHARE:.3f})"
 
-def build_energy(node, key: str = "model.energy") -> Energy:
-    """Instantiate an energy config (`_target_` + args); a `_target_` that is not an Energy class
-    is a ConfigError naming `<key>._target_`."""
-    from hydra.utils import get_class
+    def figure(self, x, truth):
+        """(x1, x3) and (x2, x3) (1-based: two wells' a, a pair's b) over the 2-d marginal's
+        contours, exact samples in grey."""
+        from mixlab.samplers.figures import EXACT, SAMPLER, as_numpy, mesh, plt, scatter
 
-    from mixlab.core.config import build
-
-    target = node.get("_target_") if hasattr(node, "get") else None
-    try:
-        cls = get_class(str(target)) if target else None
-    except Exception:  # hydra raises ImportError / ValueError variants for unknown paths
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, Energy)):
-        raise ConfigError(f"{key}._target_", f"unknown energy {target!r} (choose a class of mixlab.samplers.energies, "
-                                             "e.g. GMM25 | Funnel | Manywell, or mixlab.samplers.lgcp.LGCP)")
-    return build(node)
+        pts, exact = as_numpy(x), as_numpy(truth)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+        well = lambda a: -(a**4) + 6 * a**2 + 0.5 * a  # noqa: E731
+        for ax, (i, j), (lo, hi) in zip(axes, [(0, 2), (1, 2)], [(-3, 3), (-4, 4)]):
+            xx, yy = mesh(lo, hi, -3, 3)
+            first = well(xx) if i % 2 == 0 else -0.5 * xx**2
+            ax.contour(xx, yy, np.maximum(first + well(yy), -40), levels=25, cmap="Greys", linewidths=0.6)
+            scatter(ax, exact, i, j, EXACT, "exact")
+            scatter(ax, pts, i, j, SAMPLER, "sampler")
+            ax.set(xlabel=f"x{i + 1}", ylabel=f"x{j + 1}", xlim=(lo, hi), ylim=(-3, 3), title=f"(x{i + 1}, x{j + 1})")
+        axes[0].legend(loc="upper left", fontsize=8, markerscale=3)
+        return fig

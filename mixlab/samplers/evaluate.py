@@ -4,35 +4,42 @@ reference_seeds=5 figure=true]` (or `make eval ckpt=PATH ...`) on a DiffusionSam
 n fresh trajectories of the policy (no exploration; noise seed `seed`) and n fresh exact samples
 (seed `seed + TRUTH_OFFSET`: not the validation's set) give
     log Z_hat, log Z_hat_RW, Delta = log Z - estimate (signed; |Delta| in tables), the EUBO
-    (backward trajectories of the exact samples), W2 (exact OT), the energy's statistics
-    (25GMM modes hit, Manywell shallow-well share), the learned log Z (TB),
+    (backward trajectories of the exact samples), W2 (exact OT), the energy's own statistics
+    (Energy.sample_statistics: 25GMM modes hit, Manywell shallow-well share), the learned log Z (TB),
 and, read beside the W2, the reference rows at the same n (exact vs exact, mode-dropping
-controls; mixlab.samplers.metrics). LGCP: raw log Z_hat / log Z_hat_RW, no W2 / EUBO.
+controls: Energy.mode_controls). LGCP: raw log Z_hat / log Z_hat_RW, no W2 / EUBO.
 Writes <run>/eval/sampler_n<n>_seed<seed>.json and .png.
 """
 
 import math
 import time
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from omegaconf import DictConfig
+from pydantic import Field
 
 from mixlab.core.checkpoint import load_system
-from mixlab.core.config import require
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.evaluate import out_dir_of, resolve_device
+from mixlab.core.validate import NonNegativeInt, PositiveInt, checked
 from mixlab.samplers.figures import draw, title_of
 from mixlab.samplers.metrics import reference_rows_for
 
 TRUTH_OFFSET = 1_000_003  # exact samples of the evaluation: a stream no validation or trajectory uses
 
 
+@checked
+def _options(n: Annotated[int, Field(ge=2)], batch_size: PositiveInt, reference_seeds: NonNegativeInt, seed: NonNegativeInt) -> None:
+    """The evaluator's numbers (n >= 2: log Z estimates and W2 need samples)."""
+
+
 def validate(cfg: DictConfig) -> None:
-    n = cfg.get("n")
-    require(isinstance(n, int) and not isinstance(n, bool) and n >= 2, "n", f"must be an integer >= 2 (log Z estimates and W2 need samples), got {n!r}")
-    for key, low in (("batch_size", 1), ("reference_seeds", 0), ("seed", 0)):
-        value = cfg.get(key)
-        require(isinstance(value, int) and not isinstance(value, bool) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
+    try:
+        _options(**{key: cfg.get(key) for key in ("n", "batch_size", "reference_seeds", "seed")})
+    except ArgumentError as err:  # the evaluator's options sit at the top of its config
+        raise ConfigError(err.arg, err.problem) from None
 
 
 def _clean(value):
@@ -61,10 +68,10 @@ def evaluate(cfg: DictConfig) -> dict:
     tag = f"sampler_n{n}_seed{seed}"
     figure = None
     if cfg.figure:
-        figure = draw(energy, result["x"], truth, out_dir / f"{tag}.png", f"{run_cfg.task_name}: {title_of(metrics, ckpt.get('global_step'))}")
+        figure = draw(energy, result["x"], truth, out_dir / f"{tag}.png", f"{run_cfg.task_name}: {title_of(metrics, ckpt.get('global_step'), energy)}")
     state = ckpt.get("sampler_state") or {}
     report = {
-        "ckpt": str(Path(cfg.ckpt).resolve()), "experiment": run_cfg.get("task_name"), "global_step": ckpt.get("global_step"),
+        "ckpt": str(Path(cfg.ckpt).resolve()), "energy_summary": energy.describe(metrics), "experiment": run_cfg.get("task_name"), "global_step": ckpt.get("global_step"),
         "epoch": ckpt.get("epoch"), "energy": type(energy).__name__, "dim": energy.dim, "log_z": energy.log_z,
         "objective": system.objective.name, "policy": type(system.policy).__name__, "T": system.rollout.T,
         "sigma2": system.rollout.sigma2, "n": n, "seed": seed, "truth_seed": seed + TRUTH_OFFSET if truth is not None else None,
@@ -100,8 +107,7 @@ def print_report(r: dict) -> None:
     else:
         print(f"[mixlab]   log Z unknown   log Z^ = {fmt('log_z_hat')}   log Z^_RW = {fmt('log_z_rw')}")
     extra = [f"learned log Z = {fmt('log_z_learned')}" if r.get("log_z_learned") is not None else None,
-             f"modes hit {r['modes_hit']}/25" if r.get("modes_hit") is not None else None,
-             f"shallow-well share {fmt('shallow_share')} (exact {fmt('shallow_share_exact')})" if r.get("shallow_share") is not None else None,
+             r.get("energy_summary") or None,
              f"LS acceptance {fmt('ls_acceptance')}, step size {fmt('ls_step_size', 4)}" if r.get("ls_acceptance") is not None else None,
              f"buffers {r['buffer_size']} / {r['ls_buffer_size']}" if r.get("buffer_size") is not None else None]
     if any(extra):

@@ -10,7 +10,7 @@ in (`needs_grad = True`).
 import torch
 from torch import nn
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.validate import NonNegativeInt, PositiveFloat, PositiveInt, checked
 from mixlab.samplers.nets import LangevinScale, PISPolicy
 
 
@@ -31,10 +31,9 @@ class LangevinPolicy(nn.Module):
 
     needs_grad = True
 
-    def __init__(self, net: PISPolicy, scale: LangevinScale, grad_clip: float = 100.0):
+    @checked
+    def __init__(self, net: PISPolicy, scale: LangevinScale, grad_clip: PositiveFloat = 100.0):
         super().__init__()
-        if not grad_clip > 0:
-            raise ConfigError("model.policy.grad_clip", f"must be > 0, got {grad_clip!r}")
         self.net, self.scale, self.grad_clip = net, scale, float(grad_clip)
         self.dim = net.dim
 
@@ -44,9 +43,10 @@ class LangevinPolicy(nn.Module):
         return langevin_output(self.net.unclipped(x, t), self.scale(t), grad_log_r, self.grad_clip, self.net.clip)
 
 
-def langevin_policy(dim: int, hidden: int = 64, harmonics: int = 64, num_layers: int = 2, zero_init: bool = True,
-                    clip: float = 1e4, per_dimension: bool = False, scale_layers: int = 3, scale_init: float = 0.01,
-                    grad_clip: float = 100.0) -> LangevinPolicy:
+@checked
+def langevin_policy(dim: PositiveInt, hidden: PositiveInt = 64, harmonics: PositiveInt = 64, num_layers: NonNegativeInt = 2,
+                    zero_init: bool = True, clip: PositiveFloat = 1e4, per_dimension: bool = False,
+                    scale_layers: PositiveInt = 3, scale_init: float = 0.01, grad_clip: PositiveFloat = 100.0) -> LangevinPolicy:
     """A LangevinPolicy on a fresh PISPolicy and LangevinScale (config: `_partial_: true`; the
     system passes the energy's dim)."""
     net = PISPolicy(dim, hidden, harmonics, num_layers, zero_init, clip)

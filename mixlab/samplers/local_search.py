@@ -23,7 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import (
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+    checked,
+)
 
 OPTIMAL_ACCEPTANCE = 0.574  # high-dimensional MALA optimum (Roberts & Rosenthal 1998)
 
@@ -33,11 +40,9 @@ class AdaptiveStepSize:
     the latest completed window (windows start at steps 0, 1, 1 + window, ...: the reference's
     `i % window == 0` refresh; with window 1 it is the step's own rate)."""
 
-    def __init__(self, up: float = 1.1, down: float = 0.9, target: float = OPTIMAL_ACCEPTANCE, window: int = 1):
-        if not (isinstance(window, int) and window >= 1):
-            raise ConfigError("window", f"must be an integer >= 1, got {window!r}")
-        if not (up > 0 and down > 0):
-            raise ConfigError("up", f"the factors must be > 0, got up={up!r} down={down!r}")
+    @checked
+    def __init__(self, up: PositiveFloat = 1.1, down: PositiveFloat = 0.9, target: UnitFloat = OPTIMAL_ACCEPTANCE,
+                 window: PositiveInt = 1):
         self.up, self.down, self.target, self.window = float(up), float(down), float(target), window
 
     def refreshes(self, step: int) -> bool:
@@ -51,14 +56,16 @@ class AdaptiveStepSize:
 class PaperStepSize(AdaptiveStepSize):
     """The paper's Alg. 2: x1.1 if the step's acceptance > 0.574 else x0.9."""
 
-    def __init__(self, target: float = OPTIMAL_ACCEPTANCE):
+    @checked
+    def __init__(self, target: UnitFloat = OPTIMAL_ACCEPTANCE):
         super().__init__(1.1, 0.9, target, window=1)
 
 
 class ReferenceStepSize(AdaptiveStepSize):
     """The reference code (langevin.py): acceptance over windows of 5 steps, x1.01 / x0.99."""
 
-    def __init__(self, target: float = OPTIMAL_ACCEPTANCE):
+    @checked
+    def __init__(self, target: UnitFloat = OPTIMAL_ACCEPTANCE):
         super().__init__(1.01, 0.99, target, window=5)
 
 
@@ -90,9 +97,10 @@ def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eta: flo
 
 
 @torch.no_grad()
-def mala(energy, x: torch.Tensor, steps: int = 200, burn_in: int = 100, step_size: float = 0.01,
+@checked
+def mala(energy, x: torch.Tensor, steps: PositiveInt = 200, burn_in: NonNegativeInt = 100, step_size: PositiveFloat = 0.01,
          rule: AdaptiveStepSize | None = None, generator: torch.Generator | None = None,
-         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, beta: float = 1.0, noise=None) -> MALAResult:
+         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, beta: PositiveFloat = 1.0, noise=None) -> MALAResult:
     """Run `steps` parallel MALA steps from x [B,d] on `energy` (an object with
     `log_reward_and_grad(x) -> ([B], [B,d])`); target R^beta (beta = inverse temperature).
 
@@ -100,12 +108,8 @@ def mala(energy, x: torch.Tensor, steps: int = 200, burn_in: int = 100, step_siz
     or from `noise` (an object with normal(d, dtype, device) -> [B,d] and uniform(dtype, device)
     -> [B], e.g. a RankNoise: this rank's rows of draws for the global batch of chains).
     `reduce` maps this rank's [accepted, proposed] (float64 [2]) to the global counts."""
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
-    if not (isinstance(burn_in, int) and 0 <= burn_in < steps):
-        raise ConfigError("burn_in", f"must be an integer in [0, steps={steps}), got {burn_in!r}")
-    if not step_size > 0:
-        raise ConfigError("step_size", f"must be > 0, got {step_size!r}")
+    if burn_in >= steps:
+        raise ArgumentError("burn_in", f"must be < steps ({steps}), got {burn_in}")
     rule = PaperStepSize() if rule is None else rule
 
     def evaluate(z):

@@ -1,6 +1,6 @@
 """Sampler metrics: log Z estimators from trajectory log weights, the EUBO, and the W2 reference
-rows (two independent exact sample sets, and mode-dropping controls) that a sampler's W2 is
-read against. W2 itself is generic: `mixlab.metrics.wasserstein.wasserstein2`.
+rows (two independent exact sample sets, and the energy's mode-dropping controls,
+`Energy.mode_controls`) that a sampler's W2 is read against. W2 itself is generic: `mixlab.metrics.wasserstein.wasserstein2`.
 
 For K trajectories x_0 -> ... -> x_1 with S_F = sum log p_F and S_B = sum log p_B,
 
@@ -14,14 +14,14 @@ For K trajectories x_0 -> ... -> x_1 with S_F = sum log p_F and S_B = sum log p_
 """
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mixlab.metrics.wasserstein import wasserstein2
-from mixlab.samplers.energies import GMM25, Energy, Funnel, Manywell
+from mixlab.samplers.energies import GMM25, Draw, Energy, Funnel, Manywell
 
 
 def _total(log_p: torch.Tensor) -> torch.Tensor:
@@ -58,25 +58,6 @@ def log_z_report(log_w: torch.Tensor, log_z: float | None = None) -> dict[str, f
 
 
 # ------------------------------------------------------------------------ W2 reference rows
-Draw = Callable[[Energy, int, torch.Generator], torch.Tensor]
-
-
-def exact_draw(energy: Energy, n: int, generator: torch.Generator) -> torch.Tensor:
-    return energy.sample(n, generator)
-
-
-def gmm_without_corner_mode(energy: GMM25, n: int, generator: torch.Generator) -> torch.Tensor:
-    """25GMM with its corner mode (-10,-10) dropped (24 modes, weights 1/24): a mode-dropping control."""
-    weights = torch.ones(len(energy.means))
-    weights[0] = 0.0
-    return energy.sample(n, generator, weights=weights)
-
-
-def manywell_deep_wells_only(energy: Manywell, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Manywell with every a in its deep well (a > 0): the paper's mode-collapsed samplers' W2 level."""
-    return energy.sample(n, generator, positive_only=True)
-
-
 @dataclass
 class ReferenceRow:
     name: str
@@ -88,33 +69,30 @@ class ReferenceRow:
         return f"{self.name}: W2 = {self.mean:.3f} ± {self.std:.3f} ({len(self.values)} seeds)"
 
 
-def reference_w2(energy: Energy, draw: Draw = exact_draw, n: int = 2000, seeds: Iterable[int] = range(5),
+def reference_w2(energy: Energy, draw: Draw | None = None, n: int = 2000, seeds: Iterable[int] = range(5),
                  name: str = "") -> ReferenceRow:
-    """W2 between `draw(energy, n, g)` and an independent exact set of n, per seed (one CPU
-    generator seeded per seed draws both sets, the `draw` set first)."""
+    """W2 between `draw(n, g)` (default: `energy.sample`) and an independent exact set of n, per
+    seed (one generator seeded per seed draws both sets, the `draw` set first)."""
+    draw = energy.sample if draw is None else draw
     values = []
     for seed in seeds:
         generator = torch.Generator(device=energy.device).manual_seed(int(seed))
-        a = draw(energy, n, generator)
+        a = draw(n, generator)
         b = energy.sample(n, generator)
         if a is None or b is None:
             raise ValueError(f"{type(energy).__name__} has no exact sampler: no W2 reference")
         values.append(wasserstein2(a, b))
-    return ReferenceRow(name or type(energy).__name__, float(np.mean(values)), float(np.std(values)), values)
+    return ReferenceRow(name or energy.name, float(np.mean(values)), float(np.std(values)), values)
 
 
-def reference_w2_rows(n: int = 2000, seeds: Iterable[int] = range(5)) -> list[ReferenceRow]:
-    """The reference rows: exact-vs-exact W2 for 25GMM, Funnel, Manywell-32, and the mode-dropping
-    controls (Manywell-32 deep wells only; 25GMM without one corner mode)."""
-    seeds = list(seeds)
-    gmm, manywell = GMM25(), Manywell(32)
-    return [
-        reference_w2(gmm, n=n, seeds=seeds, name="25GMM exact vs exact"),
-        reference_w2(Funnel(10), n=n, seeds=seeds, name="Funnel exact vs exact"),
-        reference_w2(manywell, n=n, seeds=seeds, name="Manywell-32 exact vs exact"),
-        reference_w2(manywell, manywell_deep_wells_only, n=n, seeds=seeds, name="Manywell-32 deep wells only vs exact"),
-        reference_w2(gmm, gmm_without_corner_mode, n=n, seeds=seeds, name="25GMM without one corner mode vs exact"),
-    ]
+def reference_w2_rows(n: int = 2000, seeds: Iterable[int] = range(5),
+                      energies: Iterable[Energy] | None = None) -> list[ReferenceRow]:
+    """The reference rows of `energies` (default 25GMM, Funnel, Manywell-32): exact-vs-exact W2 of
+    each, then each one's mode-dropping controls, every row named after its energy."""
+    seeds, energies = list(seeds), list(energies or (GMM25(), Funnel(10), Manywell(32)))
+    rows = [reference_w2(e, n=n, seeds=seeds, name=f"{e.name} exact vs exact") for e in energies]
+    return rows + [reference_w2(e, draw, n=n, seeds=seeds, name=f"{e.name} {label} vs exact")
+                   for e in energies for label, draw in e.mode_controls()]
 
 
 # ------------------------------------------------------------------- a sampler's evaluation
@@ -152,20 +130,11 @@ def sampler_metrics(energy: Energy, x: torch.Tensor, log_w: torch.Tensor, truth:
     return out
 
 
-# controls beside exact-vs-exact, per energy class (the paper's mode-dropping levels)
-CONTROLS: dict[type, list[tuple[str, Draw]]] = {
-    GMM25: [("without one corner mode", gmm_without_corner_mode)],
-    Manywell: [("deep wells only", manywell_deep_wells_only)],
-}
-
-
 def reference_rows_for(energy: Energy, n: int, seeds: Iterable[int]) -> list[ReferenceRow]:
     """The W2 rows a sampler's W2 on `energy` at n samples is read against: exact vs exact and
     the energy's mode-dropping controls; [] when the energy has no exact sampler (LGCP)."""
     if energy.sample(2, torch.Generator(device=energy.device).manual_seed(0)) is None:
         return []
     seeds = list(seeds)
-    controls = next((CONTROLS[c] for c in type(energy).__mro__ if c in CONTROLS), [])
     rows = [reference_w2(energy, n=n, seeds=seeds, name="exact vs exact")]
-    return rows + [reference_w2(energy, draw, n=n, seeds=seeds, name=f"{name} vs exact") for name, draw in controls]
-
+    return rows + [reference_w2(energy, draw, n=n, seeds=seeds, name=f"{label} vs exact") for label, draw in energy.mode_controls()]

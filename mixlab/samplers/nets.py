@@ -17,14 +17,15 @@ import math
 import torch
 from torch import nn
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.validate import NonNegativeInt, PositiveFloat, PositiveInt, checked
 
 
 class FourierFeatures(nn.Module):
     """[sin(f t + phi), cos(f t + phi)] with f = linspace(f_min, f_max, harmonics) and a learned
     phase phi (randn init): [N] -> [N, 2 * harmonics]."""
 
-    def __init__(self, harmonics: int = 64, f_min: float = 0.1, f_max: float = 100.0):
+    @checked
+    def __init__(self, harmonics: PositiveInt = 64, f_min: float = 0.1, f_max: float = 100.0):
         super().__init__()
         self.register_buffer("freqs", torch.linspace(f_min, f_max, harmonics))
         self.phase = nn.Parameter(torch.randn(harmonics))
@@ -47,24 +48,16 @@ def joint_mlp(hidden: int, out: int, num_layers: int = 2) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(hidden, out))
 
 
-def _check_size(value: int, key: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, f"must be an integer >= 1, got {value!r}")
-
-
 class PISPolicy(nn.Module):
     """Forward-policy network: [N, d], [N] -> [N, 2d] = [u | raw log-variance], clipped to
     [-clip, clip]. The last layer starts at zero (zero_init), so the initial drift is 0."""
 
     needs_grad = False
 
-    def __init__(self, dim: int, hidden: int = 64, harmonics: int = 64, num_layers: int = 2,
-                 zero_init: bool = True, clip: float = 1e4):
+    @checked
+    def __init__(self, dim: PositiveInt, hidden: PositiveInt = 64, harmonics: PositiveInt = 64, num_layers: NonNegativeInt = 2,
+                 zero_init: bool = True, clip: PositiveFloat = 1e4):
         super().__init__()
-        _check_size(dim, "model.policy.dim")
-        _check_size(hidden, "model.policy.hidden")
-        if not clip > 0:
-            raise ConfigError("model.policy.clip", f"must be > 0, got {clip!r}")
         self.dim, self.clip = dim, float(clip)
         self.t_embed = time_embedding(harmonics, hidden, hidden)
         self.s_embed = nn.Linear(dim, hidden)
@@ -85,10 +78,10 @@ class LangevinScale(nn.Module):
     -> (num_layers - 1) x [GELU, Linear] -> GELU -> Linear(hidden, 1 or d); the last layer has
     zero weights and bias `init` (0.01), so s(t) = init at the start. [N] -> [N, 1] or [N, d]."""
 
-    def __init__(self, dim: int = 1, per_dimension: bool = False, hidden: int = 64, harmonics: int = 64,
-                 num_layers: int = 3, init: float = 0.01):
+    @checked
+    def __init__(self, dim: PositiveInt = 1, per_dimension: bool = False, hidden: PositiveInt = 64, harmonics: PositiveInt = 64,
+                 num_layers: PositiveInt = 3, init: float = 0.01):
         super().__init__()
-        _check_size(dim, "model.policy.scale.dim")
         layers: list[nn.Module] = [FourierFeatures(harmonics), nn.Linear(2 * harmonics, hidden)]
         for _ in range(num_layers - 1):
             layers += [nn.GELU(), nn.Linear(hidden, hidden)]
@@ -107,9 +100,9 @@ class FlowNet(nn.Module):
 
     uses_log_r = False
 
-    def __init__(self, dim: int, hidden: int = 64, harmonics: int = 64, num_layers: int = 2):
+    @checked
+    def __init__(self, dim: PositiveInt, hidden: PositiveInt = 64, harmonics: PositiveInt = 64, num_layers: NonNegativeInt = 2):
         super().__init__()
-        _check_size(dim, "model.flow.dim")
         self.t_embed = time_embedding(harmonics, hidden, hidden)
         self.s_embed = nn.Linear(dim, hidden)
         self.joint = joint_mlp(hidden, 1, num_layers)
@@ -128,16 +121,13 @@ def reference_log_prob(x: torch.Tensor, t: torch.Tensor, sigma2: float, dt: floa
 
 class ForwardLookingFlow(nn.Module):
     """FL-SubTB flow: log F(x, t) = NN(x, t) + (1 - t) log N(x; 0, sigma2 max(t, 1/T) I) + t log R(x).
-    `sigma2` and `T` must be the sampler's (model.sigma2, model.T). [N, d], [N], [N] -> [N]."""
+    `sigma2` and `T` must be the sampler's (its config interpolates them). [N, d], [N], [N] -> [N]."""
 
     uses_log_r = True
 
-    def __init__(self, net: nn.Module, sigma2: float, T: int):
+    @checked
+    def __init__(self, net: nn.Module, sigma2: PositiveFloat, T: PositiveInt):
         super().__init__()
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ConfigError("model.T", f"must be an integer >= 1, got {T!r}")
-        if not sigma2 > 0:
-            raise ConfigError("model.sigma2", f"must be > 0, got {sigma2!r}")
         self.net, self.sigma2, self.T = net, float(sigma2), T
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, log_r: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,7 +137,8 @@ class ForwardLookingFlow(nn.Module):
         return self.net(x, t) + (1 - t) * ref + t * log_r  # [N]
 
 
-def forward_looking_flow(dim: int, sigma2: float, T: int, hidden: int = 64, harmonics: int = 64,
-                         num_layers: int = 2) -> ForwardLookingFlow:
+@checked
+def forward_looking_flow(dim: PositiveInt, sigma2: PositiveFloat, T: PositiveInt, hidden: PositiveInt = 64,
+                         harmonics: PositiveInt = 64, num_layers: NonNegativeInt = 2) -> ForwardLookingFlow:
     """FL-SubTB's flow on a fresh FlowNet (config: `_partial_: true`; the system passes the energy's dim)."""
     return ForwardLookingFlow(FlowNet(dim, hidden, harmonics, num_layers), sigma2, T)

@@ -6,9 +6,10 @@ Every objective is called as
               all_reduce_mean=None) -> scalar loss
 (`Trajectories.terms()` gives the first four). S_F = sum_i log pf_i, S_B = sum_i log pb_i.
 Class attributes tell the system what an objective needs: `needs_flow` (a state-conditional
-flow, model.flow), `needs_log_z` (the learned scalar log Z_theta), `reparametrised` (PIS: a
+flow), `needs_log_z` (the learned scalar log Z_theta), `reparametrised` (PIS: a
 rollout with gradients through the simulation) and `batch_sum` (SubTB sums over the batch: under
-DDP each rank's loss is multiplied by the world size). `check(flow)` raises ConfigError before training.
+DDP each rank's loss is multiplied by the world size). `check(flow)` raises ArgumentError('flow')
+when the flow does not fit (the system calls it when it is built).
 For flows, log F_T is always replaced by log R(x_1) (detached).
 """
 
@@ -17,7 +18,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import PositiveFloat, PositiveInt, checked
 
 
 class Objective(ABC):
@@ -31,9 +33,9 @@ class Objective(ABC):
         """Told the target's dimension by the system (PIS scales by 1/d); most objectives ignore it."""
 
     def check(self, flow) -> None:
-        """ConfigError('model.flow', ...) when this objective needs a flow network and has none."""
+        """ArgumentError('flow') when this objective needs a flow network and has none."""
         if self.needs_flow and flow is None:
-            raise ConfigError("model.flow", f"{self.name} needs a state-conditional flow network "
+            raise ArgumentError("flow", f"{self.name} needs a state-conditional flow network "
                               "(e.g. mixlab.samplers.nets.FlowNet); got none")
 
     @abstractmethod
@@ -106,9 +108,8 @@ class SubTrajectoryBalance(Objective):
     batch_sum = True
     name = "SubTB"
 
-    def __init__(self, lam: float = 2.0):
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0:
-            raise ConfigError("model.objective.lam", f"must be a number > 0, got {lam!r}")
+    @checked
+    def __init__(self, lam: PositiveFloat = 2.0):
         self.lam = float(lam)
         self._weights: dict = {}
 
@@ -135,7 +136,7 @@ class ForwardLookingSubTB(SubTrajectoryBalance):
     def check(self, flow) -> None:
         super().check(flow)
         if not flow.uses_log_r:
-            raise ConfigError("model.flow", "FL-SubTB needs a forward-looking flow "
+            raise ArgumentError("flow", "FL-SubTB needs a forward-looking flow "
                               "(mixlab.samplers.nets.ForwardLookingFlow), got one that ignores log R")
 
 
@@ -146,20 +147,13 @@ class PathIntegralSampler(Objective):
     reparametrised = True
     name = "PIS"
 
-    def __init__(self, dim: int | None = None):
-        if dim is not None:
-            self._check_dim(dim)
+    @checked
+    def __init__(self, dim: PositiveInt | None = None):
         self.dim = dim
 
-    @staticmethod
-    def _check_dim(dim) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ConfigError("model.objective.dim", f"must be an integer >= 1, got {dim!r}")
-
     def bind(self, dim: int) -> None:
-        self._check_dim(dim)
         if self.dim is not None and self.dim != dim:
-            raise ConfigError("model.objective.dim", f"{self.dim} differs from the energy's dimension {dim} (leave it null)")
+            raise ArgumentError("dim", f"{self.dim} differs from the energy's dimension {dim} (leave it null)")
         self.dim = dim
 
     def __call__(self, log_pf, log_pb, log_r, log_f=None, log_z=None, all_reduce_mean=None):

@@ -19,16 +19,22 @@ run's generator and keeps this process's rows, so N ranks reproduce one process.
 """
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Literal
 
 import torch
 from torch import nn
 
-from mixlab.core.errors import ConfigError
-
-VECTORIZE = ("auto", "true", "false")
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    checked,
+)
 
 
 @dataclass
@@ -50,11 +56,12 @@ class RankNoise:
     or whatever `select` ([global, ...] -> [batch, ...]) picks. Draws are made on the generator's
     device and moved to `device`."""
 
-    def __init__(self, generator: torch.Generator, global_batch: int, rank: int = 0, world_size: int = 1,
+    @checked
+    def __init__(self, generator: torch.Generator, global_batch: PositiveInt, rank: NonNegativeInt = 0, world_size: PositiveInt = 1,
                  select: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.generator, self.global_batch = generator, int(global_batch)
+        if rank >= world_size:
+            raise ArgumentError("rank", f"must be < world_size ({world_size}), got {rank}")
+        self.generator, self.global_batch = generator, global_batch
         self.select = select if select is not None else (lambda t: t[rank::world_size])
         self.batch = self.select(torch.empty(self.global_batch, 0)).shape[0]
 
@@ -72,11 +79,8 @@ class Exploration:
     """Exploration std eps(step): factor * max(0, 1 - step / decay_steps), or the constant factor
     when decay_steps is None. Used only when sampling training trajectories."""
 
-    def __init__(self, factor: float = 0.0, decay_steps: int | None = 5000):
-        if not factor >= 0:
-            raise ConfigError("model.exploration.factor", f"must be >= 0, got {factor!r}")
-        if decay_steps is not None and (isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1):
-            raise ConfigError("model.exploration.decay_steps", f"must be an integer >= 1 or null (constant), got {decay_steps!r}")
+    @checked
+    def __init__(self, factor: NonNegativeFloat = 0.0, decay_steps: PositiveInt | None = 5000):
         self.factor, self.decay_steps = float(factor), decay_steps
 
     def __call__(self, step: int) -> float:
@@ -122,34 +126,26 @@ def _param(module: nn.Module) -> torch.Tensor | None:
 class DiffusionRollout:
     """Trajectories of a Gaussian diffusion sampler with a fixed Brownian-bridge p_B.
 
-    T: steps (model.T); sigma2: diffusion variance per unit time (model.sigma2); learn_variance:
-    v = exp(log_var_range * tanh(raw)) instead of 1 (model.learn_variance, model.log_var_range);
-    vectorize: auto | true | false (model.vectorize): `batched` or `loop` log p_F (auto = batched,
-    except reparametrised rollouts, which need the loop).
+    T: steps; sigma2: diffusion variance per unit time; learn_variance: v = exp(log_var_range *
+    tanh(raw)) instead of 1; vectorize: auto | true | false: `batched` or `loop` log p_F (auto =
+    batched, except reparametrised rollouts, which need the loop).
 
     policy(x [N,d], t [N], grad_log_r [N,d] | None) -> [N, 2d] with attribute needs_grad;
     flow(x, t, log_r | None) -> [N] with attribute uses_log_r; energy: dim, log_reward, grad_log_reward.
     """
 
-    def __init__(self, T: int = 100, sigma2: float = 1.0, learn_variance: bool = False,
-                 log_var_range: float = 4.0, vectorize: str | bool = "auto"):
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ConfigError("model.T", f"must be an integer >= 1, got {T!r}")
-        if isinstance(sigma2, bool) or not isinstance(sigma2, (int, float)) or not sigma2 > 0 or not math.isfinite(sigma2):
-            raise ConfigError("model.sigma2", f"must be a finite number > 0, got {sigma2!r}")
-        if learn_variance and not log_var_range > 0:
-            raise ConfigError("model.log_var_range", f"must be > 0, got {log_var_range!r}")
+    @checked
+    def __init__(self, T: PositiveInt = 100, sigma2: PositiveFloat = 1.0, learn_variance: bool = False,
+                 log_var_range: PositiveFloat = 4.0, vectorize: Literal["auto", "true", "false", True, False] = "auto"):
         mode = str(vectorize).lower()
-        if mode not in VECTORIZE:
-            raise ConfigError("model.vectorize", f"must be one of {', '.join(VECTORIZE)}, got {vectorize!r}")
         self.T, self.sigma2, self.dt = T, float(sigma2), 1.0 / T
         self.learn_variance, self.log_var_range, self.vectorize = bool(learn_variance), float(log_var_range), mode
 
     # ----- policy ---------------------------------------------------------------------------
     def check(self, reparametrise: bool) -> None:
-        """ConfigError if this rollout cannot serve the objective (batched + reparametrised)."""
+        """ArgumentError('vectorize') if this rollout cannot serve the objective (batched + reparametrised)."""
         if reparametrise and self.vectorize == "true":
-            raise ConfigError("model.vectorize", "true needs a no-grad rollout; a reparametrised objective (PIS) "
+            raise ArgumentError("vectorize", "true needs a no-grad rollout; a reparametrised objective (PIS) "
                               "differentiates through the simulation: use auto or false")
 
     def batched(self, reparametrise: bool = False) -> bool:
@@ -206,7 +202,7 @@ class DiffusionRollout:
         every sampling step (dt sigma2 v + eps^2); log p_F stays the policy's. reparametrise: PIS
         (x_{i+1} = mean + std * xi with gradients; log R with gradient)."""
         if not exploration >= 0:
-            raise ConfigError("model.exploration.factor", f"must be >= 0, got {exploration!r}")
+            raise ArgumentError("exploration", f"must be >= 0, got {exploration!r}")
         batched = self.batched(reparametrise)
         p = _param(policy)
         dtype = p.dtype if p is not None else torch.get_default_dtype()

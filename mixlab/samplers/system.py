@@ -13,34 +13,64 @@ and sliced, buffers are replicated, so N processes reproduce one (see `training.
 Nets arrive as partials (`_partial_: true`) and are completed with the energy's dimension.
 """
 
-from functools import partial
+import importlib
+from collections.abc import Callable
+from typing import Annotated
 
 import torch
+from omegaconf import DictConfig
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mixlab.core.config import require
 from mixlab.core.distributed import per_device_batch_size
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.system import MixlabSystem
+from mixlab.core.validate import PositiveFloat, PositiveInt, checked
 from mixlab.samplers.buffer import ReplayBuffer
 from mixlab.samplers.energies import Energy
 from mixlab.samplers.local_search import mala
 from mixlab.samplers.metrics import log_weights, sampler_metrics
 from mixlab.samplers.objectives import Objective
 from mixlab.samplers.rollout import DiffusionRollout, Exploration, RankNoise
-from mixlab.samplers.training import (Collectives, LocalSearchSettings, StepIndices, is_backward_step,
-                                      local_search_due, merge_mala, reduce_counts)
+from mixlab.samplers.training import (
+    Collectives,
+    LocalSearchSettings,
+    StepIndices,
+    is_backward_step,
+    local_search_due,
+    merge_mala,
+    reduce_counts,
+)
 
 VAL_SEED = 12345  # validation trajectories (the same noise every evaluation); exact samples: VAL_SEED + 1
+FP32 = ("32", "32-true", "64", "64-true")
 
 
-def _complete(net, dim: int, key: str) -> nn.Module | None:
-    """A built module as is, a partial (Hydra `_partial_: true`) called with dim=."""
+def _complete(net: Callable | None, dim: int, arg: str) -> nn.Module | None:
+    """A built module as is, a partial (Hydra `_partial_: true`) called with dim= (its argument
+    errors named under `arg`; built from a config, the partial names its full key itself)."""
     if net is None or isinstance(net, nn.Module):
         return net
-    if isinstance(net, partial) or callable(net):
+    try:
         return net(dim=dim)
-    raise ConfigError(key, f"expected a network config with _target_, got {type(net).__name__}")
+    except ArgumentError as err:
+        raise ArgumentError(f"{arg}.{err.arg}", err.problem) from None
+
+
+def _target_class(node, key: str, base: type) -> None:
+    """The node's `_target_` must name a subclass of `base` (checked before Hydra tries to build it)."""
+    target = str(node.get("_target_")) if isinstance(node, DictConfig) and node.get("_target_") else ""
+    module, _, name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        group = key.rsplit(".", 1)[-1]
+        raise ConfigError(f"{key}._target_", f"unknown {group} {target!r} (pick one with model/{group}=NAME, or name a subclass "
+                                             f"of {base.__module__}.{base.__name__})")
 
 
 class DiffusionSampler(MixlabSystem):
@@ -49,10 +79,12 @@ class DiffusionSampler(MixlabSystem):
         policy / flow: partials of nets taking dim (mixlab.samplers.nets / langevin); flow for DB / SubTB.
         optimizer: partial of torch.optim (lr = the policy's); lr_log_z / lr_flow: the other groups.
         batch_size: global trajectories per iteration. T, sigma2, learn_variance, log_var_range,
-        vectorize: the rollout (DiffusionRollout). exploration: {factor, decay_steps}.
+        vectorize: the rollout (DiffusionRollout). exploration: Exploration.
         both_ways: alternate forward / backward iterations (forced on by local search).
-        local_search: LocalSearchSettings fields. buffer: {capacity, rank_k, draws, first_add_twice} of both buffers.
+        local_search: LocalSearchSettings. buffer: a ReplayBuffer (empty; the LS buffer is a copy of it).
         eval_every / eval_n / eval_chunk: iterations per validation, its trajectories, rows per rollout call.
+    PIS (a reparametrised objective) trains on its own forward rollouts: no local search, both-ways
+    training, exploration or vectorize=true.
     """
 
     evaluator = "sampler"
@@ -60,53 +92,54 @@ class DiffusionSampler(MixlabSystem):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        from mixlab.samplers.config import check_sampler_config
+        """What no constructor can check: `_target_`s that are not an energy / objective class
+        (Hydra would fail to build them), and the trainer settings the sampler needs."""
+        _target_class(cfg.model.get("energy"), "model.energy", Energy)
+        _target_class(cfg.model.get("objective"), "model.objective", Objective)
+        precision = str(cfg.trainer.get("precision", "32-true"))
+        require(precision in FP32, "trainer.precision",
+                f"the samplers train in fp32 (log-densities of hundreds and sums over 100 steps), got {precision!r}; use 32-true")
+        accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
+        require(accumulate == 1, "trainer.accumulate_grad_batches",
+                f"a sampler iteration is one optimizer step (forward/backward alternate by step), got {accumulate!r}; "
+                "raise model.batch_size instead")
 
-        check_sampler_config(cfg)
-
-    def __init__(self, energy: Energy, objective: Objective, policy, optimizer, flow=None, batch_size: int = 300,
-                 T: int = 100, sigma2: float = 1.0, learn_variance: bool = False, log_var_range: float = 4.0,
-                 vectorize: str = "auto", exploration: dict | None = None, both_ways: bool = False,
-                 local_search: dict | None = None, buffer: dict | None = None, lr_log_z: float = 0.1,
-                 lr_flow: float = 0.01, eval_every: int = 100, eval_n: int = 2000, eval_chunk: int = 500,
+    @checked
+    def __init__(self, energy: Energy, objective: Objective, policy: Callable, optimizer: Callable, flow: Callable | None = None,
+                 batch_size: PositiveInt = 300, T=100, sigma2=1.0, learn_variance=False, log_var_range=4.0, vectorize="auto",
+                 exploration: Exploration | None = None, both_ways: bool = False, local_search: LocalSearchSettings | None = None,
+                 buffer: ReplayBuffer | None = None, lr_log_z: PositiveFloat = 0.1, lr_flow: PositiveFloat = 0.01,
+                 eval_every: PositiveInt = 100, eval_n: Annotated[int, Field(ge=2)] = 2000, eval_chunk: PositiveInt = 500,
                  seed: int = 0, compile: bool = False):
         super().__init__(seed=seed, compile=compile)
-        if not isinstance(energy, Energy):
-            raise ConfigError("model.energy._target_", f"not an Energy: {type(energy).__name__}")
-        if not isinstance(objective, Objective):
-            raise ConfigError("model.objective._target_", f"not an Objective: {type(objective).__name__}")
         self.energy, self.objective = energy, objective
         self.rollout = DiffusionRollout(T, sigma2, learn_variance, log_var_range, vectorize)
-        self.rollout.check(objective.reparametrised)
-        objective.bind(energy.dim)
-        self.policy = _complete(policy, energy.dim, "model.policy")
-        self.flow = _complete(flow, energy.dim, "model.flow")
+        self.exploration = Exploration() if exploration is None else exploration
+        self.ls = LocalSearchSettings() if local_search is None else local_search
+        self.both_ways = both_ways or self.ls.enabled
+        if objective.reparametrised:  # PIS differentiates through its own forward rollouts
+            for arg, conflict, problem in (
+                    ("local_search.enabled", self.ls.enabled, "local search (backward training from a buffer) does not apply"),
+                    ("both_ways", both_ways, "it trains on forward rollouts only"),
+                    ("exploration.factor", self.exploration.factor > 0, "exploration does not apply (set 0)")):
+                if conflict:
+                    raise ArgumentError(arg, f"{objective.name} differentiates through its own forward rollouts; {problem}")
+            self.rollout.check(reparametrise=True)
+        try:
+            objective.bind(energy.dim)
+        except ArgumentError as err:
+            raise ArgumentError(f"objective.{err.arg}", err.problem) from None
+        self.policy = _complete(policy, energy.dim, "policy")
+        self.flow = _complete(flow, energy.dim, "flow")
         objective.check(self.flow)
         self.log_z = nn.Parameter(torch.zeros(())) if objective.needs_log_z else None
-        self.exploration = Exploration(**dict(exploration or {}))
-        self.ls = LocalSearchSettings.from_config(local_search)
-        self.both_ways = bool(both_ways) or self.ls.enabled
-        if objective.reparametrised and (self.both_ways or self.exploration.factor > 0):
-            key = "model.local_search.enabled" if self.ls.enabled else "model.both_ways" if self.both_ways else "model.exploration.factor"
-            raise ConfigError(key, f"{objective.name} trains on its own reparametrised forward rollouts only")
-        buffer = dict(buffer or {})
-        unknown = set(buffer) - {"capacity", "rank_k", "draws", "first_add_twice"}
-        if unknown:
-            raise ConfigError(f"model.buffer.{sorted(unknown)[0]}",
-                              "not an option (choose capacity, rank_k, draws, first_add_twice)")
-        make_buffer = lambda: ReplayBuffer(int(buffer.get("capacity", 600_000)), float(buffer.get("rank_k", 0.01)),  # noqa: E731
-                                           str(buffer.get("draws", "independent")),
-                                           buffer.get("first_add_twice", False))
-        self.buffer = make_buffer() if self.both_ways else None  # terminal states of forward rollouts
-        self.ls_buffer = make_buffer() if self.ls.enabled else None  # accepted MALA proposals
+        buffer = ReplayBuffer() if buffer is None else buffer  # (an empty buffer is falsy)
+        self.buffer = buffer if self.both_ways else None  # terminal states of forward rollouts
+        self.ls_buffer = buffer.empty_copy() if self.ls.enabled else None  # accepted MALA proposals
         self.ls_step_size, self.ls_stats = self.ls.step_size, {}
         self.optimizer_factory = optimizer
         self.lr_log_z, self.lr_flow = float(lr_log_z), float(lr_flow)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError("model.batch_size", f"must be a positive integer, got {batch_size!r}")
-        if isinstance(eval_n, bool) or not isinstance(eval_n, int) or eval_n < 2:
-            raise ConfigError("model.eval_n", f"must be an integer >= 2 (log Z estimates and W2 need samples), got {eval_n!r}")
-        self.batch_size, self.eval_every, self.eval_n, self.eval_chunk = batch_size, int(eval_every), eval_n, int(eval_chunk)
+        self.batch_size, self.eval_every, self.eval_n, self.eval_chunk = batch_size, eval_every, eval_n, eval_chunk
         self.last_eval: dict | None = None  # the latest validation's samples (figure callback)
         self._val_truth: torch.Tensor | None = None
 

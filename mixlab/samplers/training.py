@@ -14,12 +14,12 @@ Which iteration does what (Sendera et al. 2024, reference §3-4):
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import NonNegativeInt, PositiveFloat, PositiveInt, checked
 from mixlab.samplers.local_search import AdaptiveStepSize, MALAResult, PaperStepSize
 
 
@@ -36,60 +36,23 @@ class StepIndices(Dataset):
         return i
 
 
-def _int(value, key: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(key, f"must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _positive(value, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(key, f"must be a number > 0, got {value!r}")
-    return float(value)
-
-
-@dataclass
 class LocalSearchSettings:
-    """model.local_search: parallel MALA every `every` iterations on `batch_size` chains from the
-    replay buffer, `steps` steps of which the first `burn_in` are discarded, initial step size
-    `step_size` adapted by `rule` and carried over between calls (`carry_step_size`; false: every
-    call starts again from `step_size`, as the reference code does), target R^beta."""
+    """Local search (config: model.local_search): parallel MALA every `every` iterations on
+    `batch_size` chains from the replay buffer, `steps` steps of which the first `burn_in` are
+    discarded, initial step size `step_size` adapted by `rule` (default PaperStepSize) and carried
+    over between calls (`carry_step_size`; false: every call starts again from `step_size`, as the
+    reference code does), target R^beta. `enabled`: false leaves local search off."""
 
-    enabled: bool = False
-    every: int = 100
-    steps: int = 200
-    burn_in: int = 100
-    step_size: float = 0.01
-    batch_size: int = 300
-    beta: float = 1.0
-    rule: AdaptiveStepSize | None = None
-    carry_step_size: bool = True
-
-    def __post_init__(self):
-        key = "model.local_search"
-        if not isinstance(self.enabled, bool):
-            raise ConfigError(f"{key}.enabled", f"must be true or false, got {self.enabled!r}")
-        if not isinstance(self.carry_step_size, bool):
-            raise ConfigError(f"{key}.carry_step_size", f"must be true or false, got {self.carry_step_size!r}")
-        _int(self.every, f"{key}.every", 1)
-        _int(self.steps, f"{key}.steps", 1)
-        _int(self.burn_in, f"{key}.burn_in", 0)
-        if self.burn_in >= self.steps:
-            raise ConfigError(f"{key}.burn_in", f"must be < steps ({self.steps}), got {self.burn_in}")
-        self.step_size = _positive(self.step_size, f"{key}.step_size")
-        _int(self.batch_size, f"{key}.batch_size", 1)
-        self.beta = _positive(self.beta, f"{key}.beta")
-        self.rule = PaperStepSize() if self.rule is None else self.rule
-        if not isinstance(self.rule, AdaptiveStepSize):
-            raise ConfigError(f"{key}.rule", f"must be a step-size rule of mixlab.samplers.local_search, got {type(self.rule).__name__}")
-
-    @classmethod
-    def from_config(cls, node) -> "LocalSearchSettings":
-        node = dict(node or {})
-        unknown = set(node) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"model.local_search.{sorted(unknown)[0]}", f"not an option (choose {', '.join(cls.__dataclass_fields__)})")
-        return cls(**node)
+    @checked
+    def __init__(self, enabled: bool = False, every: PositiveInt = 100, steps: PositiveInt = 200,
+                 burn_in: NonNegativeInt = 100, step_size: PositiveFloat = 0.01, batch_size: PositiveInt = 300,
+                 beta: PositiveFloat = 1.0, rule: AdaptiveStepSize | None = None, carry_step_size: bool = True):
+        if burn_in >= steps:
+            raise ArgumentError("burn_in", f"must be < steps ({steps}), got {burn_in}")
+        self.enabled, self.every, self.steps, self.burn_in = enabled, every, steps, burn_in
+        self.step_size, self.batch_size, self.beta = float(step_size), batch_size, float(beta)
+        self.rule = PaperStepSize() if rule is None else rule
+        self.carry_step_size = carry_step_size
 
 
 def is_backward_step(step: int, both_ways: bool) -> bool:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
 from mixlab.samplers.buffer import ReplayBuffer, rank_weights
 
 
@@ -26,7 +26,7 @@ def test_fifo_order_at_capacity():
 
 
 def test_rank_probabilities_follow_the_formula():
-    buf = ReplayBuffer(capacity=100, k=0.01)
+    buf = ReplayBuffer(capacity=100, rank_k=0.01)
     log_r = torch.tensor([0.5, 3.0, -1.0, 2.0, 3.0, 0.0])
     buf.add(torch.randn(6, 2), log_r)
     ranks = torch.tensor([3, 0, 5, 2, 1, 4])  # highest log R = rank 0; the tie 3.0 goes to the older entry
@@ -69,10 +69,10 @@ def test_state_dict_round_trip_gives_the_same_next_batch():
 
 
 def test_bad_arguments():
-    with pytest.raises(ConfigError, match="^capacity"):
+    with pytest.raises(ArgumentError, match="^capacity"):
         ReplayBuffer(capacity=0)
-    with pytest.raises(ConfigError, match="^k"):
-        ReplayBuffer(k=0.0)
+    with pytest.raises(ArgumentError, match="^rank_k"):
+        ReplayBuffer(rank_k=0.0)
     buf = ReplayBuffer(capacity=5)
     with pytest.raises(ValueError, match="empty"):
         buf.sample(3)
@@ -125,7 +125,7 @@ def test_first_add_twice_doubles_only_the_first_batch():
     small = ReplayBuffer(capacity=4, first_add_twice=True)
     small.add(*_batch(0, 3))  # 6 rows into 4: the oldest two go
     assert small.contents()[0][:, 0].tolist() == [2, 0, 1, 2]
-    with pytest.raises(ConfigError, match="^first_add_twice"):
+    with pytest.raises(ArgumentError, match="^first_add_twice"):
         ReplayBuffer(first_add_twice="yes")
 
 
@@ -140,5 +140,5 @@ def test_reference_draws_round_trip_mid_draw():
     for _ in range(9):  # crosses the end of the 28-position draw
         a, b = buf.sample(4, torch.Generator().manual_seed(7)), restored.sample(4, torch.Generator().manual_seed(7))
         assert torch.equal(a[0], b[0])
-    with pytest.raises(ConfigError, match="^draws"):
+    with pytest.raises(ArgumentError, match="^draws"):
         ReplayBuffer(draws="stale")

@@ -10,10 +10,12 @@ from omegaconf import OmegaConf
 from scipy import integrate, stats
 from scipy.spatial.distance import cdist
 
-from mixlab.core.errors import ConfigError, DataNotFoundError
+from mixlab.core.config import build
+from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
 from mixlab.samplers import energies as E
-from mixlab.samplers.energies import GMM25, Energy, Funnel, Manywell, build_energy
-from mixlab.samplers.lgcp import LGCP, fetch_finpines, points_file, read_finpines_txt
+from mixlab.samplers.energies import GMM25, Energy, Funnel, Manywell
+from mixlab.samplers.lgcp import LGCP, points_file
+from tools.data.lgcp import fetch_finpines, read_finpines_txt
 from support import ROOT
 
 
@@ -184,16 +186,17 @@ def test_lgcp_on_the_finnish_pines(finpines_root):
 
 # --------------------------------------------------------------------------------- errors
 def test_errors_name_the_key_or_the_command(tmp_path):
-    with pytest.raises(ConfigError, match=r"^model\.energy\.dim: .*even") as err:
+    with pytest.raises(ArgumentError, match=r"^dim: must be a multiple of 2, got 31$") as err:
         Manywell(31)
-    assert err.value.key == "model.energy.dim"
-    with pytest.raises(ConfigError, match=r"^model\.energy\._target_: unknown energy"):
-        build_energy(OmegaConf.create({"_target_": "mixlab.samplers.energies.NoSuchWell", "dim": 8}))
-    with pytest.raises(ConfigError, match=r"^model\.energy\._target_"):
-        build_energy(OmegaConf.create({"_target_": "torch.nn.Linear"}))
-    with pytest.raises(ConfigError, match=r"^model\.energy\.dim"):  # the constructor's error, not Hydra's wrapper
-        build_energy(OmegaConf.create({"_target_": "mixlab.samplers.energies.Manywell", "dim": 7}))
-    built = build_energy(OmegaConf.create({"_target_": "mixlab.samplers.energies.Manywell", "dim": 8}))
+    assert err.value.arg == "dim"
+    for bad in (lambda: Funnel(1), lambda: GMM25(variance=0.0), lambda: LGCP(root=None, grid=0, points=[[0.5, 0.5]])):
+        with pytest.raises(ArgumentError):
+            bad()
+    node = OmegaConf.create({"_target_": "mixlab.samplers.energies.Manywell", "dim": 7})
+    with pytest.raises(ConfigError, match=r"^model\.energy\.dim: ") as err:  # the constructor's error, not Hydra's wrapper
+        build(node, key="model.energy")
+    assert err.value.key == "model.energy.dim" and len(str(err.value).splitlines()) == 1
+    built = build(OmegaConf.create({"_target_": "mixlab.samplers.energies.Manywell", "dim": 8}))
     assert isinstance(built, Manywell) and built.dim == 8
     with pytest.raises(DataNotFoundError, match="make data-lgcp") as err:
         LGCP(str(tmp_path))

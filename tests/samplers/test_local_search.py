@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
 from mixlab.samplers.energies import Energy, Manywell
 from mixlab.samplers.local_search import (AdaptiveStepSize, FixedStepSize, PaperStepSize, ReferenceStepSize,
                                           mala)
@@ -134,9 +134,9 @@ def test_non_finite_proposals_are_rejected():
 
 def test_bad_arguments_name_the_key():
     x = torch.zeros(3, 2)
-    with pytest.raises(ConfigError, match="^burn_in"):
+    with pytest.raises(ArgumentError, match="^burn_in"):
         mala(StandardNormal(2), x, steps=10, burn_in=10)
-    with pytest.raises(ConfigError, match="^step_size"):
+    with pytest.raises(ArgumentError, match="^step_size"):
         mala(StandardNormal(2), x, step_size=0.0)
-    with pytest.raises(ConfigError, match="^window"):
+    with pytest.raises(ArgumentError, match="^window"):
         AdaptiveStepSize(window=0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from closed_form import ExactFlow, GaussianTarget, exact_policy
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
 from mixlab.samplers.nets import FlowNet, ForwardLookingFlow, reference_log_prob
 from mixlab.samplers.objectives import (DetailedBalance, ForwardLookingSubTB, PathIntegralSampler, SubTrajectoryBalance,
                                         TrajectoryBalance, VarGrad, subtb_weights)
@@ -113,26 +113,26 @@ def test_objectives_declare_what_they_need():
     assert not any(o.reparametrised for o in (TrajectoryBalance, VarGrad, DetailedBalance, SubTrajectoryBalance))
 
 
-def test_errors_name_the_key():
+def test_errors_name_the_argument():
     t = {**terms(), "log_f": None}
     for objective in (DetailedBalance(), SubTrajectoryBalance(), ForwardLookingSubTB()):
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ArgumentError) as info:
             objective.check(None)
-        assert info.value.key == "model.flow"
-        with pytest.raises(ConfigError) as info:
+        assert info.value.arg == "flow"
+        with pytest.raises(ArgumentError) as info:
             objective(**t)
-        assert info.value.key == "model.flow"
-    with pytest.raises(ConfigError) as info:
+        assert info.value.arg == "flow"
+    with pytest.raises(ArgumentError) as info:
         ForwardLookingSubTB().check(FlowNet(2))
-    assert info.value.key == "model.flow"
+    assert info.value.arg == "flow"
     ForwardLookingSubTB().check(ForwardLookingFlow(FlowNet(2), 1.0, 10))
     SubTrajectoryBalance().check(FlowNet(2))
     TrajectoryBalance().check(None)
-    for build, key in [(lambda: SubTrajectoryBalance(0.0), "model.objective.lam"),
-                       (lambda: PathIntegralSampler(0), "model.objective.dim")]:
-        with pytest.raises(ConfigError) as info:
+    for build, arg in [(lambda: SubTrajectoryBalance(0.0), "lam"), (lambda: SubTrajectoryBalance(True), "lam"),
+                       (lambda: PathIntegralSampler(0), "dim"), (lambda: PathIntegralSampler(8).bind(4), "dim")]:
+        with pytest.raises(ArgumentError) as info:
             build()
-        assert info.value.key == key
+        assert info.value.arg == arg and len(str(info.value).splitlines()) == 1
     with pytest.raises(TypeError):
         TrajectoryBalance()(**terms())
 

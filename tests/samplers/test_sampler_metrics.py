@@ -9,8 +9,8 @@ import torch
 from mixlab.core.errors import ConfigError
 from mixlab.metrics.wasserstein import OTNotConvergedError, wasserstein2
 from mixlab.samplers.energies import GMM25, Manywell
-from mixlab.samplers.metrics import (eubo, gmm_without_corner_mode, log_weights, log_z_elbo, log_z_iw, log_z_report,
-                                     manywell_deep_wells_only, reference_w2, reference_w2_rows)
+from mixlab.samplers.metrics import (eubo, log_weights, log_z_elbo, log_z_iw, log_z_report, reference_rows_for, reference_w2,
+                                     reference_w2_rows)
 
 LOG_Z, S = 1.7, 1.3  # target R = e^LOG_Z N(0, 1) in 1-d; "sampler" q = N(0, S^2): one-step trajectories
 
@@ -64,17 +64,23 @@ def test_w2_zero_shift_and_two_exact_25gmm_sets():
 
 def test_mode_dropping_controls_raise_w2():
     gmm, manywell = GMM25(), Manywell(32)
-    assert reference_w2(gmm, gmm_without_corner_mode, n=2000, seeds=[0]).mean > 1.2  # issue: 1.56 ± 0.15
+    assert reference_w2(gmm, gmm.sample_without_corner_mode, n=2000, seeds=[0]).mean > 1.2  # issue: 1.56 ± 0.15
     exact = reference_w2(manywell, n=2000, seeds=[0]).mean
-    deep = reference_w2(manywell, manywell_deep_wells_only, n=2000, seeds=[0]).mean
+    deep = reference_w2(manywell, manywell.sample_deep_wells_only, n=2000, seeds=[0]).mean
     assert exact == pytest.approx(5.41, abs=0.1) and deep == pytest.approx(6.17, abs=0.1)  # issue: 5.410, 6.17
 
 
 def test_reference_rows_structure():
     rows = reference_w2_rows(n=50, seeds=range(2))
-    assert [r.name.split(" ")[0] for r in rows] == ["25GMM", "Funnel", "Manywell-32", "Manywell-32", "25GMM"]
+    assert [r.name for r in rows] == ["25GMM exact vs exact", "Funnel exact vs exact", "Manywell-32 exact vs exact",
+                                      "25GMM without one corner mode vs exact", "Manywell-32 deep wells only vs exact"]
     assert all(len(r.values) == 2 and r.mean > 0 and r.std >= 0 for r in rows)
     assert "±" in str(rows[0])
+
+
+def test_reference_rows_follow_the_energys_mode_controls():
+    assert [r.name for r in reference_rows_for(Manywell(4), 40, [0])] == ["exact vs exact", "deep wells only vs exact"]
+    assert [r.name for r in reference_rows_for(GMM25(), 40, [0])] == ["exact vs exact", "without one corner mode vs exact"]
 
 
 def test_w2_errors():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from closed_form import randomise_last_layer
-from mixlab.core.errors import ConfigError
-from mixlab.samplers.langevin import LangevinPolicy, clean_grad, langevin_output
+from mixlab.core.errors import ArgumentError
+from mixlab.samplers.langevin import LangevinPolicy, clean_grad, langevin_output, langevin_policy
 from mixlab.samplers.nets import FlowNet, ForwardLookingFlow, FourierFeatures, LangevinScale, PISPolicy, reference_log_prob
 
 
@@ -91,10 +91,10 @@ def test_flow_net_and_forward_looking_flow():
         fl(x, t)
 
 
-def test_net_errors_name_the_key():
-    for build, key in [(lambda: PISPolicy(0), "model.policy.dim"), (lambda: PISPolicy(2, clip=0.0), "model.policy.clip"),
-                       (lambda: FlowNet(0), "model.flow.dim"),
-                       (lambda: LangevinPolicy(PISPolicy(2), LangevinScale(), grad_clip=-1.0), "model.policy.grad_clip")]:
-        with pytest.raises(ConfigError) as info:
+def test_net_errors_name_the_argument():
+    for build, arg in [(lambda: PISPolicy(0), "dim"), (lambda: PISPolicy(2, clip=0.0), "clip"),
+                       (lambda: FlowNet(0), "dim"), (lambda: langevin_policy(2, scale_layers=0), "scale_layers"),
+                       (lambda: LangevinPolicy(PISPolicy(2), LangevinScale(), grad_clip=-1.0), "grad_clip")]:
+        with pytest.raises(ArgumentError) as info:
             build()
-        assert info.value.key == key
+        assert info.value.arg == arg and len(str(info.value).splitlines()) == 1

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mixlab.core.config import build
-from mixlab.core.errors import ConfigError, DataNotFoundError
+from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
 from mixlab.core.evaluate import evaluate, evaluator_for
 from mixlab.core.pipeline import check_run_config, train
 from mixlab.samplers import figures
@@ -55,10 +55,48 @@ def first_error(make_cfg, *overrides: str) -> ConfigError:
     (["model.buffer.first_add_twice=sometimes"], "model.buffer.first_add_twice"),
     (["+model.buffer.size=10"], "model.buffer.size"),
     (["model.local_search.enabled=true", "model.local_search.carry_step_size=maybe"], "model.local_search.carry_step_size"),
+    (["model.energy._target_=torch.nn.Linear"], "model.energy._target_"),
+    (["model.local_search.steps=0"], "model.local_search.steps"),
+    (["+model.local_search.chains=3"], "model.local_search.chains"),
+    (["model.exploration.decay_steps=0"], "model.exploration.decay_steps"),
+    (["model.buffer.rank_k=0"], "model.buffer.rank_k"),
+    (["model/objective=pis", "model.both_ways=true"], "model.both_ways"),
+    (["model/objective=pis", "model.vectorize=true"], "model.vectorize"),
+    (["model/objective=pis", "model.objective.dim=3"], "model.objective.dim"),
+    (["model/objective=subtb", "model.objective.lam=0"], "model.objective.lam"),
+    (["model.policy.hidden=0"], "model.policy.hidden"),
+    (["model/policy=langevin", "model.policy.scale_layers=0"], "model.policy.scale_layers"),
+    (["model/objective=fl_subtb", "model.flow.num_layers=-1"], "model.flow.num_layers"),
+    (["model.batch_size=0"], "model.batch_size"),
+    (["model.learn_variance=yes"], "model.learn_variance"),
 ])
 def test_bad_configs_name_the_key_before_training(make_cfg, overrides, key):
     err = first_error(make_cfg, "experiment=sampler_gmm25_tb", "debug=smoke", *overrides)
     assert err.key == key and len(str(err).splitlines()) == 1
+
+
+def test_system_built_in_python_names_its_arguments():
+    from functools import partial
+
+    from mixlab.samplers.buffer import ReplayBuffer
+    from mixlab.samplers.nets import PISPolicy
+    from mixlab.samplers.objectives import PathIntegralSampler, TrajectoryBalance
+    from mixlab.samplers.rollout import Exploration
+    from mixlab.samplers.system import DiffusionSampler
+    from mixlab.samplers.training import LocalSearchSettings
+
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    for kwargs, arg in [({"exploration": Exploration(0.1)}, "exploration.factor"), ({"both_ways": True}, "both_ways"),
+                        ({"policy": partial(PISPolicy, hidden=0)}, "policy.hidden"), ({"T": 0}, "T"), ({"eval_n": 1}, "eval_n"),
+                        ({"energy": torch.nn.Linear(2, 2)}, "energy")]:
+        with pytest.raises(ArgumentError) as err:
+            DiffusionSampler(**{"energy": GMM25(), "objective": PathIntegralSampler(), "policy": partial(PISPolicy), "optimizer": opt,
+                                **kwargs})
+        assert err.value.arg == arg and len(str(err.value).splitlines()) == 1
+    sampler = DiffusionSampler(GMM25(), TrajectoryBalance(), partial(PISPolicy, hidden=8), opt, T=4,
+                               local_search=LocalSearchSettings(enabled=True), buffer=ReplayBuffer(50, draws="reference"))
+    assert sampler.policy.dim == 2 and sampler.both_ways and sampler.buffer.capacity == sampler.ls_buffer.capacity == 50
+    assert sampler.buffer is not sampler.ls_buffer and sampler.ls_buffer.draws == "reference"
 
 
 def test_missing_lgcp_data_names_make_data_lgcp_before_any_step(make_cfg, tmp_path):
