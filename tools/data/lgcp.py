@@ -8,8 +8,6 @@ maps the points to the unit square ((x+5)/10, (y+8)/10) and writes
 """
 
 import argparse
-import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import numpy as np
 
 from mixlab.core.errors import DataNotFoundError, MixlabError
 from mixlab.samplers.lgcp import FETCH_COMMAND, LGCP, points_file
+from tools.data.packages import apt_get
 
 DEBIAN_PACKAGE = "r-cran-spatstat.data"
 PACKAGE_FILE = Path("usr/lib/R/site-library/spatstat.data/rawdata/finpines/finpines.txt")
@@ -41,21 +40,14 @@ def read_finpines_txt(path: str | Path) -> np.ndarray:
     return unit
 
 
-def _apt_get(*args: str) -> subprocess.CompletedProcess:
-    sudo = [] if os.geteuid() == 0 or shutil.which("sudo") is None else ["sudo"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    return subprocess.run([*sudo, "apt-get", *args], check=False, capture_output=True, text=True, env=env, timeout=900)
-
-
 def _download_package(workdir: Path) -> Path:
     """`apt-get download` + `dpkg-deb -x` into workdir; returns the unpacked tree."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise DataNotFoundError(f"LGCP data needs apt-get and dpkg-deb (Debian package {DEBIAN_PACKAGE}); run `{FETCH_COMMAND}` on Debian/Ubuntu")
-    with contextlib.chdir(workdir):  # apt-get download writes into the current directory
-        proc = _apt_get("download", DEBIAN_PACKAGE)
-        if proc.returncode != 0:
-            _apt_get("update")
-            proc = _apt_get("download", DEBIAN_PACKAGE)
+    proc = apt_get("download", DEBIAN_PACKAGE, cwd=workdir)  # apt-get download writes into its working directory
+    if proc.returncode != 0:
+        apt_get("update")
+        proc = apt_get("download", DEBIAN_PACKAGE, cwd=workdir)
     debs = sorted(workdir.glob(f"{DEBIAN_PACKAGE}_*.deb"))
     if proc.returncode != 0 or not debs:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]

@@ -13,6 +13,13 @@ from pathlib import Path
 from mixlab.core.errors import DataNotFoundError
 
 
+def apt_get(*args: str, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
+    """``[sudo] apt-get <args>``, non-interactive; the caller reads ``returncode`` / ``stderr``."""
+    sudo = [] if os.geteuid() == 0 or shutil.which("sudo") is None else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    return subprocess.run([*sudo, "apt-get", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+
+
 def pip_download_sdist(requirement: str, dest: Path) -> Path:
     """``pip download --no-deps --no-binary :all: <requirement>`` into ``dest``; the sdist's path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", "--no-cache-dir",
@@ -32,11 +39,10 @@ def debian_download_extract(packages: tuple[str, ...], root: Path) -> list[Path]
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise DataNotFoundError(f"the Debian packages {' '.join(packages)} need apt-get and dpkg-deb (not found)")
     with tempfile.TemporaryDirectory(prefix="mixlab-deb-") as tmp:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        proc = subprocess.run(["apt-get", "download", *packages], cwd=tmp, capture_output=True, text=True, env=env, timeout=900)
+        proc = apt_get("download", *packages, cwd=tmp)
         if proc.returncode != 0 and os.geteuid() == 0:  # empty package lists on a fresh machine
-            subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=900)
-            proc = subprocess.run(["apt-get", "download", *packages], cwd=tmp, capture_output=True, text=True, env=env, timeout=900)
+            apt_get("update")
+            proc = apt_get("download", *packages, cwd=tmp)
         debs = sorted(Path(tmp).glob("*.deb"))
         if proc.returncode != 0 or len(debs) != len(packages):
             last = (proc.stderr.strip().splitlines() or ["?"])[-1]
