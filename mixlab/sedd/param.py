@@ -1,7 +1,8 @@
 """How raw network outputs become log-scores l [B, L, dim] (log of the ratios p_t(y) / p_t(x_t)).
 
 Both parameterisations set the entry at the current token to 0 (its ratio is 1 by definition).
-`check(graph)` is called by the system's constructor so a wrong pairing fails before training.
+`check(graph)` is called by the system's constructor so a wrong pairing fails before training; it
+raises ArgumentError naming the system's `param` argument.
 """
 
 import math
@@ -9,7 +10,8 @@ import math
 import torch
 from torch import Tensor
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import checked
 
 
 def _log_expm1(sigma_bar: Tensor) -> Tensor:
@@ -32,13 +34,14 @@ class SEDDScore:
 
     time_conditioned = True
 
+    @checked
     def __init__(self, scale_by_sigma: bool = False):
         self.scale_by_sigma = bool(scale_by_sigma)
 
     def check(self, graph) -> None:
         if self.scale_by_sigma and not graph.absorbing:
-            raise ConfigError("model.param.scale_by_sigma",
-                              "the 1/(e^sigma_bar - 1) offset is the absorbing graph's; set it false for the uniform graph")
+            raise ArgumentError("param.scale_by_sigma",
+                                "the 1/(e^sigma_bar - 1) offset is the absorbing graph's; set it false for the uniform graph")
 
     def __call__(self, logits: Tensor, x_t: Tensor, sigma_bar: Tensor, graph) -> Tensor:
         l = _as_float(logits)
@@ -58,7 +61,7 @@ class RADDScore:
 
     def check(self, graph) -> None:
         if not graph.absorbing:
-            raise ConfigError("model.param", "RADD needs the absorbing graph (it predicts p0 at masked positions)")
+            raise ArgumentError("param", "RADD needs the absorbing graph (it predicts p0 at masked positions)")
 
     def log_p0(self, logits: Tensor, graph) -> Tensor:
         """log_softmax over the real tokens; the MASK column (the last) is -inf."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mixlab.core.config import build
-from mixlab.core.errors import ConfigError, DataNotFoundError
+from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
 from mixlab.core.pipeline import train
 from mixlab.sedd.evaluate import evaluate, evaluate_ar
 from mixlab.sedd.generate import perplexity_report
@@ -149,6 +149,11 @@ def test_the_ar_evaluator_reports_its_exact_perplexity(smoke_runs, data_dir, tmp
     (["trainer.accumulate_grad_batches=3"], "data.batch_size"),
     (["model.sampler.steps=0"], "model.sampler.steps"),
     (["model.sampler.predictor=leap"], "model.sampler.predictor"),
+    (["model.sampling_eps=1.0"], "model.sampling_eps"),
+    (["model/noise=geometric", "model.noise.sigma_max=1e-5"], "model.noise.sigma_max"),
+    (["model.graph.num_tokens=7"], "model.vocab_size"),
+    (["model.graph.num_tokens=1"], "model.graph.num_tokens"),
+    (["model.scheduler.warmup_steps=-1"], "model.scheduler.warmup_steps"),
 ])
 def test_bad_text_configs_fail_before_training(make_cfg, overrides, key):
     cfg = make_cfg(*CHAR, *overrides)
@@ -177,10 +182,10 @@ def test_sampling_options_are_checked(make_cfg):
         (dict(steps=0), "steps"),
         (dict(length=length + 1), "length"),
     ]
-    for options, key in cases:
-        with pytest.raises(ConfigError) as err:
+    for options, key in cases:  # sample_tokens' own arguments: ArgumentError naming the argument
+        with pytest.raises(ArgumentError) as err:
             system.sample_tokens(1, **{"steps": 2, **options})
-        assert str(err.value).startswith(f"{key}:"), (options, str(err.value))
+        assert str(err.value).startswith(f"{key}:") and "\n" not in str(err.value), (options, str(err.value))
 
 
 @pytest.mark.parametrize("evaluator,option,key", [("sedd", "timesteps=0", "timesteps"), ("sedd_sample", "steps=0", "steps"),
