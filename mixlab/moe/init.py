@@ -1,8 +1,8 @@
 """Initialise the MoE from N per-subset SubModel checkpoints.
 
 - extractor <- elementwise mean of the N sub-models' extractor PARAMETERS (conv weights,
-  BN gamma/beta); shapes must match (otherwise an ArgumentError naming `init_from`, which the
-  system's config turns into `model.init_from: ...`).
+  BN gamma/beta); shapes must match (otherwise an ArgumentError naming `init_from`, the MoE
+  system's argument; the system reports it under its config key).
 - BatchNorm statistics of the averaged extractor are RESET (running mean 0, var 1, counter 0):
   the averaged weights are a new network whose activations none of the sub-models' statistics
   describe; training re-estimates them (momentum 0.1) within the first epoch. The reference

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 
-from mixlab.core.checkpoint import resolve_checkpoint
-from mixlab.core.errors import ArgumentError
+from mixlab.core.checkpoint import read_checkpoint, resolve_checkpoint
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.validate import NonNegativeFloat, NonNegativeInt, PositiveInt, checked
 from mixlab.moe.init import init_moe_from_submodels
 from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
@@ -32,11 +32,20 @@ class MoEClassifierSystem(ImageClassifier):
             if len(init_from) != net.num_experts:
                 raise ArgumentError("init_from", f"got {len(init_from)} checkpoints for {net.num_experts} experts")
             self.init_from = [str(resolve_checkpoint(p, "init_from", prefer="best", error=ArgumentError)) for p in init_from]
-            # a resumed run's checkpoint, restored after construction, overwrites these weights
-            init_moe_from_submodels(self.net, self.init_from)
+            for path in self.init_from:  # readable now; the weights load in setup("fit")
+                read_checkpoint(path, "init_from", mmap=True, error=ArgumentError)
         self.analysis_every_n_epochs = int(analysis_every_n_epochs)
         self._stats: dict[str, torch.Tensor] = {}
         self.last_analysis: Path | None = None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # setup runs before Lightning restores a resumed checkpoint, which then overwrites these
+        if stage == "fit" and self.init_from:
+            try:
+                init_moe_from_submodels(self.net, self.init_from)
+            except ArgumentError as err:  # after construction: name the argument's key in the run config
+                raise ConfigError(self.config_key(err.arg), err.problem) from None
 
     @property
     def temperature(self) -> torch.Tensor:

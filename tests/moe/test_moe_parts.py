@@ -140,13 +140,18 @@ def test_init_from_count_and_shape_mismatch_name_the_key(tmp_path):
         init_moe_from_submodels(moe, paths)
     with pytest.raises(ArgumentError, match="^init_from: .*does not exist"):
         init_moe_from_submodels(moe, paths[:2] + [tmp_path / "missing.ckpt"])
-    # built from a config, the same errors name the full key
-    node = {"_target_": "mixlab.moe.system.MoEClassifierSystem", "num_classes": 15, "init_from": [str(p) for p in paths],
+    # built from a config, the same errors name the full key: at construction (count, unreadable
+    # file) or when the weights load, in setup("fit")
+    node = {"_target_": "mixlab.moe.system.MoEClassifierSystem", "num_classes": 15, "init_from": [str(p) for p in paths[:2]],
             "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True},
             "net": {"_target_": "mixlab.moe.net.MoEClassifier", "num_classes": 15, "widths": list(WIDTHS), "gate_hidden": 8,
                     "gate_features": 8}}
-    with pytest.raises(ConfigError, match="^model.init_from: shape mismatch"):
+    with pytest.raises(ConfigError, match="^model.init_from: got 2 checkpoints for 3 experts"):
         build(OmegaConf.create({"model": node}).model)
+    node["init_from"] = [str(p) for p in paths]
+    system = build(OmegaConf.create({"model": node}).model)
+    with pytest.raises(ConfigError, match="^model.init_from: shape mismatch"):
+        system.setup("fit")
     node["net"]["num_experts"] = 0
     with pytest.raises(ConfigError, match="^model.net.num_experts: must be >= 1, got 0"):
         build(OmegaConf.create({"model": node}).model)

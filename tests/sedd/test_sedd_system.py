@@ -125,6 +125,20 @@ def test_sampling_keeps_prefix_suffix_and_is_judged_by_the_ar_baseline(smoke_run
     assert 0 < result["unigram_entropy"] <= math.log(64) and 1 <= result["nfe"] <= 5
 
 
+def test_the_sampler_option_picks_a_predictor_class(data_dir, tmp_path):
+    """`sampler=NAME` on `make sample-text` is the config group conf/sampler/NAME.yaml (a `_target_`);
+    an unknown name is one line naming `sampler`."""
+    from mixlab.core.cli import check_overrides
+    from mixlab.sedd.sampling import AnalyticPredictor, EulerPredictor
+
+    for option, cls, name in (([], AnalyticPredictor, "analytic"), (["sampler=euler"], EulerPredictor, "euler")):
+        predictor = build(compose_eval("ckpt=x", "evaluator=sedd_sample", *option, data_dir=data_dir).sampler)
+        assert type(predictor) is cls and predictor.name == name
+    with pytest.raises(ConfigError) as err:
+        check_overrides("eval", ["ckpt=x", "evaluator=sedd_sample", "sampler=leap"])
+    assert str(err.value).startswith("sampler:") and "analytic" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_the_radd_cache_skips_unchanged_sequences(smoke_runs, data_dir, tmp_path):
     radd = smoke_runs.run("sedd_radd_char")
     common = [f"ckpt={radd['last_ckpt']}", "evaluator=sedd_sample", "n=2", "steps=64", "sampler=analytic"]
