@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mixlab.core.validate import NonNegativeFloat, PositiveFloat, PositiveInt, UnitFloat, checked
+from mixlab.core.validate import (
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+    checked,
+)
 
 Widths = Annotated[Sequence[PositiveInt], Field(min_length=4, max_length=4)]  # extractor channels (w0, w1, w2, w3)
 

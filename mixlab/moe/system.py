@@ -14,10 +14,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from mixlab.core.checkpoint import read_checkpoint, resolve_checkpoint
 from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.validate import NonNegativeFloat, NonNegativeInt, PositiveInt, checked
+from mixlab.moe.classifier import ImageClassifier
 from mixlab.moe.init import init_moe_from_submodels
 from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
 from mixlab.moe.net import MoEClassifier
-from mixlab.moe.classifier import ImageClassifier
 
 
 class MoEClassifierSystem(ImageClassifier):

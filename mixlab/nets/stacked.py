@@ -11,9 +11,9 @@ import copy
 
 import torch
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from mixlab.core.validate import PositiveInt, checked
-from torch.func import functional_call, stack_module_state, vmap
 
 
 def reinitialise(net: nn.Module) -> nn.Module:

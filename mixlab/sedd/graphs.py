@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mixlab.core.validate import checked
 from mixlab.core.tensors import per_sample
+from mixlab.core.validate import checked
 from mixlab.sedd.score_entropy import absorbing_score_entropy, uniform_score_entropy
 
 

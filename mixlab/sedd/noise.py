@@ -6,7 +6,6 @@ by sigma(t) = d sigma_bar / dt, the network is conditioned on sigma_bar (Lou et 
 
 import abc
 import math
-
 from typing import Annotated
 
 import torch

@@ -9,6 +9,7 @@ E ~ Exp(1) (valid for unnormalised p). Memory: a few [B, L, dim] float64 tensors
 
 import abc
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, NamedTuple
 
 import torch
@@ -46,6 +47,21 @@ class Predictor(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def named_predictor(name: str) -> Predictor:
+    """The predictor of the config group file conf/sampler/<name>.yaml: what a predictor given by name
+    means (`model.sampler.predictor=analytic`, checkpoints that store the name)."""
+    from omegaconf import OmegaConf
+
+    from mixlab.core.config import build
+
+    folder = Path(__file__).resolve().parents[2] / "conf" / "sampler"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = "|".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ArgumentError("predictor", f"unknown predictor '{name}' (conf/sampler/: {known})")
+    return build(OmegaConf.load(path), key="predictor")
 
 
 def _ratios(score: ScoreFnT, x: Tensor, sigma_bar: Tensor) -> Tensor:

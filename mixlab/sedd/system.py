@@ -27,17 +27,18 @@ from mixlab.core.validate import PositiveInt, checked
 from mixlab.sedd.graphs import Graph
 from mixlab.sedd.noise import Noise
 from mixlab.sedd.param import RADDScore, ScoreFn, SEDDScore
-from mixlab.sedd.sampling import EulerPredictor, Predictor, fixed_tokens, sample
+from mixlab.sedd.sampling import EulerPredictor, Predictor, fixed_tokens, named_predictor, sample
 from mixlab.sedd.score_entropy import weighted_score_entropy
 
 GOLDEN = (math.sqrt(5) - 1) / 2  # low-discrepancy sequence frac(0.5 + p * GOLDEN): stratified t per position p
 
 
 class SamplerOptions(TypedDict, total=False):
-    """The defaults of `SEDD.sample()`: a predictor (conf/sampler/<name>.yaml), steps, a final denoising step."""
+    """The defaults of `SEDD.sample()`: a predictor (a `_target_` node of conf/sampler/, or its file name
+    there: `euler`), steps, a final denoising step."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)  # type: ignore[misc]
-    predictor: Predictor
+    predictor: Predictor | str
     steps: PositiveInt
     denoise: bool
 
@@ -73,6 +74,11 @@ class SEDD(MixlabSystem):
         self.sampling_eps, self.antithetic = float(sampling_eps), bool(antithetic)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.sampler_defaults = {"predictor": EulerPredictor(), "steps": 128, "denoise": True, **(sampler or {})}
+        if isinstance(self.sampler_defaults["predictor"], str):
+            try:
+                self.sampler_defaults["predictor"] = named_predictor(self.sampler_defaults["predictor"])
+            except ArgumentError as err:
+                raise ArgumentError("sampler.predictor", err.problem) from None
         self.tokenizer = None  # set from the datamodule (training) or by the evaluator: decodes samples
         self.val_nats, self.val_tokens = SumMetric(), SumMetric()
         self.test_terms = nn.ModuleDict({k: CatMetric() for k in ("diffusion", "truncation", "prior", "total", "tokens")})

@@ -6,13 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from mixlab.data.image_sources import CIFAR100Source, ImageFolderSource
-from mixlab.data.images import carve_validation, channel_stats, normalise, task_classes
 from omegaconf import OmegaConf
 
 from mixlab.core.config import build
 from mixlab.core.errors import ArgumentError, ConfigError
+from mixlab.data.image_sources import CIFAR100Source, ImageFolderSource
+from mixlab.data.images import carve_validation, channel_stats, normalise, task_classes
 from mixlab.moe.init import average_state_dicts, init_moe_from_submodels
 from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
 from mixlab.moe.net import GatingNetwork, MoEClassifier, SafeBatchNorm1d, SubModel

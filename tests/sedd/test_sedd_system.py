@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from support import ROOT, compose_eval, env_for_subprocess
 
 from mixlab.core.config import build
 from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
@@ -18,7 +19,6 @@ from mixlab.core.pipeline import train
 from mixlab.sedd.evaluate import evaluate, evaluate_ar
 from mixlab.sedd.generate import perplexity_report
 from mixlab.sedd.generate import run as sample_text
-from support import ROOT, compose_eval, env_for_subprocess
 
 CHAR = ["experiment=sedd_absorb_char", "debug=smoke"]
 # SGD, no dropout (the smoke net has none): N processes reach 1 process at float precision
@@ -125,15 +125,19 @@ def test_sampling_keeps_prefix_suffix_and_is_judged_by_the_ar_baseline(smoke_run
     assert 0 < result["unigram_entropy"] <= math.log(64) and 1 <= result["nfe"] <= 5
 
 
-def test_the_sampler_option_picks_a_predictor_class(data_dir, tmp_path):
+def test_the_sampler_option_picks_a_predictor_class(make_cfg, data_dir, tmp_path):
     """`sampler=NAME` on `make sample-text` is the config group conf/sampler/NAME.yaml (a `_target_`);
-    an unknown name is one line naming `sampler`."""
+    an unknown name is one line naming `sampler`. The training-time predictor is the same group
+    (`model.sampler.predictor=NAME` or `sampler@model.sampler.predictor=NAME`)."""
     from mixlab.core.cli import check_overrides
     from mixlab.sedd.sampling import AnalyticPredictor, EulerPredictor
 
     for option, cls, name in (([], AnalyticPredictor, "analytic"), (["sampler=euler"], EulerPredictor, "euler")):
         predictor = build(compose_eval("ckpt=x", "evaluator=sedd_sample", *option, data_dir=data_dir).sampler)
         assert type(predictor) is cls and predictor.name == name
+    for override in ("model.sampler.predictor=analytic", "sampler@model.sampler.predictor=analytic"):
+        assert type(build(make_cfg(*CHAR, override).model).sampler_defaults["predictor"]) is AnalyticPredictor
+    assert type(build(make_cfg(*CHAR).model).sampler_defaults["predictor"]) is EulerPredictor
     with pytest.raises(ConfigError) as err:
         check_overrides("eval", ["ckpt=x", "evaluator=sedd_sample", "sampler=leap"])
     assert str(err.value).startswith("sampler:") and "analytic" in str(err.value) and "\n" not in str(err.value)
