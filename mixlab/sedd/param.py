@@ -5,6 +5,7 @@ Both parameterisations set the entry at the current token to 0 (its ratio is 1 b
 raises ArgumentError naming the system's `param` argument.
 """
 
+import abc
 import math
 
 import torch
@@ -27,7 +28,19 @@ def _as_float(logits: Tensor) -> Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
-class SEDDScore:
+class Parameterisation(abc.ABC):
+    """`param(logits, x_t, sigma_bar, graph) -> log_score`; `check(graph)` refuses a graph it cannot serve."""
+
+    time_conditioned: bool = True  # False: the network ignores sigma_bar (its outputs can be cached while sampling)
+
+    def check(self, graph) -> None:
+        """Raise ArgumentError("param", ...) when this parameterisation does not fit `graph`."""
+
+    @abc.abstractmethod
+    def __call__(self, logits: Tensor, x_t: Tensor, sigma_bar: Tensor, graph) -> Tensor: ...
+
+
+class SEDDScore(Parameterisation):
     """The network's output is the log-score (Lou et al. 2024). With `scale_by_sigma` (absorbing graph
     only) it is offset by -log(e^sigma_bar - 1) - log(dim - 1): zero logits then give the exact score
     of a uniform p0 over the real tokens."""
@@ -50,7 +63,7 @@ class SEDDScore:
         return _zero_current(l, x_t)
 
 
-class RADDScore:
+class RADDScore(Parameterisation):
     """Reparameterised absorbing diffusion (Ou et al. 2024, "RADD"): the network predicts the clean-data
     conditional p0(x | unmasked) without a time input; at a masked position the exact score is
     p0(y) e^{-sigma_bar} / (1 - e^{-sigma_bar}). Unmasked positions follow the same formula (their

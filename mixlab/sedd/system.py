@@ -26,7 +26,7 @@ from mixlab.core.system import MixlabSystem
 from mixlab.core.validate import PositiveInt, checked
 from mixlab.sedd.graphs import Graph
 from mixlab.sedd.noise import Noise
-from mixlab.sedd.param import RADDScore, ScoreFn, SEDDScore
+from mixlab.sedd.param import Parameterisation, ScoreFn
 from mixlab.sedd.sampling import EulerPredictor, Predictor, fixed_tokens, named_predictor, sample
 from mixlab.sedd.score_entropy import weighted_score_entropy
 
@@ -59,7 +59,7 @@ class SEDD(MixlabSystem):
     evaluator = "sedd"
 
     @checked
-    def __init__(self, net: Callable[..., nn.Module], graph: Graph, noise: Noise, param: SEDDScore | RADDScore, optimizer: Callable,
+    def __init__(self, net: Callable[..., nn.Module], graph: Graph, noise: Noise, param: Parameterisation, optimizer: Callable,
                  vocab_size: PositiveInt, length: PositiveInt = 1024, scheduler: Callable | None = None,
                  sampling_eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3, antithetic: bool = False,
                  sampler: SamplerOptions | None = None, seed: int = 0, compile: bool = False):
