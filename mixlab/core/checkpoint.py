@@ -17,26 +17,28 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from mixlab.core.checkpoint_io import verify_digest
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ConfigError, MixlabError
+from mixlab.core.system import SYSTEM_KEY
 
 
-def read_checkpoint(path: str | Path, key: str, mmap: bool = False) -> dict:
+def read_checkpoint(path: str | Path, key: str, mmap: bool = False, error: type[MixlabError] = ConfigError) -> dict:
     """torch.load on CPU; a missing, truncated or corrupt file, or one whose content no longer
-    matches its sha256 sidecar, raises ConfigError(key) in one line.
+    matches its sha256 sidecar, raises `error(key, problem)` in one line (ConfigError for a config
+    key; ArgumentError when `key` is a constructor's argument).
     `mmap=True` maps the tensors instead of reading them (cheap peeks at the config)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(key, f"checkpoint file {path} does not exist")
+        raise error(key, f"checkpoint file {path} does not exist")
     if problem := verify_digest(path):
-        raise ConfigError(key, f"checkpoint {path} is damaged ({problem})")
+        raise error(key, f"checkpoint {path} is damaged ({problem})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # zip, pickle, EOF, unicode, ... errors: the file is unusable whatever the cause
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(key, f"cannot read checkpoint {path} ({type(err).__name__}: {reason[:160]}); "
-                               "it is truncated or not a PyTorch checkpoint") from None
+        raise error(key, f"cannot read checkpoint {path} ({type(err).__name__}: {reason[:160]}); "
+                         "it is truncated or not a PyTorch checkpoint") from None
     if not isinstance(ckpt, dict):
-        raise ConfigError(key, f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+        raise error(key, f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
 
 
@@ -135,10 +137,10 @@ def resolve_resume(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> s
     return str(found) if found else None
 
 
-def resolve_checkpoint(path: str | Path, key: str, prefer: str = "best") -> Path:
+def resolve_checkpoint(path: str | Path, key: str, prefer: str = "best", error: type[MixlabError] = ConfigError) -> Path:
     """A checkpoint file as given, or found in a directory: a run dir (`summary.json` names its
     best and last checkpoints; else `checkpoints/last.ckpt`) or a task dir `logs/<task>` (its
-    newest run). `prefer`: best (validation-selected) or last."""
+    newest run). `prefer`: best (validation-selected) or last. Failures raise `error(key, problem)`."""
     path = Path(path)
     if path.is_file() or not path.is_dir():
         return path
@@ -152,7 +154,7 @@ def resolve_checkpoint(path: str | Path, key: str, prefer: str = "best") -> Path
                 return Path(named[field])
     found, _ = furthest_intact(resume_candidates(run))
     if found is None:
-        raise ConfigError(key, f"no checkpoint found in {path} (looked for {run}/summary.json and {run}/checkpoints/*.ckpt)")
+        raise error(key, f"no checkpoint found in {path} (looked for {run}/summary.json and {run}/checkpoints/*.ckpt)")
     return found
 
 
@@ -162,7 +164,7 @@ def run_config(ckpt: dict, path: Path, key: str) -> DictConfig:
     return OmegaConf.create(ckpt["mixlab_config"])
 
 
-def system_class(target: str, key: str = "model._target_"):
+def system_class(target: str, key: str = f"{SYSTEM_KEY}._target_"):
     """The class named by a `_target_`, or one line saying it cannot be imported."""
     try:
         return get_class(target)

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig
 
+from mixlab.core.config import is_int
 from mixlab.core.errors import ConfigError
 
 
@@ -31,7 +32,7 @@ def world_size(trainer: DictConfig) -> int:
             raise ConfigError("trainer.devices", f"cannot read '{devices}' as a device count") from None
         if count <= 0:
             raise ConfigError("trainer.devices", f"must be >= 1 (or auto / -1), got {devices}")
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+    if not is_int(nodes) or nodes < 1:
         raise ConfigError("trainer.num_nodes", f"must be an integer >= 1, got {nodes!r}")
     return count * int(nodes)
 
@@ -41,7 +42,7 @@ def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "d
     `world_size` processes and `accumulate` gradient-accumulation steps; it must divide evenly.
     `key` names where the batch size is configured (data.batch_size, or model.batch_size for a
     system that draws its own batches)."""
-    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int) or global_batch_size <= 0:
+    if not is_int(global_batch_size) or global_batch_size <= 0:
         raise ConfigError(key, f"must be a positive integer, got {global_batch_size!r}")
     if global_batch_size % (world_size * accumulate):
         split = f"{world_size} devices (trainer.devices x trainer.num_nodes)"
@@ -54,7 +55,7 @@ def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "d
 def accumulation(trainer: DictConfig) -> int:
     """trainer.accumulate_grad_batches as a positive integer (1 when unset)."""
     value = trainer.get("accumulate_grad_batches") or 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ConfigError("trainer.accumulate_grad_batches", f"must be an integer >= 1, got {value!r}")
     return value
 

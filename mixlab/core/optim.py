@@ -2,23 +2,23 @@
 
 import torch
 
+from mixlab.core.validate import NonNegativeInt, checked
+
 
 class WarmupFactor:
     """lr multiplier min(step / warmup_steps, 1): linear warmup over `warmup_steps` optimizer
     steps, then constant (a picklable LambdaLR function, for ddp_spawn and checkpoints)."""
 
-    def __init__(self, warmup_steps: int):
+    @checked
+    def __init__(self, warmup_steps: NonNegativeInt):
         self.warmup_steps = int(warmup_steps)
 
     def __call__(self, step: int) -> float:
         return 1.0 if self.warmup_steps <= 0 else min(step / self.warmup_steps, 1.0)
 
 
-def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+@checked
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: NonNegativeInt) -> torch.optim.lr_scheduler.LambdaLR:
     """`scheduler: {_target_: mixlab.core.optim.linear_warmup, _partial_: true, warmup_steps: 2500}`;
     the system steps it every optimizer step (interval: step)."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        from mixlab.core.errors import ConfigError
-
-        raise ConfigError("model.scheduler.warmup_steps", f"must be an integer >= 0, got {warmup_steps!r}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupFactor(warmup_steps))

@@ -9,7 +9,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from mixlab.core.errors import MixlabError
+from mixlab.core.errors import ConfigError, MixlabError
+
+SYSTEM_KEY = "model"  # where a run config holds its system: train.yaml's `model` group, which the pipeline builds
 
 
 class NonFiniteLossError(MixlabError):
@@ -26,6 +28,8 @@ class MixlabSystem(L.LightningModule):
         check_batch_split(n, a): the batch sizes the system owns split over n processes x a accumulation steps.
         sample_sets(): named extra keyword sets for `sample()` drawn by the SampleGrid callback.
         compiled_modules(): what `model.compile=true` compiles.
+    A system is built from the run config's `model` node (SYSTEM_KEY); `config_key(arg)` names
+    one of its arguments there, for checks that run after construction (in `setup`, say).
     """
 
     evaluator: str | None = None
@@ -50,6 +54,11 @@ class MixlabSystem(L.LightningModule):
         """Batch sizes configured on the system (data-free systems) must split over the ranks
         and accumulation steps (`mixlab.core.distributed.per_device_batch_size`)."""
 
+    @staticmethod
+    def config_key(arg: str) -> str:
+        """The run-config key of this system's argument `arg` (`model.<arg>`)."""
+        return f"{SYSTEM_KEY}.{arg}"
+
     def sample_sets(self) -> dict[str, dict]:
         """{name: extra sample() keywords}: the sample grids drawn during training ('' = default)."""
         return {"": {}}
@@ -64,9 +73,7 @@ class MixlabSystem(L.LightningModule):
         if self.compile_nets and not getattr(self, "_compiled", False):
             modules = self.compiled_modules()
             if not modules:
-                from mixlab.core.errors import ConfigError
-
-                raise ConfigError("model.compile", f"{type(self).__name__} does not name modules to compile")
+                raise ConfigError(self.config_key("compile"), f"{type(self).__name__} does not name modules to compile")
             for module in modules:
                 module.compile()
             self._compiled = True

@@ -22,10 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_fid import (
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
+from mixlab.core.validate import PositiveInt, checked
 from mixlab.nets.lenet import MNISTClassifier
 
 PROTOCOLS = {"inception": dict(k=3), "classifier": dict(k=5)}
@@ -47,7 +51,8 @@ class InceptionFeatures:
 
     name = "inception-v3-compat-2048"
 
-    def __init__(self, weights_path: str | Path, device: str = "cpu", batch_size: int = 64):
+    @checked
+    def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu", batch_size: PositiveInt = 64):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.net = FeatureExtractorInceptionV3(
@@ -72,7 +77,8 @@ class ClassifierFeatures:
     `name` includes a digest of the weights, so feature caches are invalidated by retraining.
     """
 
-    def __init__(self, model: MNISTClassifier, device: str = "cpu", batch_size: int = 256):
+    @checked
+    def __init__(self, model: MNISTClassifier, device: str | torch.device = "cpu", batch_size: PositiveInt = 256):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.model = model.to(self.device).eval()
@@ -92,7 +98,8 @@ class ClassifierFeatures:
         return torch.cat(out).numpy() if out else np.zeros((0, self.model.num_features))
 
 
-def fidelity_metrics(real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 3, kid: bool = True) -> dict:
+@checked
+def fidelity_metrics(real_feats: object, fake_feats: object, k: PositiveInt = 3, kid: bool = True) -> dict:
     """FID, precision, recall, F-score (and KID) between real [N,D] and generated [M,D] features.
 
     All computed by torch-fidelity's feature-level functions: FID from mean/covariance statistics,

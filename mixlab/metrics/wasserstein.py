@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mixlab.core.errors import ConfigError
+from mixlab.core.validate import PositiveInt, checked
 
 NUM_ITER_MAX = 10_000_000
 
@@ -26,7 +27,8 @@ def _as_points(z) -> np.ndarray:
     return z.reshape(len(z), -1)
 
 
-def wasserstein2(x, y, num_iter_max: int = NUM_ITER_MAX) -> float:
+@checked
+def wasserstein2(x: object, y: object, num_iter_max: PositiveInt = NUM_ITER_MAX) -> float:
     """sqrt(exact OT cost) between the point sets x [n,d] and y [m,d] (tensors or arrays)."""
     import ot
     from scipy.spatial.distance import cdist

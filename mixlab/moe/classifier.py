@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mixlab.core.errors import ConfigError
 from mixlab.core.system import MixlabSystem
+from mixlab.core.validate import PositiveInt, checked
 
 
 class ImageClassifier(MixlabSystem):
@@ -18,7 +19,8 @@ class ImageClassifier(MixlabSystem):
 
     evaluator = "classifier"
 
-    def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, seed: int = 0, compile: bool = False):
+    @checked
+    def __init__(self, net: nn.Module, optimizer: Callable, num_classes: PositiveInt, seed: int = 0, compile: bool = False):
         super().__init__(seed=seed, compile=compile)
         self.net, self.optimizer_factory, self.num_classes = net, optimizer, int(num_classes)
         self.class_names: list[str] = [str(c) for c in range(self.num_classes)]
@@ -31,7 +33,7 @@ class ImageClassifier(MixlabSystem):
         names: Sequence[str] | None = getattr(dm, "class_names", None)
         if names is not None:
             if len(names) != self.num_classes:
-                raise ConfigError("model.num_classes", f"is {self.num_classes} but the data has {len(names)} classes ({', '.join(names)})")
+                raise ConfigError(self.config_key("num_classes"), f"is {self.num_classes} but the data has {len(names)} classes ({', '.join(names)})")
             self.class_names = list(names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,23 @@ averaging trunks and copying expert i from sub-model i (mixlab.moe.init).
 Widths default to the reference (64, 128, 256, 512); smoke configs shrink them.
 """
 
+from collections.abc import Sequence
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from mixlab.core.validate import (
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+    checked,
+)
+
+Widths = Annotated[Sequence[PositiveInt], Field(min_length=4, max_length=4)]  # extractor channels (w0, w1, w2, w3)
 
 
 def conv_block(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -28,7 +42,8 @@ class ResidualBlock(nn.Module):
 class FeatureExtractor(nn.Module):
     """[B,3,H,W] -> [B,w3,H/4,W/4]: ConvBlock, Res(1 conv), pool, Res(2 convs), pool, 1x1 ConvBlock."""
 
-    def __init__(self, widths: tuple[int, int, int, int] = (64, 128, 256, 512)):
+    @checked
+    def __init__(self, widths: Widths = (64, 128, 256, 512)):
         super().__init__()
         w0, w1, w2, w3 = widths
         self.out_channels = w3
@@ -42,7 +57,8 @@ class FeatureExtractor(nn.Module):
 class Expert(nn.Module):
     """[B,C,h,w] -> [B,C]: depthwise 3x3, pointwise 1x1, BN, ReLU, Dropout, GAP, Dropout."""
 
-    def __init__(self, channels: int = 512, dropout: float = 0.5):
+    @checked
+    def __init__(self, channels: PositiveInt = 512, dropout: UnitFloat = 0.5):
         super().__init__()
         self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
         self.pointwise = nn.Conv2d(channels, channels, 1)
@@ -67,9 +83,10 @@ def init_weights(module: nn.Module) -> None:
 class SubModel(nn.Module):
     """Per-subset CNN: x [B,3,H,W] -> logits [B,num_classes]."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, int, int, int] = (64, 128, 256, 512), dropout: float = 0.5):
+    @checked
+    def __init__(self, num_classes: PositiveInt, widths: Widths = (64, 128, 256, 512), dropout: UnitFloat = 0.5):
         super().__init__()
-        self.extractor = FeatureExtractor(tuple(widths))
+        self.extractor = FeatureExtractor(widths)
         self.expert = Expert(widths[-1], dropout)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(widths[-1], num_classes))
         init_weights(self)
@@ -94,8 +111,9 @@ class GatingNetwork(nn.Module):
     gates = softmax(z / T + eps), eps ~ N(0, noise_std^2) in training mode only.
     T is the buffer ``temperature`` (saved in checkpoints, set by TemperatureAnnealing)."""
 
-    def __init__(self, in_dim: int, num_experts: int, hidden: int = 256, feature_dim: int = 256,
-                 dropout: float = 0.2, noise_std: float = 0.1, temperature: float = 2.0):
+    @checked
+    def __init__(self, in_dim: PositiveInt, num_experts: PositiveInt, hidden: PositiveInt = 256, feature_dim: PositiveInt = 256,
+                 dropout: UnitFloat = 0.2, noise_std: NonNegativeFloat = 0.1, temperature: PositiveFloat = 2.0):
         super().__init__()
         self.noise_std = float(noise_std)
         self.feature_net = nn.Sequential(nn.Linear(in_dim, hidden), SafeBatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout),
@@ -115,16 +133,13 @@ class MoEClassifier(nn.Module):
     """x [B,3,H,W] -> (logits [B,C], gates [B,E]).
     h = concat(sum_k g_k e_k [w3], gate features [F]) -> Linear(w3 + F -> C)."""
 
-    def __init__(self, num_classes: int, num_experts: int = 3, widths: tuple[int, int, int, int] = (64, 128, 256, 512),
-                 gate_hidden: int = 256, gate_features: int = 256, dropout: float = 0.5, gate_noise: float = 0.1,
-                 temperature: float = 2.0):
+    @checked
+    def __init__(self, num_classes: PositiveInt, num_experts: PositiveInt = 3, widths: Widths = (64, 128, 256, 512),
+                 gate_hidden: PositiveInt = 256, gate_features: PositiveInt = 256, dropout: UnitFloat = 0.5,
+                 gate_noise: NonNegativeFloat = 0.1, temperature: PositiveFloat = 2.0):
         super().__init__()
-        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-            from mixlab.core.errors import ConfigError
-
-            raise ConfigError("model.net.num_experts", f"must be an integer >= 1, got {num_experts!r}")
         self.num_experts, self.num_classes = num_experts, num_classes
-        self.extractor = FeatureExtractor(tuple(widths))
+        self.extractor = FeatureExtractor(widths)
         self.experts = nn.ModuleList(Expert(widths[-1], dropout) for _ in range(num_experts))
         self.gate = GatingNetwork(widths[-1], num_experts, gate_hidden, gate_features, noise_std=gate_noise,
                                   temperature=temperature)

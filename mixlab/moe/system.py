@@ -12,40 +12,44 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 
 from mixlab.core.checkpoint import read_checkpoint, resolve_checkpoint
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError, ConfigError
+from mixlab.core.validate import NonNegativeFloat, NonNegativeInt, PositiveInt, checked
+from mixlab.moe.classifier import ImageClassifier
 from mixlab.moe.init import init_moe_from_submodels
 from mixlab.moe.losses import balance_loss, diversity_loss, gate_entropy
 from mixlab.moe.net import MoEClassifier
-from mixlab.moe.classifier import ImageClassifier
 
 
 class MoEClassifierSystem(ImageClassifier):
-    def __init__(self, net: MoEClassifier, optimizer: Callable, num_classes: int, diversity_weight: float = 0.1,
-                 balance_weight: float = 0.5, init_from: list[str] | None = None, analysis_every_n_epochs: int = 10,
-                 seed: int = 0, compile: bool = False):
+    @checked
+    def __init__(self, net: MoEClassifier, optimizer: Callable, num_classes: PositiveInt, diversity_weight: NonNegativeFloat = 0.1,
+                 balance_weight: NonNegativeFloat = 0.5, init_from: list[str] | None = None,
+                 analysis_every_n_epochs: NonNegativeInt = 10, seed: int = 0, compile: bool = False):
         super().__init__(net, optimizer, num_classes, seed=seed, compile=compile)
         self.diversity_weight, self.balance_weight = float(diversity_weight), float(balance_weight)
         self.init_from = None
-        if init_from:  # fail before training on a count mismatch or an unreadable file; weights load in setup("fit")
+        if init_from:  # a run dir stands for its validation-selected checkpoint (summary.json)
             if len(init_from) != net.num_experts:
-                raise ConfigError("model.init_from", f"got {len(init_from)} checkpoints for {net.num_experts} experts")
-            # a run dir stands for its validation-selected checkpoint (summary.json)
-            self.init_from = [str(resolve_checkpoint(p, "model.init_from", prefer="best")) for p in init_from]
-            for path in self.init_from:
-                read_checkpoint(path, "model.init_from", mmap=True)
+                raise ArgumentError("init_from", f"got {len(init_from)} checkpoints for {net.num_experts} experts")
+            self.init_from = [str(resolve_checkpoint(p, "init_from", prefer="best", error=ArgumentError)) for p in init_from]
+            for path in self.init_from:  # readable now; the weights load in setup("fit")
+                read_checkpoint(path, "init_from", mmap=True, error=ArgumentError)
         self.analysis_every_n_epochs = int(analysis_every_n_epochs)
         self._stats: dict[str, torch.Tensor] = {}
         self.last_analysis: Path | None = None
-
-    @property
-    def temperature(self) -> torch.Tensor:
-        return self.net.gate.temperature
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         # setup runs before Lightning restores a resumed checkpoint, which then overwrites these
         if stage == "fit" and self.init_from:
-            init_moe_from_submodels(self.net, self.init_from)
+            try:
+                init_moe_from_submodels(self.net, self.init_from)
+            except ArgumentError as err:  # after construction: name the argument's key in the run config
+                raise ConfigError(self.config_key(err.arg), err.problem) from None
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.net.gate.temperature
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net(x)

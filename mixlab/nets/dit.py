@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import PositiveInt, UnitFloat, checked
+
 try:  # optional extra: pip install -e .[flash]
     from flash_attn import flash_attn_func
 except ImportError:
@@ -146,22 +149,23 @@ class DDiT(nn.Module):
     Sequences longer than `max_length` are refused (rotary itself has no limit).
     """
 
+    @checked
     def __init__(
         self,
-        vocab_size: int,
-        hidden: int = 768,
-        n_blocks: int = 12,
-        n_heads: int = 12,
-        cond_dim: int = 128,
-        mlp_ratio: int = 4,
-        dropout: float = 0.1,
-        max_length: int = 1024,
+        vocab_size: PositiveInt,
+        hidden: PositiveInt = 768,
+        n_blocks: PositiveInt = 12,
+        n_heads: PositiveInt = 12,
+        cond_dim: PositiveInt = 128,
+        mlp_ratio: PositiveInt = 4,
+        dropout: UnitFloat = 0.1,
+        max_length: PositiveInt = 1024,
         time_conditioned: bool = True,
         causal: bool = False,
     ):
         super().__init__()
         if hidden % n_heads or (hidden // n_heads) % 2:
-            raise ValueError(f"hidden={hidden} must split into n_heads={n_heads} heads of even size (rotary)")
+            raise ArgumentError("n_heads", f"hidden = {hidden} must split into n_heads = {n_heads} heads of even size (rotary)")
         self.vocab_size, self.hidden, self.n_heads, self.max_length = vocab_size, hidden, n_heads, max_length
         self.time_conditioned, self.causal = bool(time_conditioned), bool(causal)
         self.freq_dim = 256

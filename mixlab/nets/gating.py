@@ -8,6 +8,7 @@ input already scaled to unit variance (x / sqrt(sigma^2 + sigma_data^2)) and c =
 import torch
 from torch import nn
 
+from mixlab.core.validate import PositiveInt, checked
 from mixlab.nets.scorenet import sinusoidal_embedding
 
 
@@ -33,7 +34,8 @@ class _SigmaImageNet(nn.Module):
 class GatingNet(_SigmaImageNet):
     """(x [B,C,H,W], c_noise [B]) -> logits [B, K]."""
 
-    def __init__(self, num_experts: int, emb_dim: int = 64, hidden: int = 128, in_channels: int = 1):
+    @checked
+    def __init__(self, num_experts: PositiveInt, emb_dim: PositiveInt = 64, hidden: PositiveInt = 128, in_channels: PositiveInt = 1):
         super().__init__(num_experts, emb_dim, hidden, (32, 64), in_channels)
         self.num_experts = num_experts
 
@@ -41,5 +43,6 @@ class GatingNet(_SigmaImageNet):
 class ScoringHead(_SigmaImageNet):
     """(x [B,C,H,W], c_noise [B]) -> [B, 1] competence score of one expert."""
 
-    def __init__(self, emb_dim: int = 32, hidden: int = 64, in_channels: int = 1):
+    @checked
+    def __init__(self, emb_dim: PositiveInt = 32, hidden: PositiveInt = 64, in_channels: PositiveInt = 1):
         super().__init__(1, emb_dim, hidden, (16, 32), in_channels)

@@ -8,13 +8,16 @@ Inputs are [N,1,28,28] in [-1,1]: no resize, no RGB conversion.
 import torch
 from torch import nn
 
+from mixlab.core.validate import PositiveInt, checked
+
 
 class MNISTClassifier(nn.Module):
     """LeNet-style digit classifier whose post-ReLU penultimate layer serves as a feature space."""
 
     num_features = 128
 
-    def __init__(self, num_classes: int = 10):
+    @checked
+    def __init__(self, num_classes: PositiveInt = 10):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1),  # [N,32,28,28]

@@ -5,9 +5,15 @@ num_res_blocks=2, time_dim=128) it has 901,121 parameters, as in the original co
 """
 
 import math
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
+
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import NonNegativeInt, PositiveInt, UnitFloat, checked
 
 
 def sinusoidal_embedding(c: torch.Tensor, dim: int) -> torch.Tensor:
@@ -48,16 +54,20 @@ class ScoreNet(nn.Module):
     has num_res_blocks + 1 ResBlocks per level, each eating one skip (DDPM layout).
     """
 
+    @checked
     def __init__(
         self,
-        in_channels: int = 1,
-        base_ch: int = 32,
-        ch_mult: tuple[int, ...] = (1, 2),
-        num_res_blocks: int = 2,
-        time_dim: int = 128,
-        dropout: float = 0.05,
+        in_channels: PositiveInt = 1,
+        base_ch: PositiveInt = 32,
+        ch_mult: Annotated[Sequence[PositiveInt], Field(min_length=1)] = (1, 2),
+        num_res_blocks: NonNegativeInt = 2,
+        time_dim: PositiveInt = 128,
+        dropout: UnitFloat = 0.05,
     ):
         super().__init__()
+        if base_ch % 2 or any((base_ch * m) % min(8, base_ch * m) for m in ch_mult):
+            raise ArgumentError("base_ch", f"must be even and split into GroupNorm groups of 8 at every level (x {list(ch_mult)}), "
+                                           f"got {base_ch}")
         self.base_ch = base_ch
         self.time_mlp = nn.Sequential(nn.Linear(base_ch, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.conv_in = nn.Conv2d(in_channels, base_ch, 3, padding=1)

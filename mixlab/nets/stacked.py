@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from mixlab.core.validate import PositiveInt, checked
+
 
 def reinitialise(net: nn.Module) -> nn.Module:
     """Fresh default PyTorch init of every submodule that has `reset_parameters` (in place)."""
@@ -33,11 +35,10 @@ class StackedExperts(nn.Module):
     Dropout masks differ between experts.
     """
 
-    def __init__(self, net: nn.Module, num_experts: int, vectorize: bool = True):
+    @checked
+    def __init__(self, net: nn.Module, num_experts: PositiveInt, vectorize: bool = True):
         super().__init__()
         self.vectorize = bool(vectorize)
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         self.num_experts = int(num_experts)
         copies = [net] + [reinitialise(copy.deepcopy(net)) for _ in range(num_experts - 1)]
         params, buffers = stack_module_state(copies)

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import SumMetric
 
-from mixlab.core.config import check_positive_int
+from mixlab.core.errors import ArgumentError
 from mixlab.core.system import MixlabSystem
+from mixlab.core.validate import NonNegativeInt, PositiveInt, checked
 
 
 class AutoRegressive(MixlabSystem):
@@ -22,11 +23,12 @@ class AutoRegressive(MixlabSystem):
 
     evaluator = "ar"
 
-    def __init__(self, net: Callable[..., nn.Module], optimizer: Callable, vocab_size: int, length: int = 1024,
-                 bos_id: int | None = None, scheduler: Callable | None = None, seed: int = 0, compile: bool = False):
+    @checked
+    def __init__(self, net: Callable[..., nn.Module], optimizer: Callable, vocab_size: PositiveInt, length: PositiveInt = 1024,
+                 bos_id: NonNegativeInt | None = None, scheduler: Callable | None = None, seed: int = 0, compile: bool = False):
         super().__init__(seed=seed, compile=compile)
-        check_positive_int(vocab_size, "model.vocab_size")
-        check_positive_int(length, "model.length")
+        if bos_id is not None and bos_id >= vocab_size:
+            raise ArgumentError("bos_id", f"must be a token id < vocab_size = {vocab_size}, got {bos_id}")
         self.vocab_size, self.length = int(vocab_size), int(length)
         self.bos_id = self.vocab_size - 1 if bos_id is None else int(bos_id)  # EOS is the last id of both tokenizers
         self.net = net(vocab_size=self.vocab_size, time_conditioned=False, causal=True)

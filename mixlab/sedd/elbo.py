@@ -18,10 +18,14 @@ integral is int_0^{sigma_bar(1)} E[sum_pos SE] d sigma_bar. It is split at t = e
 Per-sequence values let the caller average over sequences (mean +- standard error) and over ranks.
 """
 
+from collections.abc import Callable
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.validate import PositiveInt, checked
 from mixlab.sedd.score_entropy import weighted_score_entropy
 
 
@@ -45,16 +49,13 @@ def _chunked(score_fn, graph, x0: Tensor, sigma_bar: Tensor, sigma: Tensor, t_ba
 
 
 @torch.no_grad()
-def elbo(score_fn, graph, noise, x0: Tensor, timesteps: int = 1000, generator: torch.Generator | None = None,
-         eps: float = 1e-3, t_batch: int = 16, trunc_points: int = 4) -> dict[str, Tensor]:
+@checked
+def elbo(score_fn: Callable, graph: object, noise: Callable, x0: Tensor, timesteps: PositiveInt = 1000,
+         generator: torch.Generator | None = None, eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3, t_batch: PositiveInt = 16,
+         trunc_points: PositiveInt = 4) -> dict[str, Tensor]:
     """Upper bound on -log p(x0) for x0 [B, L]: {"diffusion", "truncation", "prior", "total"}, each [B]
     float64 nats per sequence (nats/token = total / L). `score_fn(x_t, sigma_bar) -> log_score` is
     evaluated on [B * t_batch, L] batches."""
-    for key, v in (("timesteps", timesteps), ("t_batch", t_batch), ("trunc_points", trunc_points)):
-        if v < 1:
-            raise ConfigError(key, f"must be >= 1, got {v}")
-    if not 0 < eps < 1:
-        raise ConfigError("eps", f"must lie in (0, 1), got {eps}")
     b, dev = x0.shape[0], x0.device
     f64 = dict(dtype=torch.float64, device=dev)
 

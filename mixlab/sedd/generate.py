@@ -106,13 +106,14 @@ def run(cfg: DictConfig) -> dict:
     system, run_cfg, ckpt, device = load_sedd(cfg, ("n", "steps", "batch_size"))
     system.tokenizer = build(run_cfg.data, root=cfg.paths.data_dir).tokenizer
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    predictor = build(cfg.sampler)  # conf/sampler/<name>.yaml
     start = time.perf_counter()
-    tokens, stats = system.sample_tokens(cfg.n, steps=cfg.steps, predictor=cfg.sampler, denoise=cfg.denoise, cache=cfg.cache,
+    tokens, stats = system.sample_tokens(cfg.n, steps=cfg.steps, predictor=predictor, denoise=cfg.denoise, cache=cfg.cache,
                                          length=cfg.get("length"), generator=generator, batch_size=cfg.batch_size,
                                          **encode_fixed(system.tokenizer, cfg))
     seconds = time.perf_counter() - start
     texts = system.decode(tokens)
-    result = {"ckpt": str(Path(cfg.ckpt).resolve()), "global_step": ckpt.get("global_step"), "sampler": cfg.sampler,
+    result = {"ckpt": str(Path(cfg.ckpt).resolve()), "global_step": ckpt.get("global_step"), "sampler": predictor.name,
               "steps": cfg.steps, "cache": cfg.cache, "n": cfg.n, "length": tokens.shape[1], "nfe": stats["nfe"],
               "seconds": round(seconds, 2), "tokens_per_second": tokens.numel() / seconds,
               "unigram_entropy": float(unigram_entropy(tokens).mean()), "device": str(device), "seed": cfg.seed}
@@ -124,7 +125,7 @@ def run(cfg: DictConfig) -> dict:
     result.update(gpt2_perplexity(cfg, run_cfg, system, tokens, device))
     out = out_dir_of(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"samples_{cfg.sampler}_T{cfg.steps}{'_cache' if cfg.cache else ''}_n{cfg.n}_seed{cfg.seed}"
+    tag = f"samples_{predictor.name}_T{cfg.steps}{'_cache' if cfg.cache else ''}_n{cfg.n}_seed{cfg.seed}"
     from mixlab.callbacks.sampling import save_texts
 
     result["samples"] = str(save_texts(texts, out / f"{tag}.txt"))
@@ -133,7 +134,7 @@ def run(cfg: DictConfig) -> dict:
     print(texts[0][:600] + ("..." if len(texts[0]) > 600 else ""))
     gen = f", gen-PPL {result['gen_ppl']:.2f} +- {result['gen_ppl_se']:.2f}" if "gen_ppl" in result else ""
     gen += f", GPT-2 gen-PPL {result['gen_ppl_gpt2']:.2f} (NLL {result['gen_nll_gpt2']:.3f})" if "gen_ppl_gpt2" in result else ""
-    print(f"[mixlab] {cfg.n} samples of {result['length']} tokens, {cfg.sampler} {cfg.steps} steps{' cached' if cfg.cache else ''}: "
+    print(f"[mixlab] {cfg.n} samples of {result['length']} tokens, {predictor.name} {cfg.steps} steps{' cached' if cfg.cache else ''}: "
           f"{result['nfe']:.1f} NFE, {seconds:.1f} s ({result['tokens_per_second']:.0f} tokens/s), unigram entropy "
           f"{result['unigram_entropy']:.3f}{gen}")
     print(f"[mixlab] samples: {result['samples']}")

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixlab.core.config import require
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError, ConfigError
+from mixlab.core.validate import PositiveFloat, PositiveInt, checked
 
 KEY = "judge_gpt2"
 CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
@@ -65,10 +66,13 @@ class GPT2(nn.Module):
     """Args: the config.json fields; n_inner None is 4 * n_embd. Parameter names are the Hugging
     Face ones without the `transformer.` prefix."""
 
-    def __init__(self, vocab_size: int = 50257, n_positions: int = 1024, n_embd: int = 768, n_layer: int = 12,
-                 n_head: int = 12, n_inner: int | None = None, layer_norm_epsilon: float = 1e-5):
+    @checked
+    def __init__(self, vocab_size: PositiveInt = 50257, n_positions: PositiveInt = 1024, n_embd: PositiveInt = 768,
+                 n_layer: PositiveInt = 12, n_head: PositiveInt = 12, n_inner: PositiveInt | None = None,
+                 layer_norm_epsilon: PositiveFloat = 1e-5):
         super().__init__()
-        require(n_embd % n_head == 0, KEY, f"n_embd {n_embd} is not a multiple of n_head {n_head}")
+        if n_embd % n_head:
+            raise ArgumentError("n_head", f"n_embd = {n_embd} is not a multiple of n_head = {n_head}")
         self.vocab_size, self.n_positions = int(vocab_size), int(n_positions)
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(n_positions, n_embd)
@@ -121,7 +125,10 @@ def load_gpt2(folder: str | Path, device: torch.device | str = "cpu") -> GPT2:
     activation = config.get("activation_function", "gelu_new")
     require(activation == "gelu_new", KEY, f"activation_function '{activation}' is not GPT-2's gelu_new")
     fields = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon")
-    model = GPT2(**{k: config[k] for k in fields if config.get(k) is not None})
+    try:
+        model = GPT2(**{k: config[k] for k in fields if config.get(k) is not None})
+    except ArgumentError as err:
+        raise ConfigError(KEY, f"{folder}/config.json: {err}") from None
     state = hf_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     expected = model.state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())

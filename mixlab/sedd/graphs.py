@@ -8,13 +8,15 @@ MASK = num_tokens for the absorbing graph). Every draw takes an explicit `torch.
 
 import abc
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from mixlab.core.errors import ConfigError
 from mixlab.core.tensors import per_sample
+from mixlab.core.validate import checked
 from mixlab.sedd.score_entropy import absorbing_score_entropy, uniform_score_entropy
 
 
@@ -27,9 +29,8 @@ class Graph(abc.ABC):
 
     absorbing: bool = False
 
-    def __init__(self, num_tokens: int):
-        if num_tokens < 2:
-            raise ConfigError("model.graph", f"a graph needs at least 2 tokens, got {num_tokens}")
+    @checked
+    def __init__(self, num_tokens: Annotated[int, Field(ge=2)]):
         self.num_tokens = int(num_tokens)
 
     @property

@@ -6,11 +6,14 @@ by sigma(t) = d sigma_bar / dt, the network is conditioned on sigma_bar (Lou et 
 
 import abc
 import math
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import PositiveFloat, checked
 
 
 class Noise(abc.ABC):
@@ -31,9 +34,10 @@ class Noise(abc.ABC):
 class GeometricNoise(Noise):
     """sigma_bar = sigma_min^(1-t) sigma_max^t (uniform graph); sigma_bar(0) = sigma_min, not 0."""
 
-    def __init__(self, sigma_min: float = 1e-4, sigma_max: float = 20.0):
-        if not 0 < sigma_min < sigma_max:
-            raise ConfigError("model.noise", f"geometric noise needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    @checked
+    def __init__(self, sigma_min: PositiveFloat = 1e-4, sigma_max: PositiveFloat = 20.0):
+        if not sigma_min < sigma_max:
+            raise ArgumentError("sigma_max", f"must exceed sigma_min = {sigma_min}, got {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._log_min, self._log_ratio = math.log(sigma_min), math.log(sigma_max / sigma_min)
 
@@ -50,9 +54,8 @@ class LogLinearNoise(Noise):
     sigma_bar(0) = 0 and sigma_bar(1) = -log(eps) (ln 1000 for eps = 1e-3).
     """
 
-    def __init__(self, eps: float = 1e-3):
-        if not 0 < eps < 1:
-            raise ConfigError("model.noise", f"log-linear noise needs 0 < eps < 1, got {eps}")
+    @checked
+    def __init__(self, eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3):
         self.eps = float(eps)
 
     def total(self, t: Tensor) -> Tensor:

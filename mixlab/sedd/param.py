@@ -1,15 +1,18 @@
 """How raw network outputs become log-scores l [B, L, dim] (log of the ratios p_t(y) / p_t(x_t)).
 
 Both parameterisations set the entry at the current token to 0 (its ratio is 1 by definition).
-`check(graph)` is called by the system's constructor so a wrong pairing fails before training.
+`check(graph)` is called by the system's constructor so a wrong pairing fails before training; it
+raises ArgumentError naming the system's `param` argument.
 """
 
+import abc
 import math
 
 import torch
 from torch import Tensor
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import checked
 
 
 def _log_expm1(sigma_bar: Tensor) -> Tensor:
@@ -25,20 +28,33 @@ def _as_float(logits: Tensor) -> Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
-class SEDDScore:
+class Parameterisation(abc.ABC):
+    """`param(logits, x_t, sigma_bar, graph) -> log_score`; `check(graph)` refuses a graph it cannot serve."""
+
+    time_conditioned: bool = True  # False: the network ignores sigma_bar (its outputs can be cached while sampling)
+
+    def check(self, graph) -> None:
+        """Raise ArgumentError("param", ...) when this parameterisation does not fit `graph`."""
+
+    @abc.abstractmethod
+    def __call__(self, logits: Tensor, x_t: Tensor, sigma_bar: Tensor, graph) -> Tensor: ...
+
+
+class SEDDScore(Parameterisation):
     """The network's output is the log-score (Lou et al. 2024). With `scale_by_sigma` (absorbing graph
     only) it is offset by -log(e^sigma_bar - 1) - log(dim - 1): zero logits then give the exact score
     of a uniform p0 over the real tokens."""
 
     time_conditioned = True
 
+    @checked
     def __init__(self, scale_by_sigma: bool = False):
         self.scale_by_sigma = bool(scale_by_sigma)
 
     def check(self, graph) -> None:
         if self.scale_by_sigma and not graph.absorbing:
-            raise ConfigError("model.param.scale_by_sigma",
-                              "the 1/(e^sigma_bar - 1) offset is the absorbing graph's; set it false for the uniform graph")
+            raise ArgumentError("param.scale_by_sigma",
+                                "the 1/(e^sigma_bar - 1) offset is the absorbing graph's; set it false for the uniform graph")
 
     def __call__(self, logits: Tensor, x_t: Tensor, sigma_bar: Tensor, graph) -> Tensor:
         l = _as_float(logits)
@@ -47,7 +63,7 @@ class SEDDScore:
         return _zero_current(l, x_t)
 
 
-class RADDScore:
+class RADDScore(Parameterisation):
     """Reparameterised absorbing diffusion (Ou et al. 2024, "RADD"): the network predicts the clean-data
     conditional p0(x | unmasked) without a time input; at a masked position the exact score is
     p0(y) e^{-sigma_bar} / (1 - e^{-sigma_bar}). Unmasked positions follow the same formula (their
@@ -58,7 +74,7 @@ class RADDScore:
 
     def check(self, graph) -> None:
         if not graph.absorbing:
-            raise ConfigError("model.param", "RADD needs the absorbing graph (it predicts p0 at masked positions)")
+            raise ArgumentError("param", "RADD needs the absorbing graph (it predicts p0 at masked positions)")
 
     def log_p0(self, logits: Tensor, graph) -> Tensor:
         """log_softmax over the real tokens; the MASK column (the last) is -inf."""

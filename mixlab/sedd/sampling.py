@@ -9,13 +9,16 @@ E ~ Exp(1) (valid for unnormalised p). Memory: a few [B, L, dim] float64 tensors
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from pathlib import Path
+from typing import Annotated, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError
+from mixlab.core.validate import PositiveInt, checked
 
 ScoreFnT = Callable[[Tensor, Tensor], Tensor]
 
@@ -27,31 +30,38 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) 
     return (p / e).argmax(-1)
 
 
-PREDICTORS: dict[str, type["Predictor"]] = {}
-
-
-def register_predictor(name: str):
-    def _register(cls):
-        if name in PREDICTORS:
-            raise ValueError(f"predictor {name!r} is already registered")
-        PREDICTORS[name] = cls
-        return cls
-
-    return _register
-
-
 class Predictor(abc.ABC):
-    """One reverse step from t to t - dt: `probs` gives the unnormalised transition probabilities."""
+    """One reverse step from t to t - dt: `probs` gives the unnormalised transition probabilities.
+    A predictor is chosen by config `_target_` (conf/sampler/<name>.yaml: `sampler=analytic` on
+    `make sample-text`); `name` labels its output files."""
 
-    def __init__(self, graph, noise):
-        self.graph, self.noise = graph, noise
+    name: str = ""
 
     @abc.abstractmethod
-    def probs(self, score: ScoreFnT, x: Tensor, t: Tensor, dt: float) -> Tensor:
+    def probs(self, score: ScoreFnT, graph, noise, x: Tensor, t: Tensor, dt: float) -> Tensor:
         """[B, L, dim] float64, >= 0, for x [B, L] at times t [B] (float64)."""
 
-    def update(self, score: ScoreFnT, x: Tensor, t: Tensor, dt: float, generator: torch.Generator | None = None) -> Tensor:
-        return sample_categorical(self.probs(score, x, t, dt), generator)
+    def update(self, score: ScoreFnT, graph, noise, x: Tensor, t: Tensor, dt: float,
+               generator: torch.Generator | None = None) -> Tensor:
+        return sample_categorical(self.probs(score, graph, noise, x, t, dt), generator)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def named_predictor(name: str) -> Predictor:
+    """The predictor of the config group file conf/sampler/<name>.yaml: what a predictor given by name
+    means (`model.sampler.predictor=analytic`, checkpoints that store the name)."""
+    from omegaconf import OmegaConf
+
+    from mixlab.core.config import build
+
+    folder = Path(__file__).resolve().parents[2] / "conf" / "sampler"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = "|".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ArgumentError("predictor", f"unknown predictor '{name}' (conf/sampler/: {known})")
+    return build(OmegaConf.load(path), key="predictor")
 
 
 def _ratios(score: ScoreFnT, x: Tensor, sigma_bar: Tensor) -> Tensor:
@@ -59,15 +69,16 @@ def _ratios(score: ScoreFnT, x: Tensor, sigma_bar: Tensor) -> Tensor:
     return score(x, sigma_bar.float()).to(torch.float64).exp()
 
 
-@register_predictor("euler")
 class EulerPredictor(Predictor):
     """tau-leaping: p = onehot(x) + dt sigma(t) R, R the reverse rate s_y Q[x, y]; a negative "stay"
     probability (large dt sigma) is clamped at 0."""
 
-    def probs(self, score, x, t, dt):
-        sigma_bar, sigma = self.noise(t)
-        rev = self.graph.reverse_rate(x, _ratios(score, x, sigma_bar))
-        p = F.one_hot(x, self.graph.dim).to(torch.float64) + (dt * sigma).reshape(-1, 1, 1) * rev
+    name = "euler"
+
+    def probs(self, score, graph, noise, x, t, dt):
+        sigma_bar, sigma = noise(t)
+        rev = graph.reverse_rate(x, _ratios(score, x, sigma_bar))
+        p = F.one_hot(x, graph.dim).to(torch.float64) + (dt * sigma).reshape(-1, 1, 1) * rev
         return p.clamp_min(0)
 
 
@@ -76,14 +87,15 @@ def _tweedie(graph, s: Tensor, x: Tensor, delta_sigma: Tensor) -> Tensor:
     return (graph.staggered_score(s, delta_sigma) * graph.transp_transition(x, delta_sigma)).clamp_min(0)
 
 
-@register_predictor("analytic")
 class AnalyticPredictor(Predictor):
     """Tweedie tau-leaping: the exact reverse step from sigma_bar(t) to sigma_bar(t - dt) given the score."""
 
-    def probs(self, score, x, t, dt):
-        sigma_bar = self.noise.total(t)
-        delta = sigma_bar - self.noise.total(t - dt)
-        return _tweedie(self.graph, _ratios(score, x, sigma_bar), x, delta)
+    name = "analytic"
+
+    def probs(self, score, graph, noise, x, t, dt):
+        sigma_bar = noise.total(t)
+        delta = sigma_bar - noise.total(t - dt)
+        return _tweedie(graph, _ratios(score, x, sigma_bar), x, delta)
 
 
 class Denoiser:
@@ -116,14 +128,14 @@ def check_fixed(fixed: Fixed | tuple, length: int, num_tokens: int) -> Fixed:
     tok = torch.as_tensor(fixed.tokens, dtype=torch.long).flatten()
     key = fixed.key
     if pos.numel() != tok.numel():
-        raise ConfigError(key, f"{pos.numel()} positions but {tok.numel()} tokens")
+        raise ArgumentError(key, f"{pos.numel()} positions but {tok.numel()} tokens")
     if pos.numel() and (pos.min() < 0 or pos.max() >= length):
-        raise ConfigError(key, f"positions must lie in [0, {length}) (the sequence length); got {pos.min().item()}..{pos.max().item()}")
+        raise ArgumentError(key, f"positions must lie in [0, {length}) (the sequence length); got {pos.min().item()}..{pos.max().item()}")
     if pos.unique().numel() != pos.numel():
-        raise ConfigError(key, "fixed positions overlap (a position is given twice)")
+        raise ArgumentError(key, "fixed positions overlap (a position is given twice)")
     if tok.numel() and (tok.min() < 0 or tok.max() >= num_tokens):
         got = f"{tok.min().item()}..{tok.max().item()}"
-        raise ConfigError(key, f"token ids must be real tokens in [0, {num_tokens}) (not MASK = {num_tokens}); got {got}")
+        raise ArgumentError(key, f"token ids must be real tokens in [0, {num_tokens}) (not MASK = {num_tokens}); got {got}")
     return Fixed(pos, tok, key)
 
 
@@ -134,11 +146,11 @@ def fixed_tokens(length: int, num_tokens: int, prefix: Sequence[int] | None = No
     parts = []
     if prefix is not None and len(prefix):
         if len(prefix) > length:
-            raise ConfigError("prefix", f"{len(prefix)} tokens do not fit in length {length}")
+            raise ArgumentError("prefix", f"{len(prefix)} tokens do not fit in length {length}")
         parts.append(check_fixed(Fixed(torch.arange(len(prefix)), torch.as_tensor(prefix), "prefix"), length, num_tokens))
     if suffix is not None and len(suffix):
         if len(suffix) > length:
-            raise ConfigError("suffix", f"{len(suffix)} tokens do not fit in length {length}")
+            raise ArgumentError("suffix", f"{len(suffix)} tokens do not fit in length {length}")
         where = torch.arange(length - len(suffix), length)
         parts.append(check_fixed(Fixed(where, torch.as_tensor(suffix), "suffix"), length, num_tokens))
     if infill is not None and len(infill):
@@ -150,7 +162,7 @@ def fixed_tokens(length: int, num_tokens: int, prefix: Sequence[int] | None = No
     for k in range(1, len(parts)):
         earlier = torch.cat([p.positions for p in parts[:k]])
         if torch.isin(parts[k].positions, earlier).any():
-            raise ConfigError(parts[k].key, "overlaps the positions fixed by " + "/".join(p.key for p in parts[:k]))
+            raise ArgumentError(parts[k].key, "overlaps the positions fixed by " + "/".join(p.key for p in parts[:k]))
     key = "infill" if len(parts) > 1 else parts[0].key
     return Fixed(torch.cat([p.positions for p in parts]), torch.cat([p.tokens for p in parts]), key)
 
@@ -162,8 +174,8 @@ class _Scorer:
 
     def __init__(self, score_fn, cache: bool):
         if cache and (getattr(score_fn, "time_conditioned", True) or not hasattr(score_fn, "network")):
-            raise ConfigError("cache", "reusing network outputs needs a time-free score (e.g. the RADD parameterisation); "
-                                       "this score depends on the noise level")
+            raise ArgumentError("cache", "reusing network outputs needs a time-free score (e.g. the RADD parameterisation); "
+                                         "this score depends on the noise level")
         self.score_fn, self.cache, self.evals = score_fn, cache, 0
         self.x_seen: Tensor | None = None
         self.out: Tensor | None = None
@@ -185,22 +197,19 @@ class _Scorer:
 
 
 @torch.no_grad()
-def sample(score_fn: ScoreFnT, graph, noise, batch: int, length: int, steps: int, predictor: str = "analytic",
-           denoise: bool = True, eps: float = 1e-5, generator: torch.Generator | None = None, device="cpu",
-           fixed: Fixed | tuple[Tensor, Tensor] | None = None, cache: bool = False) -> tuple[Tensor, dict]:
-    """Draw [batch, length] token ids. Returns (tokens long, {"nfe": network evaluations per sequence}).
+@checked
+def sample(score_fn: Callable, graph: object, noise: Callable, batch: PositiveInt, length: PositiveInt, steps: PositiveInt,
+           predictor: Predictor | None = None, denoise: bool = True, eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5,
+           generator: torch.Generator | None = None, device: object = "cpu", fixed: object = None,
+           cache: bool = False) -> tuple[Tensor, dict]:
+    """Draw [batch, length] token ids with `predictor` (default AnalyticPredictor()). Returns (tokens
+    long, {"nfe": network evaluations per sequence}).
 
     `fixed` = (positions [P], tokens [P]) is written into x before every predictor step, before the
     denoiser and at the end. `cache=True` reuses the network output of unchanged sequences (time-free
     scores only); "nfe" then counts the evaluations actually made, averaged over the batch."""
-    if steps < 1:
-        raise ConfigError("steps", f"needs at least 1 sampling step, got {steps}")
-    if not 0 < eps < 1:
-        raise ConfigError("eps", f"the sampler stops at t = eps in (0, 1), got {eps}")
-    if predictor not in PREDICTORS:
-        raise ConfigError("predictor", f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
     scorer = _Scorer(score_fn, cache)
-    step = PREDICTORS[predictor](graph, noise)
+    step = AnalyticPredictor() if predictor is None else predictor
     if fixed is not None:
         fixed = check_fixed(fixed, length, graph.num_tokens)
         pos, tok = fixed.positions.to(device), fixed.tokens.to(device)
@@ -214,7 +223,7 @@ def sample(score_fn: ScoreFnT, graph, noise, batch: int, length: int, steps: int
     times = torch.linspace(1, eps, steps + 1, dtype=torch.float64, device=device)
     dt = (1 - eps) / steps
     for k in range(steps):
-        x = step.update(scorer, project(x), times[k].expand(batch), dt, generator)
+        x = step.update(scorer, graph, noise, project(x), times[k].expand(batch), dt, generator)
     if denoise:
         x = Denoiser(graph, noise).update(scorer, project(x), times[-1].expand(batch), generator)
     return project(x), {"nfe": scorer.evals / batch}

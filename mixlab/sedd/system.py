@@ -11,20 +11,36 @@ entropy (nats): a one-sample Monte Carlo estimate of the diffusion term of the l
 
 import math
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 from omegaconf import DictConfig
+from pydantic import ConfigDict, Field
 from torch import nn
 from torchmetrics import CatMetric, SumMetric
+from typing_extensions import TypedDict
 
-from mixlab.core.config import check_positive_int, require
-from mixlab.core.errors import ConfigError
+from mixlab.core.config import require
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.system import MixlabSystem
-from mixlab.sedd.param import ScoreFn
-from mixlab.sedd.sampling import PREDICTORS, fixed_tokens, sample
+from mixlab.core.validate import PositiveInt, checked
+from mixlab.sedd.graphs import Graph
+from mixlab.sedd.noise import Noise
+from mixlab.sedd.param import Parameterisation, ScoreFn
+from mixlab.sedd.sampling import EulerPredictor, Predictor, fixed_tokens, named_predictor, sample
 from mixlab.sedd.score_entropy import weighted_score_entropy
 
 GOLDEN = (math.sqrt(5) - 1) / 2  # low-discrepancy sequence frac(0.5 + p * GOLDEN): stratified t per position p
+
+
+class SamplerOptions(TypedDict, total=False):
+    """The defaults of `SEDD.sample()`: a predictor (a `_target_` node of conf/sampler/, or its file name
+    there: `euler`), steps, a final denoising step."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)  # type: ignore[misc]
+    predictor: Predictor | str
+    steps: PositiveInt
+    denoise: bool
 
 
 class SEDD(MixlabSystem):
@@ -37,25 +53,32 @@ class SEDD(MixlabSystem):
         sampling_eps: t ~ U[sampling_eps, 1] in training (1e-3, the reference).
         antithetic: spread a global batch's t evenly over [eps, 1] with one random offset.
         sampler: defaults of `sample()` (predictor, steps, denoise) for the training-time samples.
+    Rules between arguments (param vs graph, vocab_size vs graph) raise ArgumentError naming the argument.
     """
 
     evaluator = "sedd"
 
-    def __init__(self, net: Callable[..., nn.Module], graph, noise, param, optimizer: Callable, vocab_size: int,
-                 length: int = 1024, scheduler: Callable | None = None, sampling_eps: float = 1e-3, antithetic: bool = False,
-                 sampler: dict | None = None, seed: int = 0, compile: bool = False):
+    @checked
+    def __init__(self, net: Callable[..., nn.Module], graph: Graph, noise: Noise, param: Parameterisation, optimizer: Callable,
+                 vocab_size: PositiveInt, length: PositiveInt = 1024, scheduler: Callable | None = None,
+                 sampling_eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3, antithetic: bool = False,
+                 sampler: SamplerOptions | None = None, seed: int = 0, compile: bool = False):
         super().__init__(seed=seed, compile=compile)
-        require(0 < sampling_eps < 1, "model.sampling_eps", f"must lie in (0, 1), got {sampling_eps}")
-        check_positive_int(length, "model.length")
         param.check(graph)
-        require(graph.num_tokens == vocab_size, "model.vocab_size", f"the graph has {graph.num_tokens} tokens, the data {vocab_size}")
+        if graph.num_tokens != vocab_size:
+            raise ArgumentError("vocab_size", f"the graph has {graph.num_tokens} tokens, the data {vocab_size}")
         self.graph, self.noise, self.param = graph, noise, param
         self.net = net(vocab_size=graph.dim, time_conditioned=param.time_conditioned)
         self.score = ScoreFn(self.net, param, graph)
         self.vocab_size, self.length = int(vocab_size), int(length)
         self.sampling_eps, self.antithetic = float(sampling_eps), bool(antithetic)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.sampler_defaults = {"predictor": "euler", "steps": 128, "denoise": True, **(sampler or {})}
+        self.sampler_defaults = {"predictor": EulerPredictor(), "steps": 128, "denoise": True, **(sampler or {})}
+        if isinstance(self.sampler_defaults["predictor"], str):
+            try:
+                self.sampler_defaults["predictor"] = named_predictor(self.sampler_defaults["predictor"])
+            except ArgumentError as err:
+                raise ArgumentError("sampler.predictor", err.problem) from None
         self.tokenizer = None  # set from the datamodule (training) or by the evaluator: decodes samples
         self.val_nats, self.val_tokens = SumMetric(), SumMetric()
         self.test_terms = nn.ModuleDict({k: CatMetric() for k in ("diffusion", "truncation", "prior", "total", "tokens")})
@@ -63,19 +86,15 @@ class SEDD(MixlabSystem):
 
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
+        """The model against the data (the constructor checks its own arguments)."""
         model, data = cfg.model, cfg.get("data")
         if model.get("vocab_size") is None:  # the data set's meta.json is missing: name the command that builds it
             from mixlab.core.config import build
 
-            require(data is not None, "model.vocab_size", "give it, or a text data set (data=text_...)")
+            require(data is not None, cls.config_key("vocab_size"), "give it, or a text data set (data=text_...)")
             build(data).prepare_data()  # raises DataNotFoundError naming `make data-text`
         if data is not None and "length" in data:
             require(data.length <= model.length, "data.length", f"{data.length} tokens per sequence exceed model.length = {model.length}")
-        sampler = model.get("sampler") or {}
-        if "predictor" in sampler:
-            require(sampler.predictor in PREDICTORS, "model.sampler.predictor", f"unknown predictor '{sampler.predictor}' (choose {'|'.join(PREDICTORS)})")
-        if "steps" in sampler:
-            check_positive_int(sampler.steps, "model.sampler.steps")
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -170,23 +189,24 @@ class SEDD(MixlabSystem):
 
     # ----- sampling ---------------------------------------------------------------------
     @torch.no_grad()
-    def sample_tokens(self, n: int, steps: int | None = None, predictor: str | None = None, denoise: bool | None = None,
+    def sample_tokens(self, n: int, steps: int | None = None, predictor: Predictor | None = None, denoise: bool | None = None,
                       cache: bool = False, prefix=None, suffix=None, infill=None, length: int | None = None,
                       generator: torch.Generator | None = None, batch_size: int = 64) -> tuple[torch.Tensor, dict]:
         """[n, length] token ids and {"nfe": network evaluations per sequence}; `prefix` / `suffix`
         (token lists) and `infill` ((position, token) pairs) are held fixed."""
         opts = {**self.sampler_defaults, **{k: v for k, v in dict(steps=steps, predictor=predictor, denoise=denoise).items() if v is not None}}
         length = length or self.length
-        require(length <= self.length, "length", f"{length} tokens exceed model.length = {self.length}")
+        if length > self.length:
+            raise ArgumentError("length", f"{length} tokens exceed the model's length = {self.length}")
         if cache and self.param.time_conditioned:
-            raise ConfigError("cache", "the cache reuses outputs of a time-free network: it needs model/param=radd")
+            raise ArgumentError("cache", "the cache reuses outputs of a time-free network: it needs model/param=radd")
         fixed = fixed_tokens(length, self.graph.num_tokens, prefix, suffix, infill)
         was_training = self.net.training
         self.net.eval()
         chunks, nfe = [], 0.0
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
-            x, stats = sample(self.score, self.graph, self.noise, m, length, int(opts["steps"]), opts["predictor"],
+            x, stats = sample(self.score, self.graph, self.noise, m, length, opts["steps"], opts["predictor"],
                               denoise=bool(opts["denoise"]), generator=generator, device=self.device, fixed=fixed, cache=cache)
             chunks.append(x.cpu())
             nfe += stats["nfe"] * m

@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from mixlab.core.config import build
 from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.data.image_sources import CIFAR100Source, ImageFolderSource
 from mixlab.data.images import carve_validation, channel_stats, normalise, task_classes
@@ -82,9 +84,13 @@ def test_batchnorm_gate_accepts_a_training_batch_of_one():
     assert logits.shape == (1, 5) and gates.shape == (1, 3)
 
 
-def test_num_experts_below_one_is_a_config_error():
-    with pytest.raises(ConfigError, match="^model.net.num_experts"):
+def test_num_experts_below_one_is_an_argument_error():
+    with pytest.raises(ArgumentError, match="^num_experts: must be >= 1, got 0"):
         MoEClassifier(5, 0, WIDTHS)
+    with pytest.raises(ArgumentError, match="^num_experts: must be an integer, got True"):
+        MoEClassifier(5, True, WIDTHS)
+    with pytest.raises(ArgumentError, match="^widths: "):
+        MoEClassifier(5, 3, (4, 8, 8))
 
 
 # ------------------------------------------------------------------------ averaging
@@ -126,13 +132,28 @@ def test_init_from_count_and_shape_mismatch_name_the_key(tmp_path):
     for i, p in enumerate(paths):
         _save_submodel(p, i)
     moe = MoEClassifier(15, 3, WIDTHS, gate_hidden=8, gate_features=8)
-    with pytest.raises(ConfigError, match="^model.init_from: got 2 checkpoints for 3 experts"):
+    with pytest.raises(ArgumentError, match="^init_from: got 2 checkpoints for 3 experts"):
         init_moe_from_submodels(moe, paths[:2])
     _save_submodel(paths[2], 2, widths=(4, 8, 8, 32))
-    with pytest.raises(ConfigError, match="^model.init_from: shape mismatch"):
+    with pytest.raises(ArgumentError, match="^init_from: shape mismatch"):
         init_moe_from_submodels(moe, paths)
-    with pytest.raises(ConfigError, match="^model.init_from: .*does not exist"):
+    with pytest.raises(ArgumentError, match="^init_from: .*does not exist"):
         init_moe_from_submodels(moe, paths[:2] + [tmp_path / "missing.ckpt"])
+    # built from a config, the same errors name the full key: at construction (count, unreadable
+    # file) or when the weights load, in setup("fit")
+    node = {"_target_": "mixlab.moe.system.MoEClassifierSystem", "num_classes": 15, "init_from": [str(p) for p in paths[:2]],
+            "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True},
+            "net": {"_target_": "mixlab.moe.net.MoEClassifier", "num_classes": 15, "widths": list(WIDTHS), "gate_hidden": 8,
+                    "gate_features": 8}}
+    with pytest.raises(ConfigError, match="^model.init_from: got 2 checkpoints for 3 experts"):
+        build(OmegaConf.create({"model": node}).model)
+    node["init_from"] = [str(p) for p in paths]
+    system = build(OmegaConf.create({"model": node}).model)
+    with pytest.raises(ConfigError, match="^model.init_from: shape mismatch"):
+        system.setup("fit")
+    node["net"]["num_experts"] = 0
+    with pytest.raises(ConfigError, match="^model.net.num_experts: must be >= 1, got 0"):
+        build(OmegaConf.create({"model": node}).model)
 
 
 # ---------------------------------------------------------------------- data / tasks

@@ -4,7 +4,7 @@ time-conditioned score and RADD output are known exactly."""
 import pytest
 import torch
 
-from mixlab.core.errors import ConfigError
+from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.sedd.graphs import AbsorbingGraph, UniformGraph
 from mixlab.sedd.noise import GeometricNoise, LogLinearNoise
 
@@ -65,7 +65,9 @@ def tv_to_pi(tokens: torch.Tensor) -> float:
 
 
 def key_of(fn) -> str:
-    """The config key named by the ConfigError that fn raises."""
-    with pytest.raises(ConfigError) as err:
+    """The key named by the one-line error that fn raises: a ConfigError's config key or an
+    ArgumentError's argument (named relative to the function or constructor)."""
+    with pytest.raises((ConfigError, ArgumentError)) as err:
         fn()
-    return err.value.key
+    assert "\n" not in str(err.value)
+    return err.value.key if isinstance(err.value, ConfigError) else err.value.arg

@@ -32,16 +32,16 @@ def test_euler_and_analytic_steps_coincide_for_absorb_with_loglinear_noise():
     t = torch.tensor([0.9, 0.3], dtype=F64)
     score = exact_log_score(graph)
     for noise, same in ((LogLinearNoise(), True), (GeometricNoise(), False)):
-        pe, pa = EulerPredictor(graph, noise).probs(score, x, t, 0.05), AnalyticPredictor(graph, noise).probs(score, x, t, 0.05)
+        pe, pa = EulerPredictor().probs(score, graph, noise, x, t, 0.05), AnalyticPredictor().probs(score, graph, noise, x, t, 0.05)
         assert torch.allclose(pe, pa, rtol=1e-6, atol=1e-12) == same
         assert torch.allclose(pa.sum(-1), torch.ones(2, 4, dtype=F64))  # exact score: Tweedie rows are normalised
     u = UniformGraph(N)
-    pe = EulerPredictor(u, GeometricNoise()).probs(exact_log_score(u), x.clamp_max(N - 1), t, 0.05)
-    pa = AnalyticPredictor(u, GeometricNoise()).probs(exact_log_score(u), x.clamp_max(N - 1), t, 0.05)
+    pe = EulerPredictor().probs(exact_log_score(u), u, GeometricNoise(), x.clamp_max(N - 1), t, 0.05)
+    pa = AnalyticPredictor().probs(exact_log_score(u), u, GeometricNoise(), x.clamp_max(N - 1), t, 0.05)
     assert not torch.allclose(pe, pa) and torch.allclose(pa.sum(-1), torch.ones(2, 4, dtype=F64))
 
 
-@pytest.mark.parametrize("predictor", ["euler", "analytic"])
+@pytest.mark.parametrize("predictor", [EulerPredictor(), AnalyticPredictor()], ids=["euler", "analytic"])
 @pytest.mark.parametrize("kind", GRAPHS)
 def test_samplers_with_the_exact_score_reproduce_the_data_distribution(kind, predictor):
     graph = GRAPHS[kind]()
@@ -61,7 +61,7 @@ def test_infill_keeps_the_fixed_positions():
     free[fixed.positions] = False
     assert tv_to_pi(x[:, free]) < 0.03  # the free positions still follow the data (independent positions)
     u = UniformGraph(N)
-    x, _ = sample(exact_log_score(u), u, GeometricNoise(), 50, 24, steps=16, generator=gen(9), fixed=(fixed.positions, fixed.tokens), predictor="euler")
+    x, _ = sample(exact_log_score(u), u, GeometricNoise(), 50, 24, steps=16, generator=gen(9), fixed=(fixed.positions, fixed.tokens), predictor=EulerPredictor())
     assert (x[:, fixed.positions] == fixed.tokens).all()
 
 
@@ -103,7 +103,8 @@ def test_sampler_errors_name_the_key():
     absorb = AbsorbingGraph(N)
     run = lambda **kw: sample(exact_log_score(absorb), absorb, LogLinearNoise(), 2, 8, **({"steps": 4} | kw))
     assert key_of(lambda: run(steps=0)) == "steps"
-    assert key_of(lambda: run(predictor="heun")) == "predictor"
+    assert key_of(lambda: run(predictor="heun")) == "predictor"  # a Predictor instance (conf/sampler/<name>.yaml), not a name
+    assert key_of(lambda: run(eps=1.0)) == "eps"
     assert key_of(lambda: run(cache=True)) == "cache"  # a time-conditioned score
     assert key_of(lambda: run(fixed=(torch.tensor([1, 1]), torch.tensor([2, 3])))) == "infill"  # overlap
     assert key_of(lambda: run(fixed=(torch.tensor([8]), torch.tensor([2])))) == "infill"  # out of range

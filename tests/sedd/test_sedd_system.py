@@ -11,14 +11,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from support import ROOT, compose_eval, env_for_subprocess
 
 from mixlab.core.config import build
-from mixlab.core.errors import ConfigError, DataNotFoundError
+from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
 from mixlab.core.pipeline import train
 from mixlab.sedd.evaluate import evaluate, evaluate_ar
 from mixlab.sedd.generate import perplexity_report
 from mixlab.sedd.generate import run as sample_text
-from support import ROOT, compose_eval, env_for_subprocess
 
 CHAR = ["experiment=sedd_absorb_char", "debug=smoke"]
 # SGD, no dropout (the smoke net has none): N processes reach 1 process at float precision
@@ -125,6 +125,24 @@ def test_sampling_keeps_prefix_suffix_and_is_judged_by_the_ar_baseline(smoke_run
     assert 0 < result["unigram_entropy"] <= math.log(64) and 1 <= result["nfe"] <= 5
 
 
+def test_the_sampler_option_picks_a_predictor_class(make_cfg, data_dir, tmp_path):
+    """`sampler=NAME` on `make sample-text` is the config group conf/sampler/NAME.yaml (a `_target_`);
+    an unknown name is one line naming `sampler`. The training-time predictor is the same group
+    (`model.sampler.predictor=NAME` or `sampler@model.sampler.predictor=NAME`)."""
+    from mixlab.core.cli import check_overrides
+    from mixlab.sedd.sampling import AnalyticPredictor, EulerPredictor
+
+    for option, cls, name in (([], AnalyticPredictor, "analytic"), (["sampler=euler"], EulerPredictor, "euler")):
+        predictor = build(compose_eval("ckpt=x", "evaluator=sedd_sample", *option, data_dir=data_dir).sampler)
+        assert type(predictor) is cls and predictor.name == name
+    for override in ("model.sampler.predictor=analytic", "sampler@model.sampler.predictor=analytic"):
+        assert type(build(make_cfg(*CHAR, override).model).sampler_defaults["predictor"]) is AnalyticPredictor
+    assert type(build(make_cfg(*CHAR).model).sampler_defaults["predictor"]) is EulerPredictor
+    with pytest.raises(ConfigError) as err:
+        check_overrides("eval", ["ckpt=x", "evaluator=sedd_sample", "sampler=leap"])
+    assert str(err.value).startswith("sampler:") and "analytic" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_the_radd_cache_skips_unchanged_sequences(smoke_runs, data_dir, tmp_path):
     radd = smoke_runs.run("sedd_radd_char")
     common = [f"ckpt={radd['last_ckpt']}", "evaluator=sedd_sample", "n=2", "steps=64", "sampler=analytic"]
@@ -149,6 +167,11 @@ def test_the_ar_evaluator_reports_its_exact_perplexity(smoke_runs, data_dir, tmp
     (["trainer.accumulate_grad_batches=3"], "data.batch_size"),
     (["model.sampler.steps=0"], "model.sampler.steps"),
     (["model.sampler.predictor=leap"], "model.sampler.predictor"),
+    (["model.sampling_eps=1.0"], "model.sampling_eps"),
+    (["model/noise=geometric", "model.noise.sigma_max=1e-5"], "model.noise.sigma_max"),
+    (["model.graph.num_tokens=7"], "model.vocab_size"),
+    (["model.graph.num_tokens=1"], "model.graph.num_tokens"),
+    (["model.scheduler.warmup_steps=-1"], "model.scheduler.warmup_steps"),
 ])
 def test_bad_text_configs_fail_before_training(make_cfg, overrides, key):
     cfg = make_cfg(*CHAR, *overrides)
@@ -177,10 +200,10 @@ def test_sampling_options_are_checked(make_cfg):
         (dict(steps=0), "steps"),
         (dict(length=length + 1), "length"),
     ]
-    for options, key in cases:
-        with pytest.raises(ConfigError) as err:
+    for options, key in cases:  # sample_tokens' own arguments: ArgumentError naming the argument
+        with pytest.raises(ArgumentError) as err:
             system.sample_tokens(1, **{"steps": 2, **options})
-        assert str(err.value).startswith(f"{key}:"), (options, str(err.value))
+        assert str(err.value).startswith(f"{key}:") and "\n" not in str(err.value), (options, str(err.value))
 
 
 @pytest.mark.parametrize("evaluator,option,key", [("sedd", "timesteps=0", "timesteps"), ("sedd_sample", "steps=0", "steps"),

@@ -23,7 +23,7 @@ from mixlab.nets.dit import HAS_FLASH_ATTN, DDiT
 from mixlab.sedd.graphs import AbsorbingGraph
 from mixlab.sedd.noise import LogLinearNoise
 from mixlab.sedd.param import RADDScore, ScoreFn, SEDDScore
-from mixlab.sedd.sampling import sample
+from mixlab.sedd.sampling import AnalyticPredictor, EulerPredictor, sample
 from mixlab.sedd.score_entropy import weighted_score_entropy
 from tools.bench import device_name, measure, median_step_seconds, peak_memory_mb, save_json
 
@@ -92,8 +92,9 @@ def training_rows(args, device) -> list[dict]:
 
 def sampling_rows(args, device) -> list[dict]:
     rows = []
-    for name, param, predictor, cache in (("euler", SEDDScore(True), "euler", False), ("analytic", SEDDScore(True), "analytic", False),
-                                          ("analytic + cache (radd)", RADDScore(), "analytic", True)):
+    for name, param, predictor, cache in (("euler", SEDDScore(True), EulerPredictor(), False),
+                                          ("analytic", SEDDScore(True), AnalyticPredictor(), False),
+                                          ("analytic + cache (radd)", RADDScore(), AnalyticPredictor(), True)):
         net = build(args.size, args.vocab, args.length, device, time_conditioned=param.time_conditioned).eval()
         score, graph = ScoreFn(net, param, AbsorbingGraph(args.vocab)), AbsorbingGraph(args.vocab)
         for steps in args.sample_steps:
