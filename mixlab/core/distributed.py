@@ -86,3 +86,20 @@ class DestroyProcessGroupAtExit(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if dist.is_available() and dist.is_initialized():
             atexit.register(_destroy_process_group)
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """x [B, ...] -> its mean over dim 0 across every rank's rows, with gradients to every rank
+    (each rank computing a loss of it and DDP averaging gradients gives 1 process x the global
+    batch). Without an initialised process group: x.mean(0)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x.mean(dim=0)
+    import warnings
+
+    from torch.distributed.nn.functional import all_reduce  # autograd-aware; its replacement is private API
+
+    local = torch.cat([x.sum(dim=0).flatten(), x.new_tensor([x.shape[0]])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        total = all_reduce(local)
+    return (total[:-1] / total[-1]).reshape(x.shape[1:])

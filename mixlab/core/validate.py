@@ -58,7 +58,7 @@ def _plain(value):
 
 
 def _problem(error: dict) -> str:
-    if error.get("type") == "unexpected_keyword_argument":
+    if error.get("type") in ("unexpected_keyword_argument", "extra_forbidden"):
         return "not an argument (a typo?)"
     if error.get("type") == "missing_argument":
         return "must be given"
@@ -80,7 +80,7 @@ def _describe(errors: list[dict], names: list[str]) -> tuple[str, str]:
     mine = [e for e in errors if arg_of(e) == arg]
     problems = list(dict.fromkeys(_problem(e) for e in mine))
     problem = " or ".join(p.removeprefix("must be ") if i else p for i, p in enumerate(problems))
-    if mine[0].get("type") not in ("unexpected_keyword_argument", "missing_argument"):
+    if mine[0].get("type") not in ("unexpected_keyword_argument", "extra_forbidden", "missing_argument"):
         problem += f", got {mine[0].get('input')!r}"
     return arg or "arguments", problem
 

@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mixlab.core.errors import ConfigError
 from mixlab.core.system import MixlabSystem
 from mixlab.core.validate import PositiveInt, checked
+from mixlab.nets.global_batchnorm import global_batchnorm
 
 
 class ImageClassifier(MixlabSystem):
@@ -22,7 +23,8 @@ class ImageClassifier(MixlabSystem):
     @checked
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: PositiveInt, seed: int = 0, compile: bool = False):
         super().__init__(seed=seed, compile=compile)
-        self.net, self.optimizer_factory, self.num_classes = net, optimizer, int(num_classes)
+        # BatchNorm over the global batch under DDP (N processes = 1 process); plain BatchNorm otherwise
+        self.net, self.optimizer_factory, self.num_classes = global_batchnorm(net), optimizer, int(num_classes)
         self.class_names: list[str] = [str(c) for c in range(self.num_classes)]
         for split in ("val", "test"):
             setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro"))

@@ -15,10 +15,12 @@ def diversity_loss(gates: torch.Tensor) -> torch.Tensor:
     return (gates.sum(dim=1) ** 2 - (gates**2).sum(dim=1)).sum()
 
 
-def balance_loss(gates: torch.Tensor) -> torch.Tensor:
-    """Squared deviation of each expert's mean gate from 1/E, summed over experts."""
+def balance_loss(gates: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared deviation of each expert's mean gate from 1/E, summed over experts. `usage` [E]: the
+    mean gates when the caller computed them (over the global batch under DDP); else gates.mean(0)."""
     num_experts = gates.shape[1]
-    return ((1.0 / num_experts - gates.mean(dim=0)) ** 2).sum()
+    usage = gates.mean(dim=0) if usage is None else usage
+    return ((1.0 / num_experts - usage) ** 2).sum()
 
 
 def gate_entropy(gates: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -21,6 +21,7 @@ from mixlab.core.validate import (
     UnitFloat,
     checked,
 )
+from mixlab.nets.global_batchnorm import GlobalBatchNorm
 
 Widths = Annotated[Sequence[PositiveInt], Field(min_length=4, max_length=4)]  # extractor channels (w0, w1, w2, w3)
 
@@ -95,9 +96,9 @@ class SubModel(nn.Module):
         return self.head(self.expert(self.extractor(x)))
 
 
-class SafeBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d that uses its running statistics for a training batch of one sample
-    (plain BatchNorm1d raises there) instead of failing."""
+class SafeBatchNorm1d(GlobalBatchNorm):
+    """BatchNorm1d (over the global batch under DDP) that uses its running statistics for a training
+    batch of one sample (plain BatchNorm1d raises there) instead of failing."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] == 1:
@@ -108,7 +109,8 @@ class SafeBatchNorm1d(nn.BatchNorm1d):
 class GatingNetwork(nn.Module):
     """Two paths on the pooled features p [B,D]:
     feature path -> gate features [B,F]; gate path -> logits z [B,E];
-    gates = softmax(z / T + eps), eps ~ N(0, noise_std^2) in training mode only.
+    gates = softmax(z / T + eps), eps ~ N(0, noise_std^2) in training mode only (`noise` [B,E] ~ N(0, 1)
+    when the caller draws it, e.g. for the global batch under DDP; else drawn here).
     T is the buffer ``temperature`` (saved in checkpoints, set by TemperatureAnnealing)."""
 
     @checked
@@ -122,10 +124,10 @@ class GatingNetwork(nn.Module):
                                       nn.Linear(hidden, num_experts))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pooled: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.gate_net(pooled) / self.temperature
         if self.training and self.noise_std > 0:
-            logits = logits + self.noise_std * torch.randn_like(logits)
+            logits = logits + self.noise_std * (torch.randn_like(logits) if noise is None else noise)
         return torch.softmax(logits, dim=-1), self.feature_net(pooled)
 
 
@@ -136,20 +138,20 @@ class MoEClassifier(nn.Module):
     @checked
     def __init__(self, num_classes: PositiveInt, num_experts: PositiveInt = 3, widths: Widths = (64, 128, 256, 512),
                  gate_hidden: PositiveInt = 256, gate_features: PositiveInt = 256, dropout: UnitFloat = 0.5,
-                 gate_noise: NonNegativeFloat = 0.1, temperature: PositiveFloat = 2.0):
+                 gate_noise: NonNegativeFloat = 0.1, temperature: PositiveFloat = 2.0, gate_dropout: UnitFloat = 0.2):
         super().__init__()
         self.num_experts, self.num_classes = num_experts, num_classes
         self.extractor = FeatureExtractor(widths)
         self.experts = nn.ModuleList(Expert(widths[-1], dropout) for _ in range(num_experts))
-        self.gate = GatingNetwork(widths[-1], num_experts, gate_hidden, gate_features, noise_std=gate_noise,
+        self.gate = GatingNetwork(widths[-1], num_experts, gate_hidden, gate_features, dropout=gate_dropout, noise_std=gate_noise,
                                   temperature=temperature)
         self.classifier = nn.Linear(widths[-1] + gate_features, num_classes)
         init_weights(self)
 
-    def expert_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(expert features [B,E,w3], gates [B,E], gate features [B,F])."""
+    def expert_features(self, x: torch.Tensor, gate_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(expert features [B,E,w3], gates [B,E], gate features [B,F]); `gate_noise` [B,E]: see GatingNetwork."""
         feats = self.extractor(x)
-        gates, gate_feats = self.gate(feats.mean(dim=(2, 3)))
+        gates, gate_feats = self.gate(feats.mean(dim=(2, 3)), gate_noise)
         experts = torch.stack([expert(feats) for expert in self.experts], dim=1)
         return experts, gates, gate_feats
 
@@ -157,6 +159,6 @@ class MoEClassifier(nn.Module):
         combined = (gates.unsqueeze(-1) * experts).sum(dim=1)
         return self.classifier(torch.cat([combined, gate_feats], dim=-1))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        experts, gates, gate_feats = self.expert_features(x)
+    def forward(self, x: torch.Tensor, gate_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        experts, gates, gate_feats = self.expert_features(x, gate_noise)
         return self.classify(experts, gates, gate_feats), gates

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 
 from mixlab.core.checkpoint import read_checkpoint, resolve_checkpoint
+from mixlab.core.distributed import global_mean
 from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.validate import NonNegativeFloat, NonNegativeInt, PositiveInt, checked
 from mixlab.moe.classifier import ImageClassifier
@@ -56,13 +57,16 @@ class MoEClassifierSystem(ImageClassifier):
 
     def training_step(self, batch, batch_idx: int):
         x, y = batch
-        logits, gates = self.net(x)
+        experts = self.net.num_experts
+        noise, = self.step_draw(batch_idx, x.shape[0], lambda n: (torch.randn(n, experts, generator=self.noise_generator(),
+                                                                               device=self.device),))
+        logits, gates = self.net(x, gate_noise=noise)  # gate noise drawn for the global batch, sliced by rank
         world, _ = self.world()
         ce = F.cross_entropy(logits, y)
         # the seed's diversity is a sum over the batch: scale the local sum so that DDP's
         # gradient averaging gives the global batch's sum (N devices x B/N == 1 device x B)
         div = diversity_loss(gates) * world
-        bal = balance_loss(gates)
+        bal = balance_loss(gates, usage=global_mean(gates))  # the global batch's usage under DDP
         loss = ce + self.diversity_weight * div + self.balance_weight * bal
         self.check_finite(loss)
         log = dict(on_step=True, on_epoch=True, sync_dist=True)

@@ -50,9 +50,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def global_batchnorm(module: nn.Module) -> nn.Module:
-    """`module` with every torch BatchNorm layer replaced (in place where nested) by GlobalBatchNorm,
+    """`module` with every plain torch BatchNorm{1,2,3}d layer replaced (in place where nested) by GlobalBatchNorm,
     weights and running statistics kept; returns the module (a new one if `module` itself was a BatchNorm)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (GlobalBatchNorm, nn.SyncBatchNorm)):
+    if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         new.load_state_dict(module.state_dict())
         new.train(module.training)
