@@ -29,7 +29,7 @@ class Objective(ABC):
     batch_sum = False  # a sum over the batch, not a mean (DDP: each rank's loss x world size)
     name = "objective"
 
-    def bind(self, dim: int) -> None:
+    def bind(self, dim: int) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Told the target's dimension by the system (PIS scales by 1/d); most objectives ignore it."""
 
     def check(self, flow) -> None:
@@ -151,7 +151,7 @@ class PathIntegralSampler(Objective):
     def __init__(self, dim: PositiveInt | None = None):
         self.dim = dim
 
-    def bind(self, dim: int) -> None:
+    def bind(self, dim: int) -> None:  # noqa: B027 (an optional hook, not abstract)
         if self.dim is not None and self.dim != dim:
             raise ArgumentError("dim", f"{self.dim} differs from the energy's dimension {dim} (leave it null)")
         self.dim = dim

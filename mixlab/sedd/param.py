@@ -33,7 +33,7 @@ class Parameterisation(abc.ABC):
 
     time_conditioned: bool = True  # False: the network ignores sigma_bar (its outputs can be cached while sampling)
 
-    def check(self, graph) -> None:
+    def check(self, graph) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Raise ArgumentError("param", ...) when this parameterisation does not fit `graph`."""
 
     @abc.abstractmethod
@@ -51,7 +51,7 @@ class SEDDScore(Parameterisation):
     def __init__(self, scale_by_sigma: bool = False):
         self.scale_by_sigma = bool(scale_by_sigma)
 
-    def check(self, graph) -> None:
+    def check(self, graph) -> None:  # noqa: B027 (an optional hook, not abstract)
         if self.scale_by_sigma and not graph.absorbing:
             raise ArgumentError("param.scale_by_sigma",
                                 "the 1/(e^sigma_bar - 1) offset is the absorbing graph's; set it false for the uniform graph")
@@ -72,7 +72,7 @@ class RADDScore(Parameterisation):
 
     time_conditioned = False
 
-    def check(self, graph) -> None:
+    def check(self, graph) -> None:  # noqa: B027 (an optional hook, not abstract)
         if not graph.absorbing:
             raise ArgumentError("param", "RADD needs the absorbing graph (it predicts p0 at masked positions)")
 

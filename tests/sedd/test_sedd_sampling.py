@@ -101,7 +101,10 @@ def test_cached_sampler_counts_one_evaluation_per_step_that_changed_tokens():
 
 def test_sampler_errors_name_the_key():
     absorb = AbsorbingGraph(N)
-    run = lambda **kw: sample(exact_log_score(absorb), absorb, LogLinearNoise(), 2, 8, **({"steps": 4} | kw))
+
+    def run(**kw):
+        return sample(exact_log_score(absorb), absorb, LogLinearNoise(), 2, 8, **({"steps": 4} | kw))
+
     assert key_of(lambda: run(steps=0)) == "steps"
     assert key_of(lambda: run(predictor="heun")) == "predictor"  # a Predictor instance (conf/sampler/<name>.yaml), not a name
     assert key_of(lambda: run(eps=1.0)) == "eps"

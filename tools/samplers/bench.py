@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for dim in dims:
         for kind in kinds:
-            timed = lambda loop, comp=False: lambda: median_step_seconds(  # noqa: E731
-                iteration(kind, dim, loop, args.batch, args.T, args.ls_steps, comp, device), device, args.steps, args.warmup)
+            def timed(loop: bool, comp: bool = False, kind=kind, dim=dim):
+                return lambda: median_step_seconds(iteration(kind, dim, loop, args.batch, args.T, args.ls_steps, comp, device),
+                                                   device, args.steps, args.warmup)
+
             timers = [(f"d={dim} {kind} straightforward", {"dim": dim, "row": kind, "impl": "straightforward"}, timed(True)),
                       (f"d={dim} {kind} ours", {"dim": dim, "row": kind, "impl": "ours"}, timed(False))]
             if args.compile:

@@ -85,7 +85,7 @@ def plot_run_comparison(runs: dict[str, list[Path]], metrics: list[str], path: P
     marks, lines = {}, {}
     for k, (label, cs) in enumerate(curves.items()):
         for ax, key in zip(axes[0], metrics):
-            for s, c in enumerate(cs):
+            for c in cs:
                 if key in c:
                     lines[label] = ax.plot(c[key][:, 0], c[key][:, 1], color=f"C{k % 10}", lw=1, alpha=0.85)[0]
             if key in (hlines or {}) and k == 0:
