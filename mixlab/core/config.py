@@ -19,18 +19,6 @@ def require(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(key, problem)
 
 
-def check_choice(value, choices, key: str) -> None:
-    require(value in choices, key, f"unknown value '{value}' (choose {'|'.join(map(str, choices))})")
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_positive_int(value, key: str) -> None:
-    require(is_int(value) and value > 0, key, f"must be a positive integer, got {value!r}")
-
-
 def check_missing(cfg: DictConfig) -> None:
     """Values left `???` (mandatory, e.g. a checkpoint to start from) name their key (the full key:
     OmegaConf reports it from the config's root)."""

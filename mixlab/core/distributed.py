@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig
 
-from mixlab.core.config import is_int
 from mixlab.core.errors import ConfigError
+from mixlab.core.validate import PositiveInt, check_value
 
 
 def world_size(trainer: DictConfig) -> int:
@@ -32,9 +32,7 @@ def world_size(trainer: DictConfig) -> int:
             raise ConfigError("trainer.devices", f"cannot read '{devices}' as a device count") from None
         if count <= 0:
             raise ConfigError("trainer.devices", f"must be >= 1 (or auto / -1), got {devices}")
-    if not is_int(nodes) or nodes < 1:
-        raise ConfigError("trainer.num_nodes", f"must be an integer >= 1, got {nodes!r}")
-    return count * int(nodes)
+    return count * check_value(nodes, PositiveInt, "trainer.num_nodes")
 
 
 def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "data.batch_size", accumulate: int = 1) -> int:
@@ -42,8 +40,7 @@ def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "d
     `world_size` processes and `accumulate` gradient-accumulation steps; it must divide evenly.
     `key` names where the batch size is configured (data.batch_size, or model.batch_size for a
     system that draws its own batches)."""
-    if not is_int(global_batch_size) or global_batch_size <= 0:
-        raise ConfigError(key, f"must be a positive integer, got {global_batch_size!r}")
+    check_value(global_batch_size, PositiveInt, key)
     if global_batch_size % (world_size * accumulate):
         split = f"{world_size} devices (trainer.devices x trainer.num_nodes)"
         if accumulate > 1:
@@ -54,10 +51,7 @@ def per_device_batch_size(global_batch_size: int, world_size: int, key: str = "d
 
 def accumulation(trainer: DictConfig) -> int:
     """trainer.accumulate_grad_batches as a positive integer (1 when unset)."""
-    value = trainer.get("accumulate_grad_batches") or 1
-    if not is_int(value) or value < 1:
-        raise ConfigError("trainer.accumulate_grad_batches", f"must be an integer >= 1, got {value!r}")
-    return value
+    return check_value(trainer.get("accumulate_grad_batches") or 1, PositiveInt, "trainer.accumulate_grad_batches")
 
 
 def local_rank() -> int:

@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 from mixlab.callbacks.sampling import save_grid
 from mixlab.core.checkpoint import load_system
-from mixlab.core.config import build, is_int, require
+from mixlab.core.config import build, require
+from mixlab.core.validate import PositiveInt, check_value
 from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.evaluate import out_dir_of, resolve_device
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
@@ -41,7 +42,7 @@ def feature_extractor(protocol: str, cfg: DictConfig, dataset: str, device: torc
 
 def validate(cfg: DictConfig) -> None:
     for key in ("n", "batch_size"):
-        require(is_int(cfg[key]) and cfg[key] >= 1, key, f"must be an integer >= 1, got {cfg[key]!r}")
+        check_value(cfg[key], PositiveInt, key)
     sampling_of(cfg)
     for p in cfg.protocols:
         require(p in PROTOCOLS, "protocols", f"unknown value '{p}' (choose {'|'.join(PROTOCOLS)})")

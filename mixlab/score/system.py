@@ -6,10 +6,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mixlab.core.config import is_int, require
+from mixlab.core.config import require
 from mixlab.core.system import MixlabSystem
 from mixlab.core.errors import ArgumentError
-from mixlab.core.validate import PositiveFloat, PositiveInt, checked
+from mixlab.core.validate import PositiveFloat, PositiveInt, check_value, checked
 from mixlab.score.precond import EpsilonPrecond
 from mixlab.score.schedule import SigmaGrid
 from mixlab.score.solvers import ODESampling, Solver, sample
@@ -26,7 +26,7 @@ def check_sample_grid(cfg: DictConfig) -> None:
         require(value is None or (isinstance(value, DictConfig) and "_target_" in value), f"callbacks.sample_grid.{name}",
                 f"must be a node with a _target_ (e.g. {{_target_: mixlab.score.solvers.Heun}}), got {value!r}")
     steps = node.get("steps")
-    require(steps is None or (is_int(steps) and steps >= 1), "callbacks.sample_grid.steps", f"must be an integer >= 1, got {steps!r}")
+    check_value(steps, PositiveInt | None, "callbacks.sample_grid.steps")
 
 
 class ScoreDiffusion(MixlabSystem):

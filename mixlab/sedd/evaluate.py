@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig
 
 from mixlab.core.checkpoint import load_system
-from mixlab.core.config import build, check_positive_int, require
+from mixlab.core.config import build, require
+from mixlab.core.validate import PositiveInt, check_value
 from mixlab.core.distributed import DestroyProcessGroupAtExit
 from mixlab.core.evaluate import out_dir_of, resolve_device
 
@@ -26,13 +27,13 @@ def split_datamodule(run_cfg: DictConfig, cfg: DictConfig):
     """The run's data module, serving `cfg.split` (val | test) as its test split (`limit` blocks spread over it)."""
     require(cfg.split in ("val", "test"), "split", f"unknown split '{cfg.split}' (choose val|test)")
     if cfg.get("limit") is not None:
-        check_positive_int(cfg.limit, "limit")
+        check_value(cfg.limit, PositiveInt, "limit")
     split = run_cfg.data.get(f"{cfg.split}_split", cfg.split)
     return build(run_cfg.data, root=cfg.paths.data_dir, test_split=split, test_limit=cfg.get("limit"))
 
 
 def test_trainer(cfg: DictConfig, device: torch.device) -> L.Trainer:
-    check_positive_int(cfg.devices, "devices")
+    check_value(cfg.devices, PositiveInt, "devices")
     return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=cfg.devices, logger=False,
                      enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
                      callbacks=[DestroyProcessGroupAtExit()], use_distributed_sampler=False,
@@ -80,7 +81,7 @@ def load_sedd(cfg: DictConfig, positive: tuple[str, ...]):
     from mixlab.sedd.system import SEDD
 
     for key in positive:
-        check_positive_int(cfg[key], key)
+        check_value(cfg[key], PositiveInt, key)
     device = resolve_device(cfg.device)
     system, run_cfg, ckpt = load_system(cfg.ckpt, device)
     require(isinstance(system, SEDD), "ckpt", f"{cfg.ckpt} is a {type(system).__name__} checkpoint, not a SEDD one")
@@ -110,7 +111,7 @@ def evaluate_ar(cfg: DictConfig) -> dict:
     """The `ar` evaluator: the autoregressive baseline's exact test perplexity."""
     from mixlab.sedd.ar import AutoRegressive
 
-    check_positive_int(cfg.batch_size, "batch_size")
+    check_value(cfg.batch_size, PositiveInt, "batch_size")
     device = resolve_device(cfg.device)
     system, run_cfg, ckpt = load_system(cfg.ckpt, device)
     require(isinstance(system, AutoRegressive), "ckpt", f"{cfg.ckpt} is a {type(system).__name__} checkpoint, not an AR one")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from mixlab.callbacks.plots import plot_usage_history  # noqa: E402
-from mixlab.core.config import check_positive_int  # noqa: E402
+from mixlab.core.validate import PositiveInt, check_value  # noqa: E402
 from mixlab.core.evaluate import resolve_device  # noqa: E402
 from mixlab.data.mnist import to_model_range  # noqa: E402
 from mixlab.data.sources import load_split  # noqa: E402
@@ -142,7 +142,7 @@ def _training_curves(history: list[dict], path: Path) -> Path:
 # ----- the command -------------------------------------------------------------------------
 def analyze(cfg: DictConfig) -> dict:
     for key in ("n", "steps", "num_eval_samples"):
-        check_positive_int(cfg[key], key)
+        check_value(cfg[key], PositiveInt, key)
     sampling = sampling_of(cfg)
     device = resolve_device(cfg.device)
     system, run_cfg, ckpt = load_bank(cfg, device)
