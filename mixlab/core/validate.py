@@ -69,12 +69,27 @@ def _problem(error: dict) -> str:
     return message
 
 
-def _describe(errors: list[dict], names: list[str]) -> tuple[str, str]:
+def _describe(errors: list[dict], names: list[str], arguments: dict | None = None) -> tuple[str, str]:
     """(argument name, problem) of a failed validate_call / TypeAdapter: the first failing argument;
-    the alternatives of a union are joined ("must be -1 or >= 1 or None, got 0")."""
+    the alternatives of a union are joined ("must be -1 or >= 1 or None, got 0"). `arguments`: the
+    call's arguments by name, to name a key inside a dict argument (`sampler.steps`)."""
+    arguments = arguments or {}
+
     def arg_of(error):
-        loc = error.get("loc") or ("",)
-        return names[loc[0]] if isinstance(loc[0], int) and loc[0] < len(names) else str(loc[0])
+        """The argument's name, then the keys / indices into its value that pydantic's location
+        follows (not the union members it tried, e.g. `literal['auto']`)."""
+        loc = list(error.get("loc") or ("",))
+        parts = [names[loc[0]] if isinstance(loc[0], int) and loc[0] < len(names) else str(loc[0])]
+        value = arguments.get(parts[0])
+        for part in loc[1:]:
+            if isinstance(value, dict) and part in value:
+                parts.append(str(part))
+            elif isinstance(value, (list, tuple)) and isinstance(part, int) and part < len(value):
+                parts[-1] += f"[{part}]"
+            else:
+                continue
+            value = value[part]
+        return ".".join(parts)
 
     arg = arg_of(errors[0])
     mine = [e for e in errors if arg_of(e) == arg]
@@ -98,7 +113,7 @@ def checked(fn: F) -> F:
         try:
             return inner(*args, **kwargs)
         except ValidationError as err:
-            arg, problem = _describe(err.errors(), names)
+            arg, problem = _describe(err.errors(), names, {**dict(zip(names, args)), **kwargs})
             raise ArgumentError(arg, problem) from None
 
     return wrapper  # type: ignore[return-value]
