@@ -5,8 +5,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mixlab.core.errors import ConfigError
