@@ -1,4 +1,5 @@
-"""Matplotlib figures written by callbacks and analysis commands (Agg backend, no display)."""
+"""Matplotlib figures written by callbacks and analysis commands (Agg backend, no display), and
+`log_figure`, which sends a figure written during training to the run's loggers."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -7,6 +8,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def log_figure(trainer, key: str, path: str | Path) -> None:
+    """Log the PNG at `path` (already on disk under the run dir) as image `key` at the trainer's
+    global step: wandb (and any logger with `log_image`) as an image, TensorBoard with
+    `add_image`; the CSV logger keeps only the file. Call it from rank 0."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            import matplotlib.image
+
+            logger.experiment.add_image(key, matplotlib.image.imread(str(path))[..., :3], trainer.global_step, dataformats="HWC")
+        elif callable(getattr(logger, "log_image", None)):  # WandbLogger
+            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
 
 
 def plot_usage_history(history: Sequence[Sequence[float]], path: str | Path, title: str = "Expert usage during training",

@@ -5,7 +5,8 @@ with w [B, K] non-negative assignment weights per sample (one-hot WTA winners fo
 gate's softmax for the MoE classifier). Each epoch the callback sums them over all ranks,
 logs `usage/expert_k` (share of the epoch's total weight), `usage/dead` (experts below
 `dead_threshold`) and `usage/k_eff` (exp of the usage entropy), keeps the history in the
-checkpoint and (rank 0) redraws `<run dir>/figures/expert_usage_training.png`.
+checkpoint and (rank 0) redraws `<run dir>/figures/expert_usage_training.png`, logged as the image
+`figures/expert_usage` (wandb, TensorBoard).
 """
 
 from pathlib import Path
@@ -51,10 +52,11 @@ class ExpertUsage(L.Callback):
 
     @rank_zero_only
     def _plot(self, trainer: L.Trainer) -> None:
-        from mixlab.callbacks.plots import plot_usage_history
+        from mixlab.callbacks.plots import log_figure, plot_usage_history
 
         self.last_plot = plot_usage_history(self.history, Path(trainer.default_root_dir) / "figures" / "expert_usage_training.png",
                                             dead_threshold=self.dead_threshold)
+        log_figure(trainer, "figures/expert_usage", self.last_plot)
 
     def state_dict(self) -> dict:
         return {"history": self.history}

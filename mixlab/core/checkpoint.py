@@ -176,12 +176,14 @@ def system_class(target: str, key: str = f"{SYSTEM_KEY}._target_"):
 def load_system(path: str | Path, device: torch.device | str = "cpu", key: str = "ckpt") -> tuple:
     """(system in eval mode with its EMA weights, run config, raw checkpoint dict).
 
-    The system is rebuilt from the config stored in the checkpoint; `on_load_checkpoint` lets
-    it restore what lives outside the state_dict (statistics kept by callbacks, say).
+    `path` is a checkpoint file, a run dir or a task dir (resolve_checkpoint: its validation-selected
+    checkpoint), so every checkpoint option accepts what `ckpt=` accepts. The system is rebuilt
+    from the config stored in the checkpoint; `on_load_checkpoint` lets it restore what lives
+    outside the state_dict (statistics kept by callbacks, say).
     """
     from mixlab.core.config import build
 
-    path = Path(path)
+    path = resolve_checkpoint(path, key)
     ckpt = read_checkpoint(path, key)
     cfg = run_config(ckpt, path, key)
     system_class(cfg.model._target_, key)

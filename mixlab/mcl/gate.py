@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mixlab.core.checkpoint import load_system
+from mixlab.core.checkpoint import load_system, resolve_checkpoint
 from mixlab.core.config import require
 from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.system import MixlabSystem
@@ -26,7 +26,8 @@ from mixlab.score.schedule import LogUniformSigma
 class MCLGate(MixlabSystem):
     """Args:
         gate: partial taking num_experts -> nn.Module (x_scaled, c_noise) -> logits [B, K].
-        experts_ckpt: checkpoint of a trained MCLDiffusion run.
+        experts_ckpt: checkpoint of a trained MCLDiffusion run: a file, its run dir or its task dir
+            (the validation-selected checkpoint); the gate's checkpoints record the file it resolved to.
         optimizer: partial taking params.
     """
 
@@ -43,7 +44,8 @@ class MCLGate(MixlabSystem):
         from mixlab.mcl.system import MCLDiffusion
 
         try:
-            experts, _, _ = load_system(experts_ckpt, "cpu", key="experts_ckpt")
+            self.experts_ckpt = str(resolve_checkpoint(experts_ckpt, "experts_ckpt"))
+            experts, _, _ = load_system(self.experts_ckpt, "cpu", key="experts_ckpt")
         except ConfigError as err:  # named relative to this constructor: the config adds its path
             raise ArgumentError("experts_ckpt", str(err).removeprefix(f"{err.key}: ")) from None
         if not isinstance(experts, MCLDiffusion):
@@ -52,6 +54,12 @@ class MCLGate(MixlabSystem):
         self.gate = gate(num_experts=experts.num_experts)
         self.sigma_sampler = LogUniformSigma(experts.sigma_min, experts.sigma_max)
         self.optimizer_factory = optimizer
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        config = checkpoint.get("mixlab_config")
+        if isinstance(config, dict) and isinstance(config.get("model"), dict):  # a run or task dir: the file it stood for
+            checkpoint["mixlab_config"] = {**config, "model": {**config["model"], "experts_ckpt": self.experts_ckpt}}
 
     def train(self, mode: bool = True):
         super().train(mode)

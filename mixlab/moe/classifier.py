@@ -5,8 +5,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mixlab.core.errors import ConfigError
 from mixlab.core.system import MixlabSystem
@@ -16,7 +17,9 @@ from mixlab.nets.global_batchnorm import global_batchnorm
 
 class ImageClassifier(MixlabSystem):
     """CE training of `net` (x -> logits [B,C]); logs {train,val,test}/loss, /acc and
-    /acc_class/<name> (per-class accuracy, class names from the datamodule)."""
+    /acc_class/<name> (per-class accuracy, class names from the datamodule). A class with no
+    sample in the evaluated split has no accuracy: its key is not logged (an empty cell in the
+    CSV, no point in wandb), and a warning names it once per split."""
 
     evaluator = "classifier"
 
@@ -28,7 +31,9 @@ class ImageClassifier(MixlabSystem):
         self.class_names: list[str] = [str(c) for c in range(self.num_classes)]
         for split in ("val", "test"):
             setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro"))
-            setattr(self, f"{split}_acc_class", MulticlassAccuracy(self.num_classes, average=None))
+            setattr(self, f"{split}_confusion", MulticlassConfusionMatrix(self.num_classes))  # rows: true class
+        self.confusion: dict[str, torch.Tensor] = {}  # the latest confusion matrix of each split (counts, all ranks)
+        self._absent_warned: set[str] = set()
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -60,7 +65,7 @@ class ImageClassifier(MixlabSystem):
             logits = logits[0]
         self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         getattr(self, f"{split}_acc").update(logits, y)
-        getattr(self, f"{split}_acc_class").update(logits, y)
+        getattr(self, f"{split}_confusion").update(logits, y)
         return logits, y
 
     def validation_step(self, batch, batch_idx: int):
@@ -70,12 +75,21 @@ class ImageClassifier(MixlabSystem):
         self._eval_step(batch, "test")
 
     def _log_accuracy(self, split: str) -> None:
-        acc, per_class = getattr(self, f"{split}_acc"), getattr(self, f"{split}_acc_class")
+        acc, confusion = getattr(self, f"{split}_acc"), getattr(self, f"{split}_confusion")
         self.log(f"{split}/acc", acc.compute(), prog_bar=split == "val")
-        for name, value in zip(self.class_names, per_class.compute()):
-            self.log(f"{split}/acc_class/{name}", value)
+        matrix = confusion.compute()  # summed over ranks: the same on every rank
+        support = matrix.sum(1)
+        for c, name in enumerate(self.class_names):
+            if support[c] > 0:
+                self.log(f"{split}/acc_class/{name}", matrix[c, c] / support[c])
+        self.confusion[split] = matrix.cpu()
+        absent = [name for c, name in enumerate(self.class_names) if support[c] == 0]
+        if absent and split not in self._absent_warned and not (self._trainer is not None and self.trainer.sanity_checking):
+            self._absent_warned.add(split)
+            rank_zero_warn(f"[mixlab] the {split} split has no sample of {len(absent)} class(es): {', '.join(absent)}; "
+                           "their per-class accuracy and gate statistics are not logged")
         acc.reset()
-        per_class.reset()
+        confusion.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_accuracy("val")

@@ -75,7 +75,8 @@ def evaluate_classifier(ckpt: str | Path, out: str | Path | None = None, split: 
                                                    out / "sample_predictions.png"))
     if res["gates"] is not None:
         onehot = torch.nn.functional.one_hot(res["label"], len(names)).float()
-        contribution = (res["gates"].T @ onehot / onehot.sum(0).clamp_min(1)).numpy()
+        count = onehot.sum(0)
+        contribution = (res["gates"].T @ onehot / torch.where(count > 0, count, torch.nan)).numpy()  # NaN: a class with no sample
         table["mean_gate_per_class"] = {name: contribution[:, c].round(4).tolist() for c, name in enumerate(names)}
         system._stats = {}
         with torch.no_grad():

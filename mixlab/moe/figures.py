@@ -1,5 +1,5 @@
 """MoE classifier figures (matplotlib Agg): expert analysis heat maps, confusion matrix,
-sample predictions with gate contributions."""
+sample predictions with gate contributions. A class with no sample shows as grey n/a cells."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,13 +12,19 @@ import numpy as np  # noqa: E402
 
 
 def _heatmap(ax, values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, fmt: str, vmax=None):
-    im = ax.imshow(values, cmap="viridis", aspect="auto", vmin=0, vmax=vmax)
+    """NaN cells (a class with no sample) are grey and marked n/a."""
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto", vmin=0, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=9)
     if values.size <= 400:
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=6, color="w" if v < 0.6 * (vmax or values.max() or 1) else "k")
+            if np.isnan(v):
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=5, color="0.4")
+            else:
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=6,
+                        color="w" if v < 0.6 * (vmax or np.nanmax(values) or 1) else "k")
     return im
 
 
@@ -42,10 +48,11 @@ def plot_expert_analysis(contribution: np.ndarray, expert_accuracy: np.ndarray, 
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
-    """Rows: true class, columns: predicted class, row-normalised."""
+    """Rows: true class, columns: predicted class, row-normalised (a class with no sample: an n/a row)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    support = matrix.sum(axis=1, keepdims=True)
+    norm = np.where(support > 0, matrix / np.maximum(support, 1), np.nan)
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
     _heatmap(ax, norm, class_names, class_names, "confusion matrix (row-normalised)", ".2f", vmax=1)

@@ -1,8 +1,12 @@
 """Multi-task MoE classifier: CE + diversity_weight * diversity + balance_weight * balance
 (seed README formulas, mixlab.moe.losses). The gate temperature is the net's buffer
 (checkpointed; TemperatureAnnealing writes it through `self.temperature`). Every
-`analysis_every_n_epochs` (and at the last epoch / test) rank 0 draws the expert analysis:
-mean gate per expert per class and accuracy with only expert k (one-hot gate)."""
+`analysis_every_n_epochs` (and at the last epoch / test) rank 0 draws the expert analysis
+(mean gate per expert per class and accuracy with only expert k, one-hot gate) and the
+confusion matrix, writes them under `<run dir>/figures/` and logs them as the images
+`figures/<split>/expert_analysis` and `figures/<split>/confusion_matrix` (wandb, TensorBoard).
+A class with no sample in the split has no gate statistics: its keys are not logged and its
+cells are blank in the figure."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -93,9 +97,10 @@ class MoEClassifierSystem(ImageClassifier):
         return logits, y
 
     def expert_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(contribution [E,C] = mean gate per class, expert-only accuracy [E,C] in %), reduced over ranks."""
+        """(contribution [E,C] = mean gate per class, expert-only accuracy [E,C] in %), reduced over
+        ranks; NaN in the columns of classes with no sample."""
         stats = {k: self.trainer.strategy.reduce(v, reduce_op="sum") if self._trainer is not None else v for k, v in self._stats.items()}
-        count = stats["count"].clamp_min(1)
+        count = torch.where(stats["count"] > 0, stats["count"], torch.nan)
         return (stats["gate_sum"] / count).float().cpu(), (100 * stats["expert_correct"] / count).float().cpu()
 
     def _analyse(self, split: str, tag: str) -> None:
@@ -103,19 +108,27 @@ class MoEClassifierSystem(ImageClassifier):
             return
         contribution, expert_acc = self.expert_statistics()
         self._stats = {}
+        present = ~contribution[0].isnan()  # classes with at least one sample in the split
         for k in range(contribution.shape[0]):
             for c, name in enumerate(self.class_names):
-                self.log(f"{split}/gate/expert_{k}/{name}", contribution[k, c], rank_zero_only=True)
-        self.log(f"{split}/gate_max_mean", contribution.max(0).values.mean(), rank_zero_only=True)
-        self._plot(contribution, expert_acc, tag)
+                if present[c]:
+                    self.log(f"{split}/gate/expert_{k}/{name}", contribution[k, c], rank_zero_only=True)
+        if present.any():
+            self.log(f"{split}/gate_max_mean", contribution[:, present].max(0).values.mean(), rank_zero_only=True)
+        self._plot(contribution, expert_acc, self.confusion.get(split), split, tag)
 
     @rank_zero_only
-    def _plot(self, contribution: torch.Tensor, expert_acc: torch.Tensor, tag: str) -> None:
-        from mixlab.moe.figures import plot_expert_analysis
+    def _plot(self, contribution: torch.Tensor, expert_acc: torch.Tensor, confusion: torch.Tensor | None, split: str, tag: str) -> None:
+        from mixlab.callbacks.plots import log_figure
+        from mixlab.moe.figures import plot_confusion, plot_expert_analysis
 
-        path = Path(self.trainer.default_root_dir) / "figures" / f"expert_analysis_{tag}.png"
-        self.last_analysis = plot_expert_analysis(contribution.numpy(), expert_acc.numpy(), self.class_names, path,
-                                                  title=f"{tag}, T = {float(self.temperature):.2f}")
+        figures = Path(self.trainer.default_root_dir) / "figures"
+        self.last_analysis = plot_expert_analysis(contribution.numpy(), expert_acc.numpy(), self.class_names,
+                                                  figures / f"expert_analysis_{tag}.png", title=f"{tag}, T = {float(self.temperature):.2f}")
+        log_figure(self.trainer, f"figures/{split}/expert_analysis", self.last_analysis)
+        if confusion is not None:
+            path = plot_confusion(confusion.numpy(), self.class_names, figures / f"confusion_matrix_{tag}.png")
+            log_figure(self.trainer, f"figures/{split}/confusion_matrix", path)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

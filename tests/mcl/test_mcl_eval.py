@@ -92,3 +92,37 @@ def test_unreadable_experts_and_gate_checkpoints_are_one_line(mcl_ckpts, make_cf
     with pytest.raises(ConfigError, match=f"^gate_ckpt: cannot read checkpoint {bad}"):
         evaluate(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={bad}", "n=16", data_dir=data_dir,
                           weights_dir=weights_dir, out_dir=tmp_path))
+
+
+def test_checkpoint_options_take_a_run_or_task_dir(mcl_ckpts, smoke_runs, make_cfg, data_dir, weights_dir, tmp_path):
+    """model.experts_ckpt, gate_ckpt and baseline_ckpt accept what `ckpt=` accepts: a run dir or a
+    task dir (logs/<task>, its newest run) stands for its validation-selected checkpoint."""
+    from mixlab.core.checkpoint import resolve_checkpoint
+    from mixlab.core.config import build
+    from mixlab.mcl.evaluate import compare, load_bank
+
+    experts, gate, gate_summary = mcl_ckpts
+    experts_run, gate_run = experts.parent.parent, Path(gate_summary["run_dir"])
+    task = tmp_path / "logs" / "mcl_k4_resilient"
+    (task / "runs").mkdir(parents=True)
+    (task / "runs" / "2026-01-01_00-00-00").symlink_to(experts_run, target_is_directory=True)
+    for where in (experts_run, task):
+        system = build(make_cfg("experiment=mcl_k4_gate", "debug=smoke", f"model.experts_ckpt={where}", out="g4").model)
+        chosen = resolve_checkpoint(experts_run, "experts_ckpt")
+        assert system.experts_ckpt == str(chosen)  # the file, recorded in the gate's checkpoints
+        ours = system.experts.state_dict()
+        for key, value in torch.load(chosen, weights_only=False)["state_dict"].items():
+            torch.testing.assert_close(ours[key], value)
+        system.run_config = {"model": {"experts_ckpt": str(where)}}
+        saved = {}
+        system.on_save_checkpoint(saved)  # a gate checkpoint names the file, not the (changing) task dir
+        assert saved["mixlab_config"]["model"]["experts_ckpt"] == str(chosen)
+    common = ["n=16", "steps=2", "batch_size=16", "protocols=[classifier]", "kid=false"]
+    kw = dict(data_dir=data_dir, weights_dir=weights_dir, out_dir=tmp_path / "eval")
+    bank, _, _ = load_bank(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={gate_run}", *common, **kw), torch.device("cpu"))
+    assert bank.gate is not None
+    baseline_run = Path(smoke_runs.run("baseline")["run_dir"])
+    cfg = eval_cfg(f"ckpt={experts}", "strategy=all", "strategies=[best_expert]", f"baseline_ckpt={baseline_run}", *common, **kw)
+    bank, run_cfg, ckpt = load_bank(cfg, torch.device("cpu"))
+    rows = compare(cfg, bank, run_cfg, ckpt, torch.device("cpu"))
+    assert [r["label"] for r in rows] == ["baseline", "best_expert"]

@@ -67,6 +67,16 @@ def test_the_moe_starts_from_the_submodels(smoke_runs):
         torch.testing.assert_close(system.net.experts[i].state_dict()["depthwise.weight"], sub["net.expert.depthwise.weight"])
 
 
+def test_init_from_takes_run_dirs(smoke_runs, data_dir, tmp_path):
+    """A run dir stands for its validation-selected checkpoint, as for `ckpt=`."""
+    from mixlab.core.config import build
+
+    runs = [smoke_runs.run("pretrain_task_a", f"data.subset={subset}") for subset in (1, 2, 3)]
+    cfg = compose_train(["experiment=moe_task_a", "debug=smoke", f"model.init_from=[{','.join(r['run_dir'] for r in runs)}]"],
+                        data_dir, tmp_path / "run")
+    assert build(cfg.model).init_from == [str(Path(r["best_ckpt"])) for r in runs]
+
+
 def test_classifier_evaluator_writes_table_and_figures(smoke_runs, data_dir, tmp_path):
     summary = smoke_runs.run("moe_task_a")
     table = evaluate(compose_eval(f"ckpt={summary['best_ckpt']}", "evaluator=classifier", data_dir=data_dir, out_dir=tmp_path / "eval"))

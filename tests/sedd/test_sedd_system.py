@@ -115,9 +115,10 @@ def test_the_elbo_evaluator_on_the_closed_form_of_an_untrained_model(make_cfg, d
 
 
 def test_sampling_keeps_prefix_suffix_and_is_judged_by_the_ar_baseline(smoke_runs, data_dir, tmp_path):
+    """The judge is given as its run dir (judge_ckpt accepts what ckpt= accepts)."""
     sedd, ar = smoke_runs.run("sedd_absorb_char"), smoke_runs.run("ar_char")
     cfg = compose_eval(f"ckpt={sedd['last_ckpt']}", "evaluator=sedd_sample", "n=3", "steps=4", "prefix=the quick",
-                       "suffix=lazy dog.", f"judge_ckpt={ar['last_ckpt']}", data_dir=data_dir, out_dir=tmp_path)
+                       "suffix=lazy dog.", f"judge_ckpt={ar['run_dir']}", data_dir=data_dir, out_dir=tmp_path)
     result = sample_text(cfg)
     texts = Path(result["samples"]).read_text().strip().split("\n" + "=" * 80 + "\n")
     assert len(texts) == 3 and all(t.startswith("the quick") and t.endswith("lazy dog.") for t in texts)
