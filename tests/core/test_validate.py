@@ -60,7 +60,7 @@ def test_build_names_the_full_key_path():
     cfg.n = 4
     assert build(cfg.model).inner.steps == 4
     cfg.model.sizes = [1, -2]
-    with pytest.raises(ConfigError, match=r"^model\.sizes: must be >= 1, got -2$"):
+    with pytest.raises(ConfigError, match=r"^model\.sizes\[1\]: must be >= 1, got -2$"):
         build(cfg.model)
 
 
