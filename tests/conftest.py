@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support import ROOT, TESTS, SmokeRuns, compose_train, write_tiny_fashion, write_tiny_mnist
 
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
@@ -79,6 +78,8 @@ def weights_dir(data_dir, inception_weights, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("weights")
     (d / inception_weights.name).symlink_to(inception_weights)
     (xtr, ytr), (xte, yte) = (load_split(data_dir, "mnist", s) for s in ("train", "test"))
-    model, _ = train_classifier(to_model_range(xtr), torch.from_numpy(ytr.copy()), to_model_range(xte), torch.from_numpy(yte.copy()), epochs=1)
+    model, _ = train_classifier(
+        to_model_range(xtr), torch.from_numpy(ytr.copy()), to_model_range(xte), torch.from_numpy(yte.copy()), epochs=1
+    )
     save_classifier(model, d / "mnist_lenet.pt", {"epochs": 1})
     return d

@@ -77,8 +77,14 @@ def write_tiny_fashion(root: Path, per_class: int = 48, seed: int = 1) -> Path:
 # Settings under which N processes x B/N reach 1 process x B at float precision (test_ddp,
 # test_multinode). SGD, not Adam: Adam divides by sqrt(v), so on parameters whose gradient is ~0
 # it turns reduction-order rounding into lr-sized steps; SGD keeps the comparison at float precision.
-EXACT = ["experiment=baseline", "debug=smoke", "model.net.dropout=0.0", "trainer.max_epochs=2",
-         "model.optimizer._target_=torch.optim.SGD", "model.optimizer.lr=0.05"]
+EXACT = [
+    "experiment=baseline",
+    "debug=smoke",
+    "model.net.dropout=0.0",
+    "trainer.max_epochs=2",
+    "model.optimizer._target_=torch.optim.SGD",
+    "model.optimizer.lr=0.05",
+]
 
 
 def compose_train(overrides: list[str], data_dir: Path, out_dir: Path):
@@ -136,7 +142,12 @@ class SmokeRuns:
         return out
 
     def compose(self, experiment: str, *overrides: str, smoke: bool = True, out: Path | None = None):
-        args = [f"experiment={experiment}", *(["debug=smoke"] if smoke else []), *self.checkpoint_overrides(experiment), *overrides]
+        args = [
+            f"experiment={experiment}",
+            *(["debug=smoke"] if smoke else []),
+            *self.checkpoint_overrides(experiment),
+            *overrides,
+        ]
         return compose_train(args, self.data_dir, out or self.root / f"{experiment}-{len(self.cache)}")
 
     def run(self, experiment: str, *overrides: str) -> dict:

@@ -42,8 +42,15 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure(timers: list[tuple[str, dict, Callable[[], float]]], batch: int, device: torch.device, ratio_key: str,
-            json_path: str | None, ratio: str = "speedup", unit: str = "img") -> list[dict]:
+def measure(
+    timers: list[tuple[str, dict, Callable[[], float]]],
+    batch: int,
+    device: torch.device,
+    ratio_key: str,
+    json_path: str | None,
+    ratio: str = "speedup",
+    unit: str = "img",
+) -> list[dict]:
     """Run each (name, extra row fields, seconds-per-step callable; the fields are read after it runs, so it may
     fill them), print and return rows with
     items/s (`unit`: images, tokens) and the ratio to the first row (the reference): `speedup` = ref / sec (higher is
@@ -55,9 +62,18 @@ def measure(timers: list[tuple[str, dict, Callable[[], float]]], batch: int, dev
         sec = seconds()
         ref = ref or sec
         value = ref / sec if ratio == "speedup" else sec / ref
-        row = {"variant": name, **extra, "sec_per_step": sec, "images_per_sec": batch / sec, ratio_key: value,
-               "peak_memory_mb": peak_memory_mb(device)}
+        row = {
+            "variant": name,
+            **extra,
+            "sec_per_step": sec,
+            "images_per_sec": batch / sec,
+            ratio_key: value,
+            "peak_memory_mb": peak_memory_mb(device),
+        }
         rows.append(row)
-        print(f"  {name:<34} {row['images_per_sec']:9.1f} {unit}/s   {value:5.2f}x   peak {row['peak_memory_mb']:.0f} MB", flush=True)
+        print(
+            f"  {name:<34} {row['images_per_sec']:9.1f} {unit}/s   {value:5.2f}x   peak {row['peak_memory_mb']:.0f} MB",
+            flush=True,
+        )
     save_json(json_path, rows)
     return rows

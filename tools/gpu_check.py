@@ -94,9 +94,20 @@ def system_row(experiment: str, args, device: torch.device, work: Path) -> dict:
     gpu_overrides, (unit, keys) = SYSTEMS[experiment]
     steps = args.warmup + args.steps
     size = ["debug=smoke", "trainer=default"] if args.tiny else ["trainer=gpu", *gpu_overrides]
-    cfg = compose([f"experiment={experiment}", *size, f"paths.data_dir={args.data_dir}", "trainer.max_epochs=-1",
-                   f"++trainer.max_steps={steps}", "++trainer.limit_train_batches=1.0", "++trainer.limit_val_batches=0",
-                   "++trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=1"], work / experiment)
+    cfg = compose(
+        [
+            f"experiment={experiment}",
+            *size,
+            f"paths.data_dir={args.data_dir}",
+            "trainer.max_epochs=-1",
+            f"++trainer.max_steps={steps}",
+            "++trainer.limit_train_batches=1.0",
+            "++trainer.limit_val_batches=0",
+            "++trainer.val_check_interval=null",
+            "trainer.check_val_every_n_epoch=1",
+        ],
+        work / experiment,
+    )
     check_run_config(cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -107,18 +118,36 @@ def system_row(experiment: str, args, device: torch.device, work: Path) -> dict:
         datamodule.prepare_data()
     timer = StepTimer()
     # the callbacks that act on every step (EMA, annealing, usage); none that needs validation or a logger
-    callbacks = [cb for cb in build_callbacks(cfg.get("callbacks")) if not isinstance(cb, (ModelCheckpoint, EarlyStopping, LearningRateMonitor))]
-    trainer = build(cfg.trainer, callbacks=[timer, *callbacks], logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False)
+    callbacks = [
+        cb
+        for cb in build_callbacks(cfg.get("callbacks"))
+        if not isinstance(cb, (ModelCheckpoint, EarlyStopping, LearningRateMonitor))
+    ]
+    trainer = build(
+        cfg.trainer,
+        callbacks=[timer, *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(system, datamodule=datamodule)
-    timed = timer.seconds[args.warmup:] or timer.seconds
+    timed = timer.seconds[args.warmup :] or timer.seconds
     sec = statistics.median(timed)
     items = 1
     for key in keys:
         items *= int(OmegaConf.select(cfg, key))
-    return {"section": "systems", "row": experiment, "precision": str(cfg.trainer.precision), "steps_timed": len(timed),
-            "sec_per_step": sec, f"{unit}_per_sec": items / sec, "items_per_sec": items / sec, "unit": unit,
-            "peak_memory_mb": peak_memory_mb(device)}
+    return {
+        "section": "systems",
+        "row": experiment,
+        "precision": str(cfg.trainer.precision),
+        "steps_timed": len(timed),
+        "sec_per_step": sec,
+        f"{unit}_per_sec": items / sec,
+        "items_per_sec": items / sec,
+        "unit": unit,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
 
 
 def bench_rows(args, device: torch.device) -> list[dict]:
@@ -138,22 +167,64 @@ def bench_rows(args, device: torch.device) -> list[dict]:
     mcl_rows = "sparse" if tiny else ",".join(mcl_bench.ROWS)
     for r in mcl_bench.main([*dev, *timing, "--batch", "8" if tiny else "128", "--rows", mcl_rows]):
         rows.append({"section": "bench", **r, "row": f"mcl: {r['variant']}"})
-    sedd = sedd_bench.main([*dev, *timing, *(["--size", "tiny", "--vocab", "64", "--length", "32", "--batch", "2", "--no-compile",
-                                              "--sample-steps", "4", "--sample-batches", "1"] if tiny else
-                                             ["--size", "small", "--length", "1024", "--batch", "8",
-                                              "--sample-steps", "128", "--sample-batches", "32"])])
+    sedd = sedd_bench.main(
+        [
+            *dev,
+            *timing,
+            *(
+                [
+                    "--size",
+                    "tiny",
+                    "--vocab",
+                    "64",
+                    "--length",
+                    "32",
+                    "--batch",
+                    "2",
+                    "--no-compile",
+                    "--sample-steps",
+                    "4",
+                    "--sample-batches",
+                    "1",
+                ]
+                if tiny
+                else ["--size", "small", "--length", "1024", "--batch", "8", "--sample-steps", "128", "--sample-batches", "32"]
+            ),
+        ]
+    )
     rows += [{"section": "bench", **r, "row": f"sedd train: {r['variant']}"} for r in sedd.get("training", [])]
-    rows += [{"section": "bench", **r, "row": f"sedd sample: {r['sampler']} T={r['steps']} B={r['batch']}"} for r in sedd.get("sampling", [])]
-    for r in samplers_bench.main([*dev, *timing, "--dims", "8" if tiny else "32", "--rows", "TB" if tiny else ",".join(samplers_bench.ROWS),
-                                  *(["--batch", "16", "--T", "4", "--ls-steps", "4"] if tiny else [])]):
+    rows += [
+        {"section": "bench", **r, "row": f"sedd sample: {r['sampler']} T={r['steps']} B={r['batch']}"}
+        for r in sedd.get("sampling", [])
+    ]
+    for r in samplers_bench.main(
+        [
+            *dev,
+            *timing,
+            "--dims",
+            "8" if tiny else "32",
+            "--rows",
+            "TB" if tiny else ",".join(samplers_bench.ROWS),
+            *(["--batch", "16", "--T", "4", "--ls-steps", "4"] if tiny else []),
+        ]
+    ):
         rows.append({"section": "bench", **r, "row": f"samplers: {r['variant']}"})
     return rows
 
 
 def train_cli(args, work: Path, name: str, *overrides: str) -> subprocess.CompletedProcess:
     size = ["debug=smoke"] if args.tiny else ["debug=smoke", "data.batch_size=128"]
-    cmd = [sys.executable, "train.py", "experiment=baseline", *size, "model.net.dropout=0.0", f"paths.data_dir={args.data_dir}",
-           "logger=csv", f"hydra.run.dir={work / name}", *overrides]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "experiment=baseline",
+        *size,
+        "model.net.dropout=0.0",
+        f"paths.data_dir={args.data_dir}",
+        "logger=csv",
+        f"hydra.run.dir={work / name}",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "offline"})
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -165,18 +236,32 @@ def cli_rows(args, work: Path) -> list[dict]:
     gpu = ["trainer=default"] if args.tiny else ["trainer=gpu"]
     ddp = ["trainer=ddp_cpu", "trainer.devices=1"] if args.tiny else ["trainer=ddp", "trainer.devices=1"]
     rows = []
-    for name, folder, overrides in (("train.py trainer=gpu, 2 epochs", "full", [*gpu, "trainer.max_epochs=2"]),
-                                    ("train.py trainer=ddp trainer.devices=1", "ddp", [*ddp, "trainer.max_epochs=1"]),
-                                    ("train.py 1 epoch (the run to resume)", "resumed", [*gpu, "trainer.max_epochs=1"]),
-                                    ("train.py same run dir, resumed to 2 epochs", "resumed", [*gpu, "trainer.max_epochs=2"])):
+    for name, folder, overrides in (
+        ("train.py trainer=gpu, 2 epochs", "full", [*gpu, "trainer.max_epochs=2"]),
+        ("train.py trainer=ddp trainer.devices=1", "ddp", [*ddp, "trainer.max_epochs=1"]),
+        ("train.py 1 epoch (the run to resume)", "resumed", [*gpu, "trainer.max_epochs=1"]),
+        ("train.py same run dir, resumed to 2 epochs", "resumed", [*gpu, "trainer.max_epochs=2"]),
+    ):
         start = time.perf_counter()
         train_cli(args, work, folder, *overrides)
         rows.append({"section": "cli", "row": name, "seconds": time.perf_counter() - start, "ok": True})
-    full, resumed = (torch.load(work / f / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False) for f in ("full", "resumed"))
-    diff = max((full["state_dict"][k].float() - v.float()).abs().max().item()
-               for k, v in resumed["state_dict"].items() if v.is_floating_point())
-    rows.append({"section": "cli", "row": "exact resume: max |Δweight| (2 epochs vs 1 + 1 resumed)", "max_abs_diff": diff,
-                 "ok": diff <= args.resume_tolerance, "global_step": int(resumed["global_step"])})
+    full, resumed = (
+        torch.load(work / f / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False) for f in ("full", "resumed")
+    )
+    diff = max(
+        (full["state_dict"][k].float() - v.float()).abs().max().item()
+        for k, v in resumed["state_dict"].items()
+        if v.is_floating_point()
+    )
+    rows.append(
+        {
+            "section": "cli",
+            "row": "exact resume: max |Δweight| (2 epochs vs 1 + 1 resumed)",
+            "max_abs_diff": diff,
+            "ok": diff <= args.resume_tolerance,
+            "global_step": int(resumed["global_step"]),
+        }
+    )
     return rows
 
 
@@ -186,15 +271,22 @@ def print_table(report: dict) -> None:
     for r in report["rows"]:
         rate = r.get("items_per_sec", r.get("images_per_sec", r.get("tokens_per_sec")))
         ratio = r.get("speedup_vs_reference", r.get("cost_vs_baseline", r.get("speedup")))
-        other = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-                          if k in ("mfu", "nfe", "seconds", "max_abs_diff", "ok", "unit"))
+        other = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in r.items()
+            if k in ("mfu", "nfe", "seconds", "max_abs_diff", "ok", "unit")
+        )
         rate = "" if rate is None else f"{rate:.1f}"
-        print(f"{r['section']:<8} {r['row'][:58]:<58} {rate:>12} "
-              f"{'' if ratio is None else f'{ratio:.2f}x':>7} {r.get('peak_memory_mb', float('nan')):9.0f}  {other}")
+        print(
+            f"{r['section']:<8} {r['row'][:58]:<58} {rate:>12} "
+            f"{'' if ratio is None else f'{ratio:.2f}x':>7} {r.get('peak_memory_mb', float('nan')):9.0f}  {other}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--tiny", action="store_true", help="the same code on the CPU at tiny sizes (seconds; what the test runs)")
     p.add_argument("--data-dir", default=str(ROOT / "data"), help="where the experiments' data sets are (default: %(default)s)")
     p.add_argument("--sections", default="bench,systems,cli", help="comma-separated subset of bench,systems,cli")

@@ -54,8 +54,14 @@ class TemperatureAnnealing(L.Callback):
     """
 
     @checked
-    def __init__(self, start: float, end: float, schedule: Literal["linear", "exponential", "cosine"] = "exponential",
-                 interval: Literal["epoch", "step"] = "epoch", total: PositiveInt | None = None):
+    def __init__(
+        self,
+        start: float,
+        end: float,
+        schedule: Literal["linear", "exponential", "cosine"] = "exponential",
+        interval: Literal["epoch", "step"] = "epoch",
+        total: PositiveInt | None = None,
+    ):
         if schedule == "exponential" and not (start > 0 and end > 0):
             raise ArgumentError("start", f"the exponential schedule needs start > 0 and end > 0, got {start} and {end}")
         self.start, self.end, self.schedule, self.interval, self.total = float(start), float(end), schedule, interval, total

@@ -25,8 +25,12 @@ def log_figure(trainer, key: str, path: str | Path) -> None:
             logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
 
 
-def plot_usage_history(history: Sequence[Sequence[float]], path: str | Path, title: str = "Expert usage during training",
-                       dead_threshold: float | None = 0.01) -> Path:
+def plot_usage_history(
+    history: Sequence[Sequence[float]],
+    path: str | Path,
+    title: str = "Expert usage during training",
+    dead_threshold: float | None = 0.01,
+) -> Path:
     """Share of assignments per expert vs epoch (one line per expert)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

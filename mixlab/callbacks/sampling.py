@@ -47,8 +47,14 @@ class SampleGrid(L.Callback):
     """
 
     @checked
-    def __init__(self, every_n_epochs: NonNegativeInt = 5, num_samples: PositiveInt = 64, seed: int = 0,
-                 every_n_steps: PositiveInt | None = None, **options):
+    def __init__(
+        self,
+        every_n_epochs: NonNegativeInt = 5,
+        num_samples: PositiveInt = 64,
+        seed: int = 0,
+        every_n_steps: PositiveInt | None = None,
+        **options,
+    ):
         self.every_n_epochs, self.every_n_steps, self.num_samples, self.seed = every_n_epochs, every_n_steps, num_samples, seed
         self.options = options
         self.last_path: Path | None = None  # the first file of the latest sampling
@@ -98,7 +104,9 @@ class SampleGrid(L.Callback):
     def _log_texts(self, trainer: L.Trainer, texts: list[str], key: str) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_text(key=key, columns=["step", "sample"], data=[[trainer.global_step, t] for t in texts], step=trainer.global_step)
+                logger.log_text(
+                    key=key, columns=["step", "sample"], data=[[trainer.global_step, t] for t in texts], step=trainer.global_step
+                )
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text(key, SEPARATOR.join(texts), trainer.global_step)
 

@@ -54,8 +54,11 @@ class ExpertUsage(L.Callback):
     def _plot(self, trainer: L.Trainer) -> None:
         from mixlab.callbacks.plots import log_figure, plot_usage_history
 
-        self.last_plot = plot_usage_history(self.history, Path(trainer.default_root_dir) / "figures" / "expert_usage_training.png",
-                                            dead_threshold=self.dead_threshold)
+        self.last_plot = plot_usage_history(
+            self.history,
+            Path(trainer.default_root_dir) / "figures" / "expert_usage_training.png",
+            dead_threshold=self.dead_threshold,
+        )
         log_figure(trainer, "figures/expert_usage", self.last_plot)
 
     def state_dict(self) -> dict:

@@ -35,8 +35,10 @@ def read_checkpoint(path: str | Path, key: str, mmap: bool = False, error: type[
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # zip, pickle, EOF, unicode, ... errors: the file is unusable whatever the cause
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise error(key, f"cannot read checkpoint {path} ({type(err).__name__}: {reason[:160]}); "
-                         "it is truncated or not a PyTorch checkpoint") from None
+        raise error(
+            key,
+            f"cannot read checkpoint {path} ({type(err).__name__}: {reason[:160]}); it is truncated or not a PyTorch checkpoint",
+        ) from None
     if not isinstance(ckpt, dict):
         raise error(key, f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
@@ -92,13 +94,19 @@ def check_state_fits(ckpt_path: str | None, system) -> None:
         return
     ours = system.state_dict()
     missing, unexpected = sorted(set(ours) - set(stored)), sorted(set(stored) - set(ours))
-    reshaped = sorted(k for k in set(ours) & set(stored)
-                      if hasattr(stored[k], "shape") and tuple(stored[k].shape) != tuple(ours[k].shape))
+    reshaped = sorted(
+        k for k in set(ours) & set(stored) if hasattr(stored[k], "shape") and tuple(stored[k].shape) != tuple(ours[k].shape)
+    )
     if missing or unexpected or reshaped:
-        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if keys]
-        raise ConfigError("ckpt_path", f"{ckpt_path} does not fit the configured model ({'; '.join(parts)}): "
-                                       "it was trained with other model options")
+        parts = [
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
+            if keys
+        ]
+        raise ConfigError(
+            "ckpt_path",
+            f"{ckpt_path} does not fit the configured model ({'; '.join(parts)}): it was trained with other model options",
+        )
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:
@@ -130,8 +138,9 @@ def resolve_resume(ckpt_path: str | None, output_dir: Path, task_dir: Path) -> s
         read_checkpoint(ckpt_path, "ckpt_path", mmap=True)
         return str(ckpt_path)
     for path in skipped:
-        warnings.warn(f"[mixlab] skipped unreadable checkpoint {path} ({damage(path)}); resuming from "
-                      f"{found or 'scratch'}", stacklevel=2)
+        warnings.warn(
+            f"[mixlab] skipped unreadable checkpoint {path} ({damage(path)}); resuming from {found or 'scratch'}", stacklevel=2
+        )
     if found is None and skipped and ckpt_path == "last":
         raise ConfigError("ckpt_path", f"no readable checkpoint under {task_dir}/runs/*/checkpoints/")
     return str(found) if found else None
@@ -169,8 +178,11 @@ def system_class(target: str, key: str = f"{SYSTEM_KEY}._target_"):
     try:
         return get_class(target)
     except Exception as err:
-        raise ConfigError(key, f"cannot import system class '{target}' ({type(err).__name__}); "
-                               "a checkpoint written by an older mixlab layout, or a typo") from None
+        raise ConfigError(
+            key,
+            f"cannot import system class '{target}' ({type(err).__name__}); "
+            "a checkpoint written by an older mixlab layout, or a typo",
+        ) from None
 
 
 def load_system(path: str | Path, device: torch.device | str = "cpu", key: str = "ckpt") -> tuple:

@@ -54,10 +54,17 @@ def _temporary(path: Path) -> Path:
 
 def _disk_error(path: Path, err: OSError) -> DiskError:
     name = errno.errorcode.get(err.errno, "OSError") if err.errno else type(err).__name__
-    hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "read-only file system",
-            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(err.errno, err.strerror or str(err))
-    return DiskError(f"cannot write {path} ({name}: {hint}); free space there or choose another log directory "
-                     "(paths.log_dir=DIR or hydra.run.dir=DIR); nothing half-written was left")
+    hint = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }.get(err.errno, err.strerror or str(err))
+    return DiskError(
+        f"cannot write {path} ({name}: {hint}); free space there or choose another log directory "
+        "(paths.log_dir=DIR or hydra.run.dir=DIR); nothing half-written was left"
+    )
 
 
 def write_atomic(path: str | Path, write: Callable[[Any], None], before_replace: Callable[[], None] | None = None) -> str:
@@ -144,8 +151,9 @@ def verify_digest(path: str | Path) -> str | None:
         except (OSError, IndexError, UnicodeDecodeError):
             expected = ""
         actual = file_digest(path)
-        _verified[key] = None if actual == expected else (
-            f"checksum mismatch with {sidecar.name}: the file changed after it was written")
+        _verified[key] = (
+            None if actual == expected else (f"checksum mismatch with {sidecar.name}: the file changed after it was written")
+        )
     return _verified[key]
 
 
@@ -162,7 +170,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().remove_checkpoint(path)
         sidecar_of(path).unlink(missing_ok=True)
 
-    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         from mixlab.core.errors import ConfigError
 
         if Path(path).is_file() and (problem := verify_digest(path)):

@@ -52,11 +52,17 @@ def _parse(override: str):
     try:
         parsed = OverridesParser.create().parse_overrides([override])[0]
     except OverrideParseException as err:
-        raise ConfigError(key, f"cannot parse the value ({err.message.splitlines()[0]}); quote values with "
-                               f"spaces or special characters, e.g. '{key}=\"...\"'") from None
+        raise ConfigError(
+            key,
+            f"cannot parse the value ({err.message.splitlines()[0]}); quote values with "
+            f"spaces or special characters, e.g. '{key}=\"...\"'",
+        ) from None
     if parsed.is_sweep_override():
-        raise ConfigError(key, f"Hydra reads a comma-separated value as a sweep; quote the text, e.g. "
-                               f"'{key}=\"{parsed.input_line.split('=', 1)[1]}\"' (the shell needs the outer quotes)")
+        raise ConfigError(
+            key,
+            f"Hydra reads a comma-separated value as a sweep; quote the text, e.g. "
+            f"'{key}=\"{parsed.input_line.split('=', 1)[1]}\"' (the shell needs the outer quotes)",
+        )
     return parsed
 
 
@@ -71,8 +77,10 @@ def _composition_error(err: Exception, overrides: list, config_name: str, contex
         if isinstance(cause, MissingConfigException) and cause.missing_cfg_file:
             group, _, name = cause.missing_cfg_file.rpartition("/")
             available = " ".join(cause.options or []) or "none"
-            return ConfigError(group.replace("/", ".") or name, f"unknown option '{name}' (conf/{cause.missing_cfg_file}.yaml "
-                                                                f"does not exist); available: {available}")
+            return ConfigError(
+                group.replace("/", ".") or name,
+                f"unknown option '{name}' (conf/{cause.missing_cfg_file}.yaml does not exist); available: {available}",
+            )
         if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
             key = str(cause.full_key)
             if context:
@@ -101,8 +109,11 @@ def check_writable(path: Path, key: str) -> None:
     read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
     if read_only or not os.access(existing, os.W_OK | os.X_OK):
         why = "a read-only file system" if read_only else "no write permission"
-        raise ConfigError(key, f"cannot write the run dir {path} ({existing} is on {why}); choose another folder "
-                               "with paths.log_dir=... or hydra.run.dir=...")
+        raise ConfigError(
+            key,
+            f"cannot write the run dir {path} ({existing} is on {why}); choose another folder "
+            "with paths.log_dir=... or hydra.run.dir=...",
+        )
 
 
 def check_overrides(config_name: str, overrides: list[str], context: str = "", run_dir: str | None = None) -> None:
@@ -171,7 +182,9 @@ def evaluate_main() -> None:
     given = {override_key(a): a.split("=", 1)[1] for a in user_overrides(args)}
     try:
         if not given.get("ckpt"):
-            raise ConfigError("ckpt", "give the checkpoint to evaluate: python evaluate.py ckpt=PATH (a .ckpt file, a run dir or logs/<task>)")
+            raise ConfigError(
+                "ckpt", "give the checkpoint to evaluate: python evaluate.py ckpt=PATH (a .ckpt file, a run dir or logs/<task>)"
+            )
         ckpt, name, system_name = evaluator_for(given["ckpt"], given.get("evaluator"))
     except MixlabError as err:
         fail(err)

@@ -40,9 +40,13 @@ def _targets(node, path: str) -> Iterator[tuple[str, DictConfig]]:
 
 
 _OPTIMIZER_BOUNDS = {
-    "lr": PositiveFloat, "eps": PositiveFloat, "weight_decay": NonNegativeFloat, "momentum": OpenUnitFloat,
+    "lr": PositiveFloat,
+    "eps": PositiveFloat,
+    "weight_decay": NonNegativeFloat,
+    "momentum": OpenUnitFloat,
     "betas": Annotated[list[OpenUnitFloat], Field(min_length=2, max_length=2)],
-    "gamma": PositiveFloat, "factor": PositiveFloat,
+    "gamma": PositiveFloat,
+    "factor": PositiveFloat,
     **dict.fromkeys(("T_max", "step_size", "total_steps", "T_0", "total_iters", "warmup_steps"), PositiveInt),
 }
 

@@ -30,8 +30,14 @@ def evaluator_for(ckpt: str, chosen: str | None = None) -> tuple[Path, str, str]
     cfg = run_config(read_checkpoint(path, "ckpt", mmap=True), path, "ckpt")
     cls = system_class(cfg.model._target_, "ckpt")
     name = chosen or cls.evaluator
-    require(bool(name), "evaluator", f"{cls.__name__} names no evaluator; choose one: evaluator=NAME ({'|'.join(available_evaluators())})")
-    require(name in available_evaluators(), "evaluator", f"unknown evaluator '{name}' (choose {'|'.join(available_evaluators())})")
+    require(
+        bool(name),
+        "evaluator",
+        f"{cls.__name__} names no evaluator; choose one: evaluator=NAME ({'|'.join(available_evaluators())})",
+    )
+    require(
+        name in available_evaluators(), "evaluator", f"unknown evaluator '{name}' (choose {'|'.join(available_evaluators())})"
+    )
     return path, name, cls.__name__
 
 
@@ -54,10 +60,15 @@ def evaluate(cfg: DictConfig):
 
     quiet_lightning()
     raise_on_signals("evaluation")
-    require(bool(cfg.get("run")), "evaluator", f"no evaluator chosen; evaluate.py picks it from the checkpoint, or evaluator=NAME "
-                                               f"({'|'.join(available_evaluators())})")
+    require(
+        bool(cfg.get("run")),
+        "evaluator",
+        f"no evaluator chosen; evaluate.py picks it from the checkpoint, or evaluator=NAME ({'|'.join(available_evaluators())})",
+    )
     try:
         return get_method(cfg.run)(cfg)
     except SIGTERMException:  # a Lightning loop inside the evaluator stopped on the signal
-        raise Interrupted("evaluation stopped by SIGTERM; no result files were written for the unfinished part "
-                          "(rerun the same command)", signal.SIGTERM) from None
+        raise Interrupted(
+            "evaluation stopped by SIGTERM; no result files were written for the unfinished part (rerun the same command)",
+            signal.SIGTERM,
+        ) from None

@@ -21,9 +21,9 @@ from mixlab.core.checkpoint_io import AtomicCheckpointIO, write_json_atomic
 from mixlab.core.config import build, check_missing, check_optimizer_numbers, check_trainer, require
 from mixlab.core.distributed import DestroyProcessGroupAtExit, accumulation, local_rank, world_size
 from mixlab.core.errors import ConfigError
+from mixlab.core.network import internet_reachable
 from mixlab.core.quiet import quiet_lightning
 from mixlab.core.signals import SIGTERMException, StopOnSignal
-from mixlab.core.network import internet_reachable
 
 
 def wandb_offline() -> bool:
@@ -46,14 +46,18 @@ def build_loggers(cfg: DictConfig | None) -> list:
         if node is None or "_target_" not in node:
             continue
         if node._target_.endswith("WandbLogger") and wandb_offline():
-            rank_zero_info(f"[mixlab] logger.{name}: wandb in offline mode (no API key or no network); `wandb sync` the run dir later")
+            rank_zero_info(
+                f"[mixlab] logger.{name}: wandb in offline mode (no API key or no network); `wandb sync` the run dir later"
+            )
             node = OmegaConf.merge(node, {"offline": True})
         try:
             loggers.append(build(node))
         except InstantiationException as err:
             if isinstance(err.__cause__, ModuleNotFoundError):  # e.g. tensorboard is an optional extra
-                raise ConfigError(f"logger.{name}", f"{str(err.__cause__).splitlines()[0]} (make setup installs the "
-                                                    "optional extras; or choose another logger=)") from None
+                raise ConfigError(
+                    f"logger.{name}",
+                    f"{str(err.__cause__).splitlines()[0]} (make setup installs the optional extras; or choose another logger=)",
+                ) from None
             raise
     return loggers
 
@@ -74,7 +78,9 @@ def build_plugins(trainer_cfg: DictConfig) -> list:
 
     given = trainer_cfg.get("plugins")
     given = [] if given is None else list(given) if OmegaConf.is_list(given) or isinstance(given, list) else [given]
-    plugins = [build(p, key=f"trainer.plugins.{i}") if OmegaConf.is_dict(p) and "_target_" in p else p for i, p in enumerate(given)]
+    plugins = [
+        build(p, key=f"trainer.plugins.{i}") if OmegaConf.is_dict(p) and "_target_" in p else p for i, p in enumerate(given)
+    ]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     return plugins
@@ -83,7 +89,11 @@ def build_plugins(trainer_cfg: DictConfig) -> list:
 def check_run_config(cfg: DictConfig):
     """Everything that can be checked before data or training: trainer and optimizer numbers,
     values left `???`, and the system's own checks. Returns (system class, world size)."""
-    require(cfg.get("model") is not None and "_target_" in cfg.model, "model", "missing from the config (choose one: model=NAME or experiment=NAME)")
+    require(
+        cfg.get("model") is not None and "_target_" in cfg.model,
+        "model",
+        "missing from the config (choose one: model=NAME or experiment=NAME)",
+    )
     require(cfg.get("trainer") is not None, "trainer", "missing from the config")
     system_cls = system_class(cfg.model._target_)
     system_cls.check_config(cfg)
@@ -118,7 +128,9 @@ def train(cfg: DictConfig) -> dict:
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks, loggers = build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
     stop = StopOnSignal(output_dir / "checkpoints")
-    trainer: L.Trainer = build(cfg.trainer, callbacks=[stop, *callbacks], logger=loggers or False, plugins=build_plugins(cfg.trainer))
+    trainer: L.Trainer = build(
+        cfg.trainer, callbacks=[stop, *callbacks], logger=loggers or False, plugins=build_plugins(cfg.trainer)
+    )
     for logger in loggers:
         logger.log_hyperparams(system.run_config)
 

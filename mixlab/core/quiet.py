@@ -9,7 +9,6 @@ silenced."""
 import logging
 import warnings
 
-
 DROPPED = ("💡 Tip", "GPU available: ", "TPU available: ", "HPU available: ", "Received SIGTERM: ")
 
 
@@ -23,9 +22,15 @@ def quiet_lightning() -> None:
     import lightning.pytorch  # noqa: F401  (imported before Hydra configures logging: Lightning keeps its own handler)
 
     # lightning/pytorch/utilities/_pytree.py, on every fit with torch >= 2.14
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch\.utilities\._pytree"
+    )
     # lightning/pytorch/trainer/connectors/data_connector.py: we set num_workers on purpose (in-memory tensors)
-    warnings.filterwarnings("ignore", message=r"The '\w+_dataloader' does not have many workers", module=r"lightning\.pytorch\.trainer\.connectors\.data_connector")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"The '\w+_dataloader' does not have many workers",
+        module=r"lightning\.pytorch\.trainer\.connectors\.data_connector",
+    )
     # lightning/pytorch/callbacks/model_checkpoint.py, on every resume into the run dir's checkpoints/
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     for name in ("lightning.pytorch", "lightning.fabric"):

@@ -72,17 +72,22 @@ class StopOnSignal(L.Callback):
     def interrupted(self, step: int, epoch: int) -> Interrupted:
         name = NAMES.get(self.signum, str(self.signum))
         saved = f"checkpoint written: {self.saved}" if self.saved else "no new checkpoint (stopped outside a training step)"
-        return Interrupted(f"training stopped by {name} at global step {step} (epoch {epoch}); {saved}. "
-                           "Resume: the same command with ckpt_path=last (or hydra.run.dir=<this run dir>)",
-                           self.signum or signal.SIGTERM)
+        return Interrupted(
+            f"training stopped by {name} at global step {step} (epoch {epoch}); {saved}. "
+            "Resume: the same command with ckpt_path=last (or hydra.run.dir=<this run dir>)",
+            self.signum or signal.SIGTERM,
+        )
 
 
 def raise_on_signals(what: str = "evaluation") -> None:
     """SIGTERM and SIGINT raise `Interrupted` (exit code 143 / 130) wherever the program is."""
 
     def handle(signum, frame):
-        raise Interrupted(f"{what} stopped by {NAMES.get(signum, signum)}; no result files were written for the "
-                          "unfinished part (rerun the same command)", signum)
+        raise Interrupted(
+            f"{what} stopped by {NAMES.get(signum, signum)}; no result files were written for the "
+            "unfinished part (rerun the same command)",
+            signum,
+        )
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:

@@ -65,7 +65,7 @@ def _problem(error: dict) -> str:
     message = error.get("msg", "invalid")
     for phrase, plain in _PHRASES:
         if message.startswith(phrase):
-            return plain + message[len(phrase):]
+            return plain + message[len(phrase) :]
     return message
 
 
@@ -119,7 +119,7 @@ def checked(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter(kind) -> TypeAdapter:
     return TypeAdapter(kind, config=_STRICT)
 

@@ -88,8 +88,9 @@ class ResilientMCL(AssignmentRule):
         return F.cross_entropy(scores, losses.argmin(dim=1))
 
 
-def weighted_expert_losses(per_sample: torch.Tensor, weights: torch.Tensor, normalization: str = "per_expert",
-                           totals: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_expert_losses(
+    per_sample: torch.Tensor, weights: torch.Tensor, normalization: str = "per_expert", totals: torch.Tensor | None = None
+) -> torch.Tensor:
     """One loss per expert, [K], from per-sample losses [B, K] (with gradient) and weights [B, K].
 
     per_expert (the reference): L_k = sum_n w_nk m_nk / (sum_n w_nk + 1e-8), i.e. hard WTA's

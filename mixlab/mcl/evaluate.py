@@ -37,8 +37,11 @@ def load_bank(cfg: DictConfig, device: torch.device) -> tuple[MCLDiffusion, Dict
     if cfg.get("gate_ckpt"):
         gate, _, _ = load_system(cfg.gate_ckpt, device, key="gate_ckpt")
         require(isinstance(gate, MCLGate), "gate_ckpt", f"{cfg.gate_ckpt} is not a gate checkpoint (experiment=mcl_k4_gate)")
-        require(gate.gate.num_experts == system.num_experts, "gate_ckpt",
-                f"the gate routes {gate.gate.num_experts} experts but the model has {system.num_experts}")
+        require(
+            gate.gate.num_experts == system.num_experts,
+            "gate_ckpt",
+            f"the gate routes {gate.gate.num_experts} experts but the model has {system.num_experts}",
+        )
         system.gate = gate.gate.eval()
     return system, run_cfg, ckpt
 
@@ -47,8 +50,13 @@ def applicable_strategies(system: MCLDiffusion) -> list[tuple[str, dict]]:
     """(strategy, kwargs) pairs this checkpoint supports: every single expert, random per batch and
     per sample, best, mixture, committed_usage; gated/sticky/committed with a gate or scoring heads."""
     plan = [("single_expert", {"expert": k}) for k in range(system.num_experts)]
-    plan += [("random_expert", {"per": "batch"}), ("random_expert", {"per": "sample"}), ("best_expert", {}),
-             ("mixture_score", {}), ("committed_usage", {})]
+    plan += [
+        ("random_expert", {"per": "batch"}),
+        ("random_expert", {"per": "sample"}),
+        ("best_expert", {}),
+        ("mixture_score", {}),
+        ("committed_usage", {}),
+    ]
     if system.gate is not None:
         plan += [("gated", {}), ("sticky_gate", {}), ("committed_gate", {})]
     if system.scorer is not None:
@@ -78,7 +86,9 @@ def routing_of(cfg: DictConfig, strategy: str, seed: int, **kwargs) -> Routing:
 def score_routing(cfg, system, ckpt, scorer, device, routing: Routing, name: str, out_dir: Path | None = None) -> dict:
     fields = {"label": name, "strategy": routing.name, "expert": getattr(routing, "expert", None)}
     try:
-        return sample_and_score(cfg, system, ckpt, scorer, device, {"routing": routing}, tag=routing.tag, fields=fields, out_dir=out_dir)
+        return sample_and_score(
+            cfg, system, ckpt, scorer, device, {"routing": routing}, tag=routing.tag, fields=fields, out_dir=out_dir
+        )
     except ArgumentError as err:  # the routing's arguments are this evaluator's options (expert=, per=)
         raise ConfigError(err.arg, err.problem) from None
 
@@ -108,7 +118,9 @@ def compare(cfg: DictConfig, system: MCLDiffusion, run_cfg: DictConfig, ckpt: di
     rows = []
     if cfg.get("baseline_ckpt"):
         baseline, _, base_ckpt = load_system(cfg.baseline_ckpt, device, key="baseline_ckpt")
-        rows.append({**sample_and_score(cfg, baseline, base_ckpt, scorer, device, out_dir=out_dir / "baseline"), "label": "baseline"})
+        rows.append(
+            {**sample_and_score(cfg, baseline, base_ckpt, scorer, device, out_dir=out_dir / "baseline"), "label": "baseline"}
+        )
         print(f"[mixlab] baseline: FID {rows[-1][cfg.protocols[0]]['fid']:.2f}")
     for strategy, kwargs in plan:
         routing = routing_of(cfg, strategy, seed=cfg.routing_seed, **kwargs)
@@ -122,14 +134,19 @@ def write_table(rows: list[dict], cfg: DictConfig, out_dir: Path, usage: list[fl
     tag = f"{cfg.solver}_{cfg.grid}{cfg.steps}_n{cfg.n}_seed{cfg.seed}"
     protocols = list(cfg.protocols)
     header = "| strategy | " + " | ".join(f"{p} FID | {p} P | {p} R" for p in protocols) + " | sampling s |"
-    lines = [f"MCL strategies of `{cfg.ckpt}`: {cfg.n} samples, {cfg.solver} {cfg.grid} {cfg.steps} steps, seed {cfg.seed}; "
-             f"training usage {', '.join(f'{100 * u:.0f}%' for u in usage)}", "", header,
-             "|" + "---|" * (2 + 3 * len(protocols))]
+    lines = [
+        f"MCL strategies of `{cfg.ckpt}`: {cfg.n} samples, {cfg.solver} {cfg.grid} {cfg.steps} steps, seed {cfg.seed}; "
+        f"training usage {', '.join(f'{100 * u:.0f}%' for u in usage)}",
+        "",
+        header,
+        "|" + "---|" * (2 + 3 * len(protocols)),
+    ]
     for r in rows:
         cells = " | ".join(f"{r[p]['fid']:.2f} | {r[p]['precision']:.3f} | {r[p]['recall']:.3f}" for p in protocols)
         lines.append(f"| {r['label']} | {cells} | {r['sampling_seconds']} |")
     (out_dir / f"strategy_comparison_{tag}.md").write_text("\n".join(lines) + "\n")
     from mixlab.core.checkpoint_io import write_json_atomic
+
     write_json_atomic(out_dir / f"strategy_comparison_{tag}.json", rows)
     plot_comparison(rows, protocols, out_dir / f"strategy_comparison_{tag}.png")
     print("\n".join(lines))
@@ -153,7 +170,9 @@ def plot_comparison(rows: list[dict], protocols: list[str], path: Path) -> None:
     width = 0.8 / len(protocols)
     for j, p in enumerate(protocols):
         ax.bar([i + j * width for i in range(n)], [max(r[p]["fid"], 1e-3) for r in rows], width, label=f"{p} FID")
-    ax.set_xticks([i + width * (len(protocols) - 1) / 2 for i in range(n)], [r["label"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(
+        [i + width * (len(protocols) - 1) / 2 for i in range(n)], [r["label"] for r in rows], rotation=30, ha="right", fontsize=7
+    )
     ax.set_yscale("log")
     ax.set_ylabel("FID (lower is better)")
     ax.legend(fontsize=7)

@@ -25,18 +25,22 @@ from mixlab.score.schedule import LogUniformSigma
 
 class MCLGate(MixlabSystem):
     """Args:
-        gate: partial taking num_experts -> nn.Module (x_scaled, c_noise) -> logits [B, K].
-        experts_ckpt: checkpoint of a trained MCLDiffusion run: a file, its run dir or its task dir
-            (the validation-selected checkpoint); the gate's checkpoints record the file it resolved to.
-        optimizer: partial taking params.
+    gate: partial taking num_experts -> nn.Module (x_scaled, c_noise) -> logits [B, K].
+    experts_ckpt: checkpoint of a trained MCLDiffusion run: a file, its run dir or its task dir
+        (the validation-selected checkpoint); the gate's checkpoints record the file it resolved to.
+    optimizer: partial taking params.
     """
 
     evaluator = "mcl"  # a gate checkpoint is evaluated as its experts with the gate attached
 
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
-        given = "experts_ckpt" in cfg.model.keys() and not OmegaConf.is_missing(cfg.model, "experts_ckpt") and cfg.model.experts_ckpt
-        require(bool(given), "model.experts_ckpt", "give the trained MCL checkpoint the gate routes between: model.experts_ckpt=PATH")
+        given = (
+            "experts_ckpt" in cfg.model.keys() and not OmegaConf.is_missing(cfg.model, "experts_ckpt") and cfg.model.experts_ckpt
+        )
+        require(
+            bool(given), "model.experts_ckpt", "give the trained MCL checkpoint the gate routes between: model.experts_ckpt=PATH"
+        )
 
     @checked
     def __init__(self, gate: Callable[..., nn.Module], experts_ckpt: str, optimizer: Callable, seed: int = 0):

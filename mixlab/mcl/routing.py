@@ -75,7 +75,10 @@ class SingleExpert(Routing):
 
     def start(self, bank, batch_size):
         if not 0 <= self.expert < bank.num_experts:
-            raise ArgumentError("expert", f"expert {self.expert} is out of range for a model with {bank.num_experts} experts (0..{bank.num_experts - 1})")
+            raise ArgumentError(
+                "expert",
+                f"expert {self.expert} is out of range for a model with {bank.num_experts} experts (0..{bank.num_experts - 1})",
+            )
         return super().start(bank, batch_size)
 
     def __call__(self, x, sigma):

@@ -15,14 +15,16 @@ import torch
 
 from mixlab.mcl.assignment import weighted_expert_losses
 
+
 def use_sparse(sparse: Literal["auto", True, False], one_hot: bool) -> bool:
     """`model.sparse`: auto -> sparse exactly when the rule's weights are one-hot; true/false as said.
     The caller rejects true with a soft rule (its losers' weights would need every expert's gradient)."""
     return one_hot if sparse == "auto" else sparse is True
 
 
-def sparse_expert_losses(expert_loss: Callable[[int, torch.Tensor], torch.Tensor], weights: torch.Tensor,
-                         normalization: str, totals: torch.Tensor) -> torch.Tensor:
+def sparse_expert_losses(
+    expert_loss: Callable[[int, torch.Tensor], torch.Tensor], weights: torch.Tensor, normalization: str, totals: torch.Tensor
+) -> torch.Tensor:
     """One loss per expert, [K], equal to `weighted_expert_losses(m, weights, normalization, totals)`
     without computing m where the weight is zero.
 
@@ -38,5 +40,5 @@ def sparse_expert_losses(expert_loss: Callable[[int, torch.Tensor], torch.Tensor
             losses.append(totals.new_zeros(()))
             continue
         m_k = expert_loss(k, idx)  # [n_k]
-        losses.append(weighted_expert_losses(m_k[:, None], weights[idx, k:k + 1], normalization, totals[k:k + 1])[0])
+        losses.append(weighted_expert_losses(m_k[:, None], weights[idx, k : k + 1], normalization, totals[k : k + 1])[0])
     return torch.stack(losses)

@@ -23,13 +23,13 @@ from torch import nn
 
 from mixlab.core.config import require
 from mixlab.core.errors import ArgumentError, ConfigError
+from mixlab.core.tensors import per_sample
 from mixlab.core.validate import PositiveInt, checked
 from mixlab.mcl.assignment import AssignmentRule, weighted_expert_losses
 from mixlab.mcl.routing import Routing, SingleExpert
 from mixlab.mcl.sparse import sparse_expert_losses, use_sparse
 from mixlab.metrics.expert_stats import usage_shares
 from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
-from mixlab.core.tensors import per_sample
 from mixlab.score.system import ScoreDiffusion
 
 
@@ -58,14 +58,14 @@ class MCLStep:
 
 class MCLDiffusion(ScoreDiffusion):
     """Args (beyond ScoreDiffusion's):
-        assignment: HardWTA | AnnealedWTA | RelaxedWTA | ResilientMCL (mixlab.mcl.assignment).
-        num_experts: K >= 1.
-        vectorize: auto (vmap on CUDA, loop of parameter slices on CPU: faster there) | true | false.
-        sparse: auto (for rules whose weights are one-hot) | true | false: route with a no-grad
-            K-expert forward, then one forward/backward per expert on its winners only.
-        normalization: per_expert (the reference) | batch (published annealed MCL).
-        scorer: a net (x, c_noise) -> [B, 1], stacked K times as resilient MCL's scoring heads.
-        routing: the Routing used by sample grids and `sample()` when none is given.
+    assignment: HardWTA | AnnealedWTA | RelaxedWTA | ResilientMCL (mixlab.mcl.assignment).
+    num_experts: K >= 1.
+    vectorize: auto (vmap on CUDA, loop of parameter slices on CPU: faster there) | true | false.
+    sparse: auto (for rules whose weights are one-hot) | true | false: route with a no-grad
+        K-expert forward, then one forward/backward per expert on its winners only.
+    normalization: per_expert (the reference) | batch (published annealed MCL).
+    scorer: a net (x, c_noise) -> [B, 1], stacked K times as resilient MCL's scoring heads.
+    routing: the Routing used by sample grids and `sample()` when none is given.
     """
 
     evaluator = "mcl"
@@ -75,16 +75,31 @@ class MCLDiffusion(ScoreDiffusion):
         super().check_config(cfg)
         target = str((cfg.model.get("assignment") or {}).get("_target_", ""))
         if target.endswith("AnnealedWTA"):
-            require((cfg.get("callbacks") or {}).get("temperature") is not None, "callbacks.temperature",
-                    "annealed WTA needs the TemperatureAnnealing callback (callbacks=mcl, or another model/assignment)")
+            require(
+                (cfg.get("callbacks") or {}).get("temperature") is not None,
+                "callbacks.temperature",
+                "annealed WTA needs the TemperatureAnnealing callback (callbacks=mcl, or another model/assignment)",
+            )
 
     @checked
-    def __init__(self, net: nn.Module, assignment: AssignmentRule, num_experts: PositiveInt = 4, vectorize: Literal["auto", True, False] = "auto",
-                 normalization: Literal["per_expert", "batch"] = "per_expert", sparse: Literal["auto", True, False] = "auto",
-                 scorer: nn.Module | None = None, routing: Routing | None = None, **kwargs):
+    def __init__(
+        self,
+        net: nn.Module,
+        assignment: AssignmentRule,
+        num_experts: PositiveInt = 4,
+        vectorize: Literal["auto", True, False] = "auto",
+        normalization: Literal["per_expert", "batch"] = "per_expert",
+        sparse: Literal["auto", True, False] = "auto",
+        scorer: nn.Module | None = None,
+        routing: Routing | None = None,
+        **kwargs,
+    ):
         if sparse is True and not assignment.one_hot:
-            raise ArgumentError("sparse", f"true needs one-hot weights (hard WTA, resilient MCL); {type(assignment).__name__} "
-                                          "gives every expert a share of every sample: use sparse=auto or false")
+            raise ArgumentError(
+                "sparse",
+                f"true needs one-hot weights (hard WTA, resilient MCL); {type(assignment).__name__} "
+                "gives every expert a share of every sample: use sparse=auto or false",
+            )
         if assignment.uses_scores and scorer is None:
             raise ArgumentError("scorer", f"{type(assignment).__name__} needs scoring heads (mixlab.nets.gating.ScoringHead)")
         super().__init__(net=StackedExperts(net, num_experts, vectorize=vectorize is True), **kwargs)
@@ -110,7 +125,9 @@ class MCLDiffusion(ScoreDiffusion):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._set_vectorize()
-        if self.assignment.uses_temperature and not any(type(cb).__name__ == "TemperatureAnnealing" for cb in self.trainer.callbacks):
+        if self.assignment.uses_temperature and not any(
+            type(cb).__name__ == "TemperatureAnnealing" for cb in self.trainer.callbacks
+        ):
             raise ConfigError("callbacks.temperature", f"{type(self.assignment).__name__} needs a TemperatureAnnealing callback")
 
     # ----- training ---------------------------------------------------------------------
@@ -139,7 +156,9 @@ class MCLDiffusion(ScoreDiffusion):
         if self.scorer is not None:
             x = x0 + per_sample(sigma, x0) * noise
             scores = self.scorer(self.scaled_input(x, sigma), sigma.log() / 4).squeeze(-1).transpose(0, 1)  # [B, K]
-        weights, winners = self.assignment(route, temperature=self.temperature, scores=None if scores is None else scores.detach())
+        weights, winners = self.assignment(
+            route, temperature=self.temperature, scores=None if scores is None else scores.detach()
+        )
         world_size, _ = self.world()
         totals = weights.sum(0) if self.normalization == "per_expert" else torch.full_like(weights[0], weights.shape[0])
         totals = self._global(totals.detach())  # DDP averages gradients over ranks: global totals, times W
@@ -162,11 +181,23 @@ class MCLDiffusion(ScoreDiffusion):
         world_size, _ = self.world()
         if step.scores is not None:
             self.log("train/head_loss", step.head_loss, on_step=False, on_epoch=True, sync_dist=True)
-            self.log("train/head_acc", (step.scores.argmax(1) == step.routing.argmin(1)).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
+            self.log(
+                "train/head_acc",
+                (step.scores.argmax(1) == step.routing.argmin(1)).float().mean(),
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+            )
         self.log("train/loss", step.routing.min(dim=1).values.mean(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train/objective", step.loss.detach() / world_size, on_step=False, on_epoch=True, sync_dist=True)
         for k in range(self.num_experts):
-            self.log(f"train/expert_{k}_loss", step.expert_losses[k].detach() / world_size, on_step=False, on_epoch=True, sync_dist=True)
+            self.log(
+                f"train/expert_{k}_loss",
+                step.expert_losses[k].detach() / world_size,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+            )
         return {"loss": step.loss, "usage": step.winners}
 
     def validation_step(self, batch, batch_idx):
@@ -207,7 +238,9 @@ class MCLDiffusion(ScoreDiffusion):
 
     def gate_logits(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
-            raise ConfigError("gate_ckpt", "this routing needs a trained gate: train one with experiment=mcl_k4_gate and pass gate_ckpt=PATH")
+            raise ConfigError(
+                "gate_ckpt", "this routing needs a trained gate: train one with experiment=mcl_k4_gate and pass gate_ckpt=PATH"
+            )
         return self.gate(self.scaled_input(x, sigma), sigma.log() / 4)
 
     def expert_scores(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -65,8 +65,7 @@ def train_classifier(
             count += len(idx)
         test_acc = accuracy(model, test_x, test_y)
         print(
-            f"epoch {epoch}/{epochs}  loss {total / max(1, count):.4f}  "
-            f"test acc {test_acc:.4f}  ({time.time() - start:.1f}s)",
+            f"epoch {epoch}/{epochs}  loss {total / max(1, count):.4f}  test acc {test_acc:.4f}  ({time.time() - start:.1f}s)",
             flush=True,
         )
     model.eval()
@@ -95,8 +94,17 @@ def load_classifier(path: str | Path, device: str = "cpu", dataset: str = "mnist
     return model.to(device).eval()
 
 
-def build_classifier(root: str | Path, dataset: str, out: str | Path, epochs: int = 5, batch_size: int = 256, lr: float = 1e-3,
-                     seed: int = 0, device: str = "cpu", force: bool = False) -> Path:
+def build_classifier(
+    root: str | Path,
+    dataset: str,
+    out: str | Path,
+    epochs: int = 5,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    force: bool = False,
+) -> Path:
     """Train the feature classifier on `dataset` under `root` and save it to `out` (idempotent
     unless `force`). `make classifier` runs this."""
     out = Path(out)
@@ -107,7 +115,9 @@ def build_classifier(root: str | Path, dataset: str, out: str | Path, epochs: in
 
     train_u8, train_y = load_split(root, dataset, "train", download=True)
     test_u8, test_y = load_split(root, dataset, "test", download=True)
-    print(f"training the {dataset} feature classifier on {len(train_u8)} images, testing on {len(test_u8)} ({device})", flush=True)
+    print(
+        f"training the {dataset} feature classifier on {len(train_u8)} images, testing on {len(test_u8)} ({device})", flush=True
+    )
     model, acc = train_classifier(
         to_model_range(train_u8),
         torch.from_numpy(np.array(train_y, dtype=np.int64)),

@@ -114,13 +114,12 @@ def fidelity_metrics(real_feats: object, fake_feats: object, k: PositiveInt = 3,
     if min(len(real), len(fake)) <= k:
         raise ValueError(f"need more than k={k} samples per side, got {len(real)} real and {len(fake)} generated")
 
-    fid = fid_statistics_to_metric(
-        fid_features_to_statistics(real), fid_features_to_statistics(fake), verbose=False
-    )["frechet_inception_distance"]
+    fid = fid_statistics_to_metric(fid_features_to_statistics(real), fid_features_to_statistics(fake), verbose=False)[
+        "frechet_inception_distance"
+    ]
     # torch-fidelity's convention: features_1 = generated, features_2 = real.
     prc = prc_features_to_metric(fake, real, prc_neighborhood=k, save_cpu_ram=False, verbose=False)
-    out = dict(fid=float(fid), precision=float(prc["precision"]), recall=float(prc["recall"]),
-               f_score=float(prc["f_score"]))
+    out = dict(fid=float(fid), precision=float(prc["precision"]), recall=float(prc["recall"]), f_score=float(prc["f_score"]))
     if kid:
         subset = min(1000, len(real), len(fake))
         res = kid_features_to_metric(fake, real, kid_subset_size=subset, verbose=False)

@@ -96,7 +96,7 @@ def convert_helper_state_dict(script_state: dict) -> OrderedDict:
     prefix = "net.layers."
     src_convs: list[str] = []  # conv names in state-dict order, e.g. "mixed_10.tower_2_conv"
     for key in script_state:
-        name = key[len(prefix):].rsplit(".", 1)[0]
+        name = key[len(prefix) :].rsplit(".", 1)[0]
         if name not in src_convs:
             src_convs.append(name)
     skeleton = _InceptionSkeleton()

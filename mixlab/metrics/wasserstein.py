@@ -43,6 +43,8 @@ def wasserstein2(x: object, y: object, num_iter_max: PositiveInt = NUM_ITER_MAX)
         warnings.filterwarnings("ignore", message="numItermax reached", category=UserWarning)
         value, log = ot.emd2(ot.unif(len(x)), ot.unif(len(y)), cost, numItermax=int(num_iter_max), log=True)
     if log.get("result_code") != 1 or log.get("warning"):
-        raise OTNotConvergedError(f"W2: exact OT did not converge (POT result code {log.get('result_code')}: "
-                                  f"{log.get('warning')}); raise num_iter_max (now {int(num_iter_max)})")
+        raise OTNotConvergedError(
+            f"W2: exact OT did not converge (POT result code {log.get('result_code')}: "
+            f"{log.get('warning')}); raise num_iter_max (now {int(num_iter_max)})"
+        )
     return math.sqrt(max(float(value), 0.0))

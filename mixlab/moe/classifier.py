@@ -40,7 +40,10 @@ class ImageClassifier(MixlabSystem):
         names: Sequence[str] | None = getattr(dm, "class_names", None)
         if names is not None:
             if len(names) != self.num_classes:
-                raise ConfigError(self.config_key("num_classes"), f"is {self.num_classes} but the data has {len(names)} classes ({', '.join(names)})")
+                raise ConfigError(
+                    self.config_key("num_classes"),
+                    f"is {self.num_classes} but the data has {len(names)} classes ({', '.join(names)})",
+                )
             self.class_names = list(names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +89,10 @@ class ImageClassifier(MixlabSystem):
         absent = [name for c, name in enumerate(self.class_names) if support[c] == 0]
         if absent and split not in self._absent_warned and not (self._trainer is not None and self.trainer.sanity_checking):
             self._absent_warned.add(split)
-            rank_zero_warn(f"[mixlab] the {split} split has no sample of {len(absent)} class(es): {', '.join(absent)}; "
-                           "their per-class accuracy and gate statistics are not logged")
+            rank_zero_warn(
+                f"[mixlab] the {split} split has no sample of {len(absent)} class(es): {', '.join(absent)}; "
+                "their per-class accuracy and gate statistics are not logged"
+            )
         acc.reset()
         confusion.reset()
 

@@ -32,15 +32,22 @@ def predict(system, loader, device) -> dict[str, torch.Tensor]:
         images.append(x)
         if g is not None:
             gates.append(g.cpu())
-    return {"pred": torch.cat(preds), "label": torch.cat(labels), "x": torch.cat(images),
-            "gates": torch.cat(gates) if gates else None}
+    return {
+        "pred": torch.cat(preds),
+        "label": torch.cat(labels),
+        "x": torch.cat(images),
+        "gates": torch.cat(gates) if gates else None,
+    }
 
 
 def accuracy_table(pred: torch.Tensor, label: torch.Tensor, names: list[str]) -> dict:
     per_class = {}
     for c, name in enumerate(names):
         mask = label == c
-        per_class[name] = {"n": int(mask.sum()), "accuracy": float((pred[mask] == c).float().mean()) if mask.any() else float("nan")}
+        per_class[name] = {
+            "n": int(mask.sum()),
+            "accuracy": float((pred[mask] == c).float().mean()) if mask.any() else float("nan"),
+        }
     return {"overall": float((pred == label).float().mean()), "n": int(len(label)), "per_class": per_class}
 
 
@@ -48,8 +55,9 @@ def confusion(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> np.n
     return torch.bincount(label * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes).numpy()
 
 
-def evaluate_classifier(ckpt: str | Path, out: str | Path | None = None, split: str = "test", seed: int = 0,
-                        device: torch.device | None = None) -> dict:
+def evaluate_classifier(
+    ckpt: str | Path, out: str | Path | None = None, split: str = "test", seed: int = 0, device: torch.device | None = None
+) -> dict:
     require(split in ("val", "test"), "split", f"unknown split '{split}' (choose val|test)")
     device = device or resolve_device("auto")
     system, run_cfg, _ = load_system(ckpt, device)
@@ -64,15 +72,20 @@ def evaluate_classifier(ckpt: str | Path, out: str | Path | None = None, split: 
     table.update({"ckpt": str(ckpt), "split": split, "task": dm.task, "source": type(dm.source).__name__})
     if hasattr(system, "temperature"):
         table["temperature"] = float(system.temperature)
-    files = {"confusion": str(plot_confusion(confusion(res["pred"], res["label"], len(names)), names, out / "confusion_matrix.png"))}
+    files = {
+        "confusion": str(plot_confusion(confusion(res["pred"], res["label"], len(names)), names, out / "confusion_matrix.png"))
+    }
 
     rng = np.random.default_rng(seed)
     classes = sorted(rng.choice(len(names), size=min(10, len(names)), replace=False).tolist())
     picks = [int(rng.choice(np.flatnonzero(res["label"].numpy() == c))) for c in classes if (res["label"] == c).any()]
     images = dm.denormalise(res["x"][picks]).permute(0, 2, 3, 1).numpy()
     gates = res["gates"][picks].numpy() if res["gates"] is not None else np.ones((len(picks), 1))
-    files["samples"] = str(plot_sample_predictions(images, res["label"][picks].tolist(), res["pred"][picks].tolist(), gates, names,
-                                                   out / "sample_predictions.png"))
+    files["samples"] = str(
+        plot_sample_predictions(
+            images, res["label"][picks].tolist(), res["pred"][picks].tolist(), gates, names, out / "sample_predictions.png"
+        )
+    )
     if res["gates"] is not None:
         onehot = torch.nn.functional.one_hot(res["label"], len(names)).float()
         count = onehot.sum(0)
@@ -83,14 +96,25 @@ def evaluate_classifier(ckpt: str | Path, out: str | Path | None = None, split: 
             for x, y in getattr(dm, f"{split}_dataloader")():
                 system._accumulate(x.to(device), y.to(device))
         _, expert_acc = system.expert_statistics()
-        files["expert_analysis"] = str(plot_expert_analysis(contribution, expert_acc.numpy(), names, out / "expert_analysis.png",
-                                                            title=f"{split}, T = {table['temperature']:.2f}"))
+        files["expert_analysis"] = str(
+            plot_expert_analysis(
+                contribution,
+                expert_acc.numpy(),
+                names,
+                out / "expert_analysis.png",
+                title=f"{split}, T = {table['temperature']:.2f}",
+            )
+        )
     table["files"] = files
     from mixlab.core.checkpoint_io import write_json_atomic
+
     write_json_atomic(out / "accuracy.json", table)
-    lines = [f"# {dm.task} ({table['source']}), {split} split: {100 * table['overall']:.2f}% of {table['n']}", "",
-             "| class | n | accuracy (%) |" + ("" if res["gates"] is None else " mean gate per expert |"),
-             "|---|---|---|" + ("" if res["gates"] is None else "---|")]
+    lines = [
+        f"# {dm.task} ({table['source']}), {split} split: {100 * table['overall']:.2f}% of {table['n']}",
+        "",
+        "| class | n | accuracy (%) |" + ("" if res["gates"] is None else " mean gate per expert |"),
+        "|---|---|---|" + ("" if res["gates"] is None else "---|"),
+    ]
     for name, row in table["per_class"].items():
         gate = "" if res["gates"] is None else " " + " / ".join(f"{g:.2f}" for g in table["mean_gate_per_class"][name]) + " |"
         lines.append(f"| {name} | {row['n']} | {100 * row['accuracy']:.1f} |{gate}")

@@ -23,13 +23,21 @@ def _heatmap(ax, values: np.ndarray, rows: Sequence[str], cols: Sequence[str], t
             if np.isnan(v):
                 ax.text(j, i, "n/a", ha="center", va="center", fontsize=5, color="0.4")
             else:
-                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=6,
-                        color="w" if v < 0.6 * (vmax or np.nanmax(values) or 1) else "k")
+                ax.text(
+                    j,
+                    i,
+                    format(v, fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="w" if v < 0.6 * (vmax or np.nanmax(values) or 1) else "k",
+                )
     return im
 
 
-def plot_expert_analysis(contribution: np.ndarray, expert_accuracy: np.ndarray, class_names: Sequence[str],
-                         path: str | Path, title: str = "") -> Path:
+def plot_expert_analysis(
+    contribution: np.ndarray, expert_accuracy: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
     """contribution [E,C]: mean gate of expert k on class c; expert_accuracy [E,C] (%) when the
     classifier sees only expert k (one-hot gate)."""
     path = Path(path)
@@ -63,8 +71,9 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | P
     return path
 
 
-def plot_sample_predictions(images: np.ndarray, true: Sequence[int], pred: Sequence[int], gates: np.ndarray,
-                            class_names: Sequence[str], path: str | Path) -> Path:
+def plot_sample_predictions(
+    images: np.ndarray, true: Sequence[int], pred: Sequence[int], gates: np.ndarray, class_names: Sequence[str], path: str | Path
+) -> Path:
     """images [N,H,W,3] in [0,1]; one column per sample: image (title true/pred) over a gate bar chart."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

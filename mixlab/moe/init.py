@@ -32,8 +32,11 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]], key: str = KEY) -
             raise ArgumentError(key, f"checkpoint {i} has different parameter names than checkpoint 1")
         for name in names:
             if state[name].shape != states[0][name].shape:
-                raise ArgumentError(key, f"shape mismatch for '{name}': checkpoint 1 has {tuple(states[0][name].shape)}, "
-                                         f"checkpoint {i} has {tuple(state[name].shape)}")
+                raise ArgumentError(
+                    key,
+                    f"shape mismatch for '{name}': checkpoint 1 has {tuple(states[0][name].shape)}, "
+                    f"checkpoint {i} has {tuple(state[name].shape)}",
+                )
     return {name: torch.stack([s[name].float() for s in states]).mean(dim=0).to(states[0][name].dtype) for name in names}
 
 
@@ -42,14 +45,14 @@ def load_submodel_state(path: str | Path, prefix: str = "net.") -> dict[str, tor
     path = Path(path)
     ckpt = read_checkpoint(path, KEY, error=ArgumentError)
     state = ckpt.get("state_dict", ckpt)
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not any(k.startswith("extractor.") for k in sub) or not any(k.startswith("expert.") for k in sub):
         raise ArgumentError(KEY, f"{path} does not hold a SubModel (no {prefix}extractor.* / {prefix}expert.* weights)")
     return sub
 
 
 def _part(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _load_checked(module: nn.Module, state: dict, what: str) -> None:
@@ -58,8 +61,11 @@ def _load_checked(module: nn.Module, state: dict, what: str) -> None:
         if name not in state:
             raise ArgumentError(KEY, f"{what}: '{name}' missing from the checkpoint")
         if state[name].shape != tensor.shape:
-            raise ArgumentError(KEY, f"{what}: shape mismatch for '{name}': the MoE has {tuple(tensor.shape)}, "
-                                     f"the checkpoint {tuple(state[name].shape)} (same widths in pretrain and moe?)")
+            raise ArgumentError(
+                KEY,
+                f"{what}: shape mismatch for '{name}': the MoE has {tuple(tensor.shape)}, "
+                f"the checkpoint {tuple(state[name].shape)} (same widths in pretrain and moe?)",
+            )
     module.load_state_dict({k: state[k] for k in own})
 
 

@@ -48,8 +48,14 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         w0, w1, w2, w3 = widths
         self.out_channels = w3
-        self.layers = nn.Sequential(conv_block(3, w0), ResidualBlock(w0, w1, 1), nn.MaxPool2d(2),
-                                    ResidualBlock(w1, w2, 2), nn.MaxPool2d(2), conv_block(w2, w3, k=1))
+        self.layers = nn.Sequential(
+            conv_block(3, w0),
+            ResidualBlock(w0, w1, 1),
+            nn.MaxPool2d(2),
+            ResidualBlock(w1, w2, 2),
+            nn.MaxPool2d(2),
+            conv_block(w2, w3, k=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -114,14 +120,30 @@ class GatingNetwork(nn.Module):
     T is the buffer ``temperature`` (saved in checkpoints, set by TemperatureAnnealing)."""
 
     @checked
-    def __init__(self, in_dim: PositiveInt, num_experts: PositiveInt, hidden: PositiveInt = 256, feature_dim: PositiveInt = 256,
-                 dropout: UnitFloat = 0.2, noise_std: NonNegativeFloat = 0.1, temperature: PositiveFloat = 2.0):
+    def __init__(
+        self,
+        in_dim: PositiveInt,
+        num_experts: PositiveInt,
+        hidden: PositiveInt = 256,
+        feature_dim: PositiveInt = 256,
+        dropout: UnitFloat = 0.2,
+        noise_std: NonNegativeFloat = 0.1,
+        temperature: PositiveFloat = 2.0,
+    ):
         super().__init__()
         self.noise_std = float(noise_std)
-        self.feature_net = nn.Sequential(nn.Linear(in_dim, hidden), SafeBatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout),
-                                         nn.Linear(hidden, feature_dim), SafeBatchNorm1d(feature_dim), nn.ReLU())
-        self.gate_net = nn.Sequential(nn.Linear(in_dim, hidden), SafeBatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, num_experts))
+        self.feature_net = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            SafeBatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, feature_dim),
+            SafeBatchNorm1d(feature_dim),
+            nn.ReLU(),
+        )
+        self.gate_net = nn.Sequential(
+            nn.Linear(in_dim, hidden), SafeBatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_experts)
+        )
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, pooled: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,19 +158,37 @@ class MoEClassifier(nn.Module):
     h = concat(sum_k g_k e_k [w3], gate features [F]) -> Linear(w3 + F -> C)."""
 
     @checked
-    def __init__(self, num_classes: PositiveInt, num_experts: PositiveInt = 3, widths: Widths = (64, 128, 256, 512),
-                 gate_hidden: PositiveInt = 256, gate_features: PositiveInt = 256, dropout: UnitFloat = 0.5,
-                 gate_noise: NonNegativeFloat = 0.1, temperature: PositiveFloat = 2.0, gate_dropout: UnitFloat = 0.2):
+    def __init__(
+        self,
+        num_classes: PositiveInt,
+        num_experts: PositiveInt = 3,
+        widths: Widths = (64, 128, 256, 512),
+        gate_hidden: PositiveInt = 256,
+        gate_features: PositiveInt = 256,
+        dropout: UnitFloat = 0.5,
+        gate_noise: NonNegativeFloat = 0.1,
+        temperature: PositiveFloat = 2.0,
+        gate_dropout: UnitFloat = 0.2,
+    ):
         super().__init__()
         self.num_experts, self.num_classes = num_experts, num_classes
         self.extractor = FeatureExtractor(widths)
         self.experts = nn.ModuleList(Expert(widths[-1], dropout) for _ in range(num_experts))
-        self.gate = GatingNetwork(widths[-1], num_experts, gate_hidden, gate_features, dropout=gate_dropout, noise_std=gate_noise,
-                                  temperature=temperature)
+        self.gate = GatingNetwork(
+            widths[-1],
+            num_experts,
+            gate_hidden,
+            gate_features,
+            dropout=gate_dropout,
+            noise_std=gate_noise,
+            temperature=temperature,
+        )
         self.classifier = nn.Linear(widths[-1] + gate_features, num_classes)
         init_weights(self)
 
-    def expert_features(self, x: torch.Tensor, gate_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def expert_features(
+        self, x: torch.Tensor, gate_noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(expert features [B,E,w3], gates [B,E], gate features [B,F]); `gate_noise` [B,E]: see GatingNetwork."""
         feats = self.extractor(x)
         gates, gate_feats = self.gate(feats.mean(dim=(2, 3)), gate_noise)

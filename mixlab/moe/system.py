@@ -27,9 +27,18 @@ from mixlab.moe.net import MoEClassifier
 
 class MoEClassifierSystem(ImageClassifier):
     @checked
-    def __init__(self, net: MoEClassifier, optimizer: Callable, num_classes: PositiveInt, diversity_weight: NonNegativeFloat = 0.1,
-                 balance_weight: NonNegativeFloat = 0.5, init_from: list[str] | None = None,
-                 analysis_every_n_epochs: NonNegativeInt = 10, seed: int = 0, compile: bool = False):
+    def __init__(
+        self,
+        net: MoEClassifier,
+        optimizer: Callable,
+        num_classes: PositiveInt,
+        diversity_weight: NonNegativeFloat = 0.1,
+        balance_weight: NonNegativeFloat = 0.5,
+        init_from: list[str] | None = None,
+        analysis_every_n_epochs: NonNegativeInt = 10,
+        seed: int = 0,
+        compile: bool = False,
+    ):
         super().__init__(net, optimizer, num_classes, seed=seed, compile=compile)
         self.diversity_weight, self.balance_weight = float(diversity_weight), float(balance_weight)
         self.init_from = None
@@ -62,8 +71,9 @@ class MoEClassifierSystem(ImageClassifier):
     def training_step(self, batch, batch_idx: int):
         x, y = batch
         experts = self.net.num_experts
-        noise, = self.step_draw(batch_idx, x.shape[0], lambda n: (torch.randn(n, experts, generator=self.noise_generator(),
-                                                                               device=self.device),))
+        (noise,) = self.step_draw(
+            batch_idx, x.shape[0], lambda n: (torch.randn(n, experts, generator=self.noise_generator(), device=self.device),)
+        )
         logits, gates = self.net(x, gate_noise=noise)  # gate noise drawn for the global batch, sliced by rank
         world, _ = self.world()
         ce = F.cross_entropy(logits, y)
@@ -75,7 +85,9 @@ class MoEClassifierSystem(ImageClassifier):
         self.check_finite(loss)
         log = dict(on_step=True, on_epoch=True, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, **log)
-        self.log_dict({"train/ce": ce, "train/diversity": div, "train/balance": bal, "train/gate_entropy": gate_entropy(gates)}, **log)
+        self.log_dict(
+            {"train/ce": ce, "train/diversity": div, "train/balance": bal, "train/gate_entropy": gate_entropy(gates)}, **log
+        )
         self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
         return {"loss": loss, "usage": gates.detach()}
 
@@ -84,9 +96,14 @@ class MoEClassifierSystem(ImageClassifier):
         experts, gates, gate_feats = self.net.expert_features(x)
         E, C = self.net.num_experts, self.num_classes
         onehot_y = F.one_hot(y, C).to(gates.dtype)  # [B,C]
-        correct = torch.stack([
-            (self.net.classify(experts, F.one_hot(torch.full_like(y, k), E).to(gates.dtype), gate_feats).argmax(1) == y).to(gates.dtype)
-            for k in range(E)])  # [E,B]
+        correct = torch.stack(
+            [
+                (self.net.classify(experts, F.one_hot(torch.full_like(y, k), E).to(gates.dtype), gate_feats).argmax(1) == y).to(
+                    gates.dtype
+                )
+                for k in range(E)
+            ]
+        )  # [E,B]
         add = {"gate_sum": gates.T @ onehot_y, "count": onehot_y.sum(0), "expert_correct": correct @ onehot_y}
         for key, value in add.items():
             self._stats[key] = self._stats.get(key, 0) + value.detach().double()
@@ -99,7 +116,10 @@ class MoEClassifierSystem(ImageClassifier):
     def expert_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(contribution [E,C] = mean gate per class, expert-only accuracy [E,C] in %), reduced over
         ranks; NaN in the columns of classes with no sample."""
-        stats = {k: self.trainer.strategy.reduce(v, reduce_op="sum") if self._trainer is not None else v for k, v in self._stats.items()}
+        stats = {
+            k: self.trainer.strategy.reduce(v, reduce_op="sum") if self._trainer is not None else v
+            for k, v in self._stats.items()
+        }
         count = torch.where(stats["count"] > 0, stats["count"], torch.nan)
         return (stats["gate_sum"] / count).float().cpu(), (100 * stats["expert_correct"] / count).float().cpu()
 
@@ -118,13 +138,20 @@ class MoEClassifierSystem(ImageClassifier):
         self._plot(contribution, expert_acc, self.confusion.get(split), split, tag)
 
     @rank_zero_only
-    def _plot(self, contribution: torch.Tensor, expert_acc: torch.Tensor, confusion: torch.Tensor | None, split: str, tag: str) -> None:
+    def _plot(
+        self, contribution: torch.Tensor, expert_acc: torch.Tensor, confusion: torch.Tensor | None, split: str, tag: str
+    ) -> None:
         from mixlab.callbacks.plots import log_figure
         from mixlab.moe.figures import plot_confusion, plot_expert_analysis
 
         figures = Path(self.trainer.default_root_dir) / "figures"
-        self.last_analysis = plot_expert_analysis(contribution.numpy(), expert_acc.numpy(), self.class_names,
-                                                  figures / f"expert_analysis_{tag}.png", title=f"{tag}, T = {float(self.temperature):.2f}")
+        self.last_analysis = plot_expert_analysis(
+            contribution.numpy(),
+            expert_acc.numpy(),
+            self.class_names,
+            figures / f"expert_analysis_{tag}.png",
+            title=f"{tag}, T = {float(self.temperature):.2f}",
+        )
         log_figure(self.trainer, f"figures/{split}/expert_analysis", self.last_analysis)
         if confusion is not None:
             path = plot_confusion(confusion.numpy(), self.class_names, figures / f"confusion_matrix_{tag}.png")

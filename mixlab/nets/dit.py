@@ -111,7 +111,9 @@ class DDiTBlock(nn.Module):
         self.norm1 = LayerNorm(hidden)
         self.attn = SelfAttention(hidden, n_heads, causal)
         self.norm2 = LayerNorm(hidden)
-        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * hidden, hidden))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * hidden, hidden)
+        )
         self.dropout = nn.Dropout(dropout)
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * hidden)
         nn.init.zeros_(self.adaLN_modulation.weight)

@@ -20,9 +20,12 @@ class _SigmaImageNet(nn.Module):
         self.emb_dim = emb_dim
         self.sigma_mlp = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.cnn = nn.Sequential(
-            nn.Conv2d(in_channels, ch[0], 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(ch[0], ch[1], 3, stride=2, padding=1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(in_channels, ch[0], 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(ch[0], ch[1], 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Linear(hidden + ch[1], hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
 
@@ -35,7 +38,9 @@ class GatingNet(_SigmaImageNet):
     """(x [B,C,H,W], c_noise [B]) -> logits [B, K]."""
 
     @checked
-    def __init__(self, num_experts: PositiveInt, emb_dim: PositiveInt = 64, hidden: PositiveInt = 128, in_channels: PositiveInt = 1):
+    def __init__(
+        self, num_experts: PositiveInt, emb_dim: PositiveInt = 64, hidden: PositiveInt = 128, in_channels: PositiveInt = 1
+    ):
         super().__init__(num_experts, emb_dim, hidden, (32, 64), in_channels)
         self.num_experts = num_experts
 

@@ -35,7 +35,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             total = all_reduce(local)
         c, n = x.shape[1], total[-1]
         mean = total[:c] / n
-        var = (total[c:2 * c] / n - mean * mean).clamp_min(0)
+        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -60,4 +60,3 @@ def global_batchnorm(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         setattr(module, name, global_batchnorm(child))
     return module
-

@@ -66,8 +66,9 @@ class ScoreNet(nn.Module):
     ):
         super().__init__()
         if base_ch % 2 or any((base_ch * m) % min(8, base_ch * m) for m in ch_mult):
-            raise ArgumentError("base_ch", f"must be even and split into GroupNorm groups of 8 at every level (x {list(ch_mult)}), "
-                                           f"got {base_ch}")
+            raise ArgumentError(
+                "base_ch", f"must be even and split into GroupNorm groups of 8 at every level (x {list(ch_mult)}), got {base_ch}"
+            )
         self.base_ch = base_ch
         self.time_mlp = nn.Sequential(nn.Linear(base_ch, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.conv_in = nn.Conv2d(in_channels, base_ch, 3, padding=1)

@@ -43,8 +43,13 @@ class ReplayBuffer:
     """FIFO ring buffer of (x [d], log R) with rank-based prioritised sampling; `rank_k` is k above."""
 
     @checked
-    def __init__(self, capacity: PositiveInt = 600_000, rank_k: PositiveFloat = 0.01,
-                 draws: Literal["independent", "reference"] = "independent", first_add_twice: bool = False):
+    def __init__(
+        self,
+        capacity: PositiveInt = 600_000,
+        rank_k: PositiveFloat = 0.01,
+        draws: Literal["independent", "reference"] = "independent",
+        first_add_twice: bool = False,
+    ):
         self.capacity, self.k, self.draws, self.first_add_twice = capacity, float(rank_k), draws, first_add_twice
         self.queue: torch.Tensor | None = None  # draws="reference": drawn positions (oldest = 0) not yet served
         self.cursor = 0  # next position of `queue` to serve
@@ -84,7 +89,7 @@ class ReplayBuffer:
             raise ValueError(f"add: dimension {x.shape[1]} differs from the buffer's {self.x.shape[1]}")
         if self.first_add_twice and self.size == 0 and len(x):
             x, log_r = torch.cat([x, x]), torch.cat([log_r, log_r])
-        x, log_r = x.detach()[-self.capacity:], log_r.detach()[-self.capacity:]
+        x, log_r = x.detach()[-self.capacity :], log_r.detach()[-self.capacity :]
         n = len(x)
         if n == 0:
             return
@@ -118,7 +123,7 @@ class ReplayBuffer:
                 m = max(n, self.size - self.size % n)  # whole batches of the N positions (drop_last)
                 self.queue = torch.multinomial(self.probabilities(), m, replacement=True, generator=generator)
                 self.cursor = 0
-            chosen = self.queue[self.cursor:self.cursor + n]
+            chosen = self.queue[self.cursor : self.cursor + n]
             self.cursor += n
         rows = self._chronological()[chosen]
         return self.x[rows], self.log_r[rows]
@@ -134,8 +139,16 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         x, log_r = self.contents() if self.size else (None, None)
-        return {"capacity": self.capacity, "k": self.k, "x": x, "log_r": log_r, "draws": self.draws,
-                "first_add_twice": self.first_add_twice, "queue": self.queue, "cursor": self.cursor}
+        return {
+            "capacity": self.capacity,
+            "k": self.k,
+            "x": x,
+            "log_r": log_r,
+            "draws": self.draws,
+            "first_add_twice": self.first_add_twice,
+            "queue": self.queue,
+            "cursor": self.cursor,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.__init__(int(state["capacity"]), float(state["k"]), state.get("draws", self.draws))

@@ -21,8 +21,9 @@ class SamplerFigures(L.Callback):
 
     def _due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
-        last = (trainer.max_steps not in (None, -1) and step >= trainer.max_steps) or \
-            (trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs)
+        last = (trainer.max_steps not in (None, -1) and step >= trainer.max_steps) or (
+            trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+        )
         return step != self._last_step and (last or step // self.every_n_steps > self._last_step // self.every_n_steps)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -35,14 +36,18 @@ class SamplerFigures(L.Callback):
     @rank_zero_only
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, latest: dict) -> None:
         path = Path(trainer.default_root_dir) / "figures" / f"step_{trainer.global_step:07d}.png"
-        self.last_path = draw(pl_module.energy, latest["x"], latest["truth"], path, title_of(latest["metrics"], latest["step"], pl_module.energy))
+        self.last_path = draw(
+            pl_module.energy, latest["x"], latest["truth"], path, title_of(latest["metrics"], latest["step"], pl_module.energy)
+        )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=self.key, images=[str(path)], step=trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
                 import matplotlib.image
 
-                logger.experiment.add_image(self.key, matplotlib.image.imread(str(path))[..., :3], trainer.global_step, dataformats="HWC")
+                logger.experiment.add_image(
+                    self.key, matplotlib.image.imread(str(path))[..., :3], trainer.global_step, dataformats="HWC"
+                )
 
     def state_dict(self) -> dict:
         return {"last_step": self._last_step}

@@ -234,6 +234,7 @@ class Manywell(Energy):
     @property
     def name(self) -> str:
         return f"Manywell-{self.dim}"
+
     @staticmethod
     def well_log_reward(a: torch.Tensor) -> torch.Tensor:
         return -(a**4) + 6 * a**2 + 0.5 * a
@@ -257,9 +258,12 @@ class Manywell(Energy):
             z = torch.randn(m, generator=generator, device=device, dtype=torch.float64)
             a = torch.where(upper, m1, m0) + s * z
             u = torch.rand(m, generator=generator, device=device, dtype=torch.float64)
-            log_q = torch.logsumexp(torch.stack([
-                math.log(self.PROPOSAL_WEIGHTS[0]) - 0.5 * ((a - m0) / s) ** 2,
-                math.log(w1) - 0.5 * ((a - m1) / s) ** 2]), 0) - math.log(s * math.sqrt(2 * math.pi))
+            log_q = torch.logsumexp(
+                torch.stack(
+                    [math.log(self.PROPOSAL_WEIGHTS[0]) - 0.5 * ((a - m0) / s) ** 2, math.log(w1) - 0.5 * ((a - m1) / s) ** 2]
+                ),
+                0,
+            ) - math.log(s * math.sqrt(2 * math.pi))
             keep = torch.log(u) + math.log(self.ENVELOPE * MANYWELL_Z_A) + log_q < self.well_log_reward(a)
             if positive_only:
                 keep &= a > 0

@@ -31,7 +31,9 @@ TRUTH_OFFSET = 1_000_003  # exact samples of the evaluation: a stream no validat
 
 
 @checked
-def _options(n: Annotated[int, Field(ge=2)], batch_size: PositiveInt, reference_seeds: NonNegativeInt, seed: NonNegativeInt) -> None:
+def _options(
+    n: Annotated[int, Field(ge=2)], batch_size: PositiveInt, reference_seeds: NonNegativeInt, seed: NonNegativeInt
+) -> None:
     """The evaluator's numbers (n >= 2: log Z estimates and W2 need samples)."""
 
 
@@ -68,26 +70,49 @@ def evaluate(cfg: DictConfig) -> dict:
     tag = f"sampler_n{n}_seed{seed}"
     figure = None
     if cfg.figure:
-        figure = draw(energy, result["x"], truth, out_dir / f"{tag}.png", f"{run_cfg.task_name}: {title_of(metrics, ckpt.get('global_step'), energy)}")
+        figure = draw(
+            energy,
+            result["x"],
+            truth,
+            out_dir / f"{tag}.png",
+            f"{run_cfg.task_name}: {title_of(metrics, ckpt.get('global_step'), energy)}",
+        )
     state = ckpt.get("sampler_state") or {}
     report = {
-        "ckpt": str(Path(cfg.ckpt).resolve()), "energy_summary": energy.describe(metrics), "experiment": run_cfg.get("task_name"), "global_step": ckpt.get("global_step"),
-        "epoch": ckpt.get("epoch"), "energy": type(energy).__name__, "dim": energy.dim, "log_z": energy.log_z,
-        "objective": system.objective.name, "policy": type(system.policy).__name__, "T": system.rollout.T,
-        "sigma2": system.rollout.sigma2, "n": n, "seed": seed, "truth_seed": seed + TRUTH_OFFSET if truth is not None else None,
-        "device": str(device), "seconds": round(seconds, 2),
+        "ckpt": str(Path(cfg.ckpt).resolve()),
+        "energy_summary": energy.describe(metrics),
+        "experiment": run_cfg.get("task_name"),
+        "global_step": ckpt.get("global_step"),
+        "epoch": ckpt.get("epoch"),
+        "energy": type(energy).__name__,
+        "dim": energy.dim,
+        "log_z": energy.log_z,
+        "objective": system.objective.name,
+        "policy": type(system.policy).__name__,
+        "T": system.rollout.T,
+        "sigma2": system.rollout.sigma2,
+        "n": n,
+        "seed": seed,
+        "truth_seed": seed + TRUTH_OFFSET if truth is not None else None,
+        "device": str(device),
+        "seconds": round(seconds, 2),
         **metrics,
         "abs_delta_log_z": None if metrics.get("delta_log_z") is None else abs(metrics["delta_log_z"]),
         "abs_delta_log_z_rw": None if metrics.get("delta_log_z_rw") is None else abs(metrics["delta_log_z_rw"]),
         "buffer_size": len(system.buffer) if system.buffer is not None else None,
         "ls_buffer_size": len(system.ls_buffer) if system.ls_buffer is not None else None,
-        "ls_acceptance": state.get("ls_stats", {}).get("acceptance"), "ls_step_size": state.get("ls_step_size") if system.ls.enabled else None,
+        "ls_acceptance": state.get("ls_stats", {}).get("acceptance"),
+        "ls_step_size": state.get("ls_step_size") if system.ls.enabled else None,
         "ls_calls": state.get("ls_stats", {}).get("calls"),
-        "reference_w2": [{"name": r.name, "mean": r.mean, "std": r.std, "seeds": len(r.values), "values": r.values} for r in rows],
-        "reference_seconds": round(reference_seconds, 2), "figure": str(figure) if figure else None,
+        "reference_w2": [
+            {"name": r.name, "mean": r.mean, "std": r.std, "seeds": len(r.values), "values": r.values} for r in rows
+        ],
+        "reference_seconds": round(reference_seconds, 2),
+        "figure": str(figure) if figure else None,
     }
     path = out_dir / f"{tag}.json"
     from mixlab.core.checkpoint_io import write_json_atomic
+
     write_json_atomic(path, report)
     report["metrics_json"] = str(path)
     print_report(report)
@@ -99,17 +124,25 @@ def print_report(r: dict) -> None:
         value = r.get(key)
         return "n/a" if value is None else f"{value:.{digits}f}"
 
-    print(f"[mixlab] {r['experiment']} @ step {r['global_step']}: {r['n']} trajectories (seed {r['seed']}) in {r['seconds']} s "
-          f"on {r['device']}; {r['energy']} d={r['dim']}, {r['objective']}")
+    print(
+        f"[mixlab] {r['experiment']} @ step {r['global_step']}: {r['n']} trajectories (seed {r['seed']}) in {r['seconds']} s "
+        f"on {r['device']}; {r['energy']} d={r['dim']}, {r['objective']}"
+    )
     if r["log_z"] is not None:
-        print(f"[mixlab]   log Z = {r['log_z']:.4f}   log Z^ = {fmt('log_z_hat')} (Delta {fmt('delta_log_z')})   "
-              f"log Z^_RW = {fmt('log_z_rw')} (Delta {fmt('delta_log_z_rw')})   EUBO = {fmt('eubo')}")
+        print(
+            f"[mixlab]   log Z = {r['log_z']:.4f}   log Z^ = {fmt('log_z_hat')} (Delta {fmt('delta_log_z')})   "
+            f"log Z^_RW = {fmt('log_z_rw')} (Delta {fmt('delta_log_z_rw')})   EUBO = {fmt('eubo')}"
+        )
     else:
         print(f"[mixlab]   log Z unknown   log Z^ = {fmt('log_z_hat')}   log Z^_RW = {fmt('log_z_rw')}")
-    extra = [f"learned log Z = {fmt('log_z_learned')}" if r.get("log_z_learned") is not None else None,
-             r.get("energy_summary") or None,
-             f"LS acceptance {fmt('ls_acceptance')}, step size {fmt('ls_step_size', 4)}" if r.get("ls_acceptance") is not None else None,
-             f"buffers {r['buffer_size']} / {r['ls_buffer_size']}" if r.get("buffer_size") is not None else None]
+    extra = [
+        f"learned log Z = {fmt('log_z_learned')}" if r.get("log_z_learned") is not None else None,
+        r.get("energy_summary") or None,
+        f"LS acceptance {fmt('ls_acceptance')}, step size {fmt('ls_step_size', 4)}"
+        if r.get("ls_acceptance") is not None
+        else None,
+        f"buffers {r['buffer_size']} / {r['ls_buffer_size']}" if r.get("buffer_size") is not None else None,
+    ]
     if any(extra):
         print("[mixlab]   " + "   ".join(e for e in extra if e))
     if r.get("w2") is not None:

@@ -41,8 +41,15 @@ def kde(ax, pts: np.ndarray, lim: float, title: str) -> None:
     ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
 
 
-def scatter_figure(x: torch.Tensor, truth: torch.Tensor | None, i: int = 0, j: int = 1, lim: tuple | None = None,
-                   ylim: tuple | None = None, title: str = "") -> plt.Figure:
+def scatter_figure(
+    x: torch.Tensor,
+    truth: torch.Tensor | None,
+    i: int = 0,
+    j: int = 1,
+    lim: tuple | None = None,
+    ylim: tuple | None = None,
+    title: str = "",
+) -> plt.Figure:
     """Coordinates (i, j) of the samples (red) over exact samples (grey)."""
     pts, exact = as_numpy(x), as_numpy(truth)
     fig, ax = plt.subplots(figsize=(5.5, 4.6))

@@ -44,9 +44,18 @@ class LangevinPolicy(nn.Module):
 
 
 @checked
-def langevin_policy(dim: PositiveInt, hidden: PositiveInt = 64, harmonics: PositiveInt = 64, num_layers: NonNegativeInt = 2,
-                    zero_init: bool = True, clip: PositiveFloat = 1e4, per_dimension: bool = False,
-                    scale_layers: PositiveInt = 3, scale_init: float = 0.01, grad_clip: PositiveFloat = 100.0) -> LangevinPolicy:
+def langevin_policy(
+    dim: PositiveInt,
+    hidden: PositiveInt = 64,
+    harmonics: PositiveInt = 64,
+    num_layers: NonNegativeInt = 2,
+    zero_init: bool = True,
+    clip: PositiveFloat = 1e4,
+    per_dimension: bool = False,
+    scale_layers: PositiveInt = 3,
+    scale_init: float = 0.01,
+    grad_clip: PositiveFloat = 100.0,
+) -> LangevinPolicy:
     """A LangevinPolicy on a fresh PISPolicy and LangevinScale (config: `_partial_: true`; the
     system passes the energy's dim)."""
     net = PISPolicy(dim, hidden, harmonics, num_layers, zero_init, clip)

@@ -66,8 +66,15 @@ class LGCP(Energy):
     before training / evaluating; the first evaluation otherwise), so a config builds without the data."""
 
     @checked
-    def __init__(self, root: str | Path | None = "data", grid: PositiveInt = 40, signal_variance: PositiveFloat = 1.91,
-                 beta: PositiveFloat = 1 / 33, points: np.ndarray | Sequence[Sequence[float]] | None = None, lazy: bool = False):
+    def __init__(
+        self,
+        root: str | Path | None = "data",
+        grid: PositiveInt = 40,
+        signal_variance: PositiveFloat = 1.91,
+        beta: PositiveFloat = 1 / 33,
+        points: np.ndarray | Sequence[Sequence[float]] | None = None,
+        lazy: bool = False,
+    ):
         super().__init__()
         self.root, self.signal_variance = root, float(signal_variance)
         self.dim, self.log_z, self.grid = grid * grid, None, grid
@@ -121,7 +128,10 @@ class LGCP(Energy):
         counts = self.counts.cpu().numpy().reshape(g, g)
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
         top = max(float(counts.max()), float(expected.max()))
-        for ax, image, title in [(axes[0], expected, f"posterior mean of exp(f)/G^2 ({len(x)} samples)"), (axes[1], counts, "observed counts")]:
+        for ax, image, title in [
+            (axes[0], expected, f"posterior mean of exp(f)/G^2 ({len(x)} samples)"),
+            (axes[1], counts, "observed counts"),
+        ]:
             shown = ax.imshow(image.T, origin="lower", extent=(0, 1, 0, 1), cmap="viridis", vmin=0, vmax=top)
             ax.set(title=title, xlabel="x", ylabel="y")
             fig.colorbar(shown, ax=ax, fraction=0.046)

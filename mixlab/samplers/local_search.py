@@ -41,8 +41,9 @@ class AdaptiveStepSize:
     `i % window == 0` refresh; with window 1 it is the step's own rate)."""
 
     @checked
-    def __init__(self, up: PositiveFloat = 1.1, down: PositiveFloat = 0.9, target: UnitFloat = OPTIMAL_ACCEPTANCE,
-                 window: PositiveInt = 1):
+    def __init__(
+        self, up: PositiveFloat = 1.1, down: PositiveFloat = 0.9, target: UnitFloat = OPTIMAL_ACCEPTANCE, window: PositiveInt = 1
+    ):
         self.up, self.down, self.target, self.window = float(up), float(down), float(target), window
 
     def refreshes(self, step: int) -> bool:
@@ -98,9 +99,18 @@ def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eta: flo
 
 @torch.no_grad()
 @checked
-def mala(energy, x: torch.Tensor, steps: PositiveInt = 200, burn_in: NonNegativeInt = 100, step_size: PositiveFloat = 0.01,
-         rule: AdaptiveStepSize | None = None, generator: torch.Generator | None = None,
-         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, beta: PositiveFloat = 1.0, noise=None) -> MALAResult:
+def mala(
+    energy,
+    x: torch.Tensor,
+    steps: PositiveInt = 200,
+    burn_in: NonNegativeInt = 100,
+    step_size: PositiveFloat = 0.01,
+    rule: AdaptiveStepSize | None = None,
+    generator: torch.Generator | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    beta: PositiveFloat = 1.0,
+    noise=None,
+) -> MALAResult:
     """Run `steps` parallel MALA steps from x [B,d] on `energy` (an object with
     `log_reward_and_grad(x) -> ([B], [B,d])`); target R^beta (beta = inverse temperature).
 
@@ -151,5 +161,15 @@ def mala(energy, x: torch.Tensor, steps: PositiveInt = 200, burn_in: NonNegative
             window.zero_()
         eta = rule(eta, rate)
     accepted, proposed = int(total[0]), int(total[1])
-    return MALAResult(torch.cat(kept_x), torch.cat(kept_log_r), accepted / max(proposed, 1), eta,
-                      accepted, proposed, x, log_r / beta, torch.cat(kept_step), torch.cat(kept_row))
+    return MALAResult(
+        torch.cat(kept_x),
+        torch.cat(kept_log_r),
+        accepted / max(proposed, 1),
+        eta,
+        accepted,
+        proposed,
+        x,
+        log_r / beta,
+        torch.cat(kept_step),
+        torch.cat(kept_row),
+    )

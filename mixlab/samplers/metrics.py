@@ -69,8 +69,9 @@ class ReferenceRow:
         return f"{self.name}: W2 = {self.mean:.3f} ± {self.std:.3f} ({len(self.values)} seeds)"
 
 
-def reference_w2(energy: Energy, draw: Draw | None = None, n: int = 2000, seeds: Iterable[int] = range(5),
-                 name: str = "") -> ReferenceRow:
+def reference_w2(
+    energy: Energy, draw: Draw | None = None, n: int = 2000, seeds: Iterable[int] = range(5), name: str = ""
+) -> ReferenceRow:
     """W2 between `draw(n, g)` (default: `energy.sample`) and an independent exact set of n, per
     seed (one generator seeded per seed draws both sets, the `draw` set first)."""
     draw = energy.sample if draw is None else draw
@@ -85,14 +86,18 @@ def reference_w2(energy: Energy, draw: Draw | None = None, n: int = 2000, seeds:
     return ReferenceRow(name or energy.name, float(np.mean(values)), float(np.std(values)), values)
 
 
-def reference_w2_rows(n: int = 2000, seeds: Iterable[int] = range(5),
-                      energies: Iterable[Energy] | None = None) -> list[ReferenceRow]:
+def reference_w2_rows(
+    n: int = 2000, seeds: Iterable[int] = range(5), energies: Iterable[Energy] | None = None
+) -> list[ReferenceRow]:
     """The reference rows of `energies` (default 25GMM, Funnel, Manywell-32): exact-vs-exact W2 of
     each, then each one's mode-dropping controls, every row named after its energy."""
     seeds, energies = list(seeds), list(energies or (GMM25(), Funnel(10), Manywell(32)))
     rows = [reference_w2(e, n=n, seeds=seeds, name=f"{e.name} exact vs exact") for e in energies]
-    return rows + [reference_w2(e, draw, n=n, seeds=seeds, name=f"{e.name} {label} vs exact")
-                   for e in energies for label, draw in e.mode_controls()]
+    return rows + [
+        reference_w2(e, draw, n=n, seeds=seeds, name=f"{e.name} {label} vs exact")
+        for e in energies
+        for label, draw in e.mode_controls()
+    ]
 
 
 # ------------------------------------------------------------------- a sampler's evaluation
@@ -113,8 +118,14 @@ def _w2_or_nan(x: torch.Tensor, truth: torch.Tensor) -> float:
         return math.nan
 
 
-def sampler_metrics(energy: Energy, x: torch.Tensor, log_w: torch.Tensor, truth: torch.Tensor | None = None,
-                    eubo_log_w: torch.Tensor | None = None, w2: bool = True) -> dict[str, float]:
+def sampler_metrics(
+    energy: Energy,
+    x: torch.Tensor,
+    log_w: torch.Tensor,
+    truth: torch.Tensor | None = None,
+    eubo_log_w: torch.Tensor | None = None,
+    w2: bool = True,
+) -> dict[str, float]:
     """The numbers of one evaluation: log Z_hat / log Z_hat_RW (and the signed errors Delta =
     log Z - estimate when log Z is known), the EUBO from backward trajectories of exact samples
     (`eubo_log_w`), W2 between the samples x [n,d] and exact samples `truth` (when given and
@@ -137,4 +148,6 @@ def reference_rows_for(energy: Energy, n: int, seeds: Iterable[int]) -> list[Ref
         return []
     seeds = list(seeds)
     rows = [reference_w2(energy, n=n, seeds=seeds, name="exact vs exact")]
-    return rows + [reference_w2(energy, draw, n=n, seeds=seeds, name=f"{label} vs exact") for label, draw in energy.mode_controls()]
+    return rows + [
+        reference_w2(energy, draw, n=n, seeds=seeds, name=f"{label} vs exact") for label, draw in energy.mode_controls()
+    ]

@@ -55,8 +55,15 @@ class PISPolicy(nn.Module):
     needs_grad = False
 
     @checked
-    def __init__(self, dim: PositiveInt, hidden: PositiveInt = 64, harmonics: PositiveInt = 64, num_layers: NonNegativeInt = 2,
-                 zero_init: bool = True, clip: PositiveFloat = 1e4):
+    def __init__(
+        self,
+        dim: PositiveInt,
+        hidden: PositiveInt = 64,
+        harmonics: PositiveInt = 64,
+        num_layers: NonNegativeInt = 2,
+        zero_init: bool = True,
+        clip: PositiveFloat = 1e4,
+    ):
         super().__init__()
         self.dim, self.clip = dim, float(clip)
         self.t_embed = time_embedding(harmonics, hidden, hidden)
@@ -79,8 +86,15 @@ class LangevinScale(nn.Module):
     zero weights and bias `init` (0.01), so s(t) = init at the start. [N] -> [N, 1] or [N, d]."""
 
     @checked
-    def __init__(self, dim: PositiveInt = 1, per_dimension: bool = False, hidden: PositiveInt = 64, harmonics: PositiveInt = 64,
-                 num_layers: PositiveInt = 3, init: float = 0.01):
+    def __init__(
+        self,
+        dim: PositiveInt = 1,
+        per_dimension: bool = False,
+        hidden: PositiveInt = 64,
+        harmonics: PositiveInt = 64,
+        num_layers: PositiveInt = 3,
+        init: float = 0.01,
+    ):
         super().__init__()
         layers: list[nn.Module] = [FourierFeatures(harmonics), nn.Linear(2 * harmonics, hidden)]
         for _ in range(num_layers - 1):
@@ -138,7 +152,13 @@ class ForwardLookingFlow(nn.Module):
 
 
 @checked
-def forward_looking_flow(dim: PositiveInt, sigma2: PositiveFloat, T: PositiveInt, hidden: PositiveInt = 64,
-                         harmonics: PositiveInt = 64, num_layers: NonNegativeInt = 2) -> ForwardLookingFlow:
+def forward_looking_flow(
+    dim: PositiveInt,
+    sigma2: PositiveFloat,
+    T: PositiveInt,
+    hidden: PositiveInt = 64,
+    harmonics: PositiveInt = 64,
+    num_layers: NonNegativeInt = 2,
+) -> ForwardLookingFlow:
     """FL-SubTB's flow on a fresh FlowNet (config: `_partial_: true`; the system passes the energy's dim)."""
     return ForwardLookingFlow(FlowNet(dim, hidden, harmonics, num_layers), sigma2, T)

@@ -35,13 +35,20 @@ class Objective(ABC):
     def check(self, flow) -> None:
         """ArgumentError('flow') when this objective needs a flow network and has none."""
         if self.needs_flow and flow is None:
-            raise ArgumentError("flow", f"{self.name} needs a state-conditional flow network "
-                              "(e.g. mixlab.samplers.nets.FlowNet); got none")
+            raise ArgumentError(
+                "flow", f"{self.name} needs a state-conditional flow network (e.g. mixlab.samplers.nets.FlowNet); got none"
+            )
 
     @abstractmethod
-    def __call__(self, log_pf: torch.Tensor, log_pb: torch.Tensor, log_r: torch.Tensor,
-                 log_f: torch.Tensor | None = None, log_z: torch.Tensor | None = None,
-                 all_reduce_mean=None) -> torch.Tensor:
+    def __call__(
+        self,
+        log_pf: torch.Tensor,
+        log_pb: torch.Tensor,
+        log_r: torch.Tensor,
+        log_f: torch.Tensor | None = None,
+        log_z: torch.Tensor | None = None,
+        all_reduce_mean=None,
+    ) -> torch.Tensor:
         """The loss from log p_F / log p_B [B,T], log R [B], log F [B,T+1] or None, log Z."""
 
     def _flows(self, log_f: torch.Tensor | None, log_r: torch.Tensor) -> torch.Tensor:
@@ -136,8 +143,10 @@ class ForwardLookingSubTB(SubTrajectoryBalance):
     def check(self, flow) -> None:
         super().check(flow)
         if not flow.uses_log_r:
-            raise ArgumentError("flow", "FL-SubTB needs a forward-looking flow "
-                              "(mixlab.samplers.nets.ForwardLookingFlow), got one that ignores log R")
+            raise ArgumentError(
+                "flow",
+                "FL-SubTB needs a forward-looking flow (mixlab.samplers.nets.ForwardLookingFlow), got one that ignores log R",
+            )
 
 
 class PathIntegralSampler(Objective):

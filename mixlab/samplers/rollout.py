@@ -57,8 +57,14 @@ class RankNoise:
     device and moved to `device`."""
 
     @checked
-    def __init__(self, generator: torch.Generator, global_batch: PositiveInt, rank: NonNegativeInt = 0, world_size: PositiveInt = 1,
-                 select: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        generator: torch.Generator,
+        global_batch: PositiveInt,
+        rank: NonNegativeInt = 0,
+        world_size: PositiveInt = 1,
+        select: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         if rank >= world_size:
             raise ArgumentError("rank", f"must be < world_size ({world_size}), got {rank}")
         self.generator, self.global_batch = generator, global_batch
@@ -135,8 +141,14 @@ class DiffusionRollout:
     """
 
     @checked
-    def __init__(self, T: PositiveInt = 100, sigma2: PositiveFloat = 1.0, learn_variance: bool = False,
-                 log_var_range: PositiveFloat = 4.0, vectorize: Literal["auto", "true", "false", True, False] = "auto"):
+    def __init__(
+        self,
+        T: PositiveInt = 100,
+        sigma2: PositiveFloat = 1.0,
+        learn_variance: bool = False,
+        log_var_range: PositiveFloat = 4.0,
+        vectorize: Literal["auto", "true", "false", True, False] = "auto",
+    ):
         mode = str(vectorize).lower()
         self.T, self.sigma2, self.dt = T, float(sigma2), 1.0 / T
         self.learn_variance, self.log_var_range, self.vectorize = bool(learn_variance), float(log_var_range), mode
@@ -145,8 +157,11 @@ class DiffusionRollout:
     def check(self, reparametrise: bool) -> None:
         """ArgumentError('vectorize') if this rollout cannot serve the objective (batched + reparametrised)."""
         if reparametrise and self.vectorize == "true":
-            raise ArgumentError("vectorize", "true needs a no-grad rollout; a reparametrised objective (PIS) "
-                              "differentiates through the simulation: use auto or false")
+            raise ArgumentError(
+                "vectorize",
+                "true needs a no-grad rollout; a reparametrised objective (PIS) "
+                "differentiates through the simulation: use auto or false",
+            )
 
     def batched(self, reparametrise: bool = False) -> bool:
         self.check(reparametrise)
@@ -196,8 +211,9 @@ class DiffusionRollout:
         return torch.cat([flow(x, t, lr).view(B, self.T), log_r.detach()[:, None]], dim=1)
 
     # ----- rollouts -------------------------------------------------------------------------
-    def forward(self, policy, energy, noise: RankNoise, flow=None, exploration: float = 0.0,
-                reparametrise: bool = False) -> Trajectories:
+    def forward(
+        self, policy, energy, noise: RankNoise, flow=None, exploration: float = 0.0, reparametrise: bool = False
+    ) -> Trajectories:
         """Trajectories from x_0 = 0 for noise.batch rows. exploration: std eps added in variance to
         every sampling step (dt sigma2 v + eps^2); log p_F stays the policy's. reparametrise: PIS
         (x_{i+1} = mean + std * xi with gradients; log R with gradient)."""

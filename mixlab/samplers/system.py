@@ -69,8 +69,11 @@ def _target_class(node, key: str, base: type) -> None:
         cls = None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         group = key.rsplit(".", 1)[-1]
-        raise ConfigError(f"{key}._target_", f"unknown {group} {target!r} (pick one with model/{group}=NAME, or name a subclass "
-                                             f"of {base.__module__}.{base.__name__})")
+        raise ConfigError(
+            f"{key}._target_",
+            f"unknown {group} {target!r} (pick one with model/{group}=NAME, or name a subclass "
+            f"of {base.__module__}.{base.__name__})",
+        )
 
 
 class DiffusionSampler(MixlabSystem):
@@ -97,20 +100,45 @@ class DiffusionSampler(MixlabSystem):
         _target_class(cfg.model.get("energy"), "model.energy", Energy)
         _target_class(cfg.model.get("objective"), "model.objective", Objective)
         precision = str(cfg.trainer.get("precision", "32-true"))
-        require(precision in FP32, "trainer.precision",
-                f"the samplers train in fp32 (log-densities of hundreds and sums over 100 steps), got {precision!r}; use 32-true")
+        require(
+            precision in FP32,
+            "trainer.precision",
+            f"the samplers train in fp32 (log-densities of hundreds and sums over 100 steps), got {precision!r}; use 32-true",
+        )
         accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
-        require(accumulate == 1, "trainer.accumulate_grad_batches",
-                f"a sampler iteration is one optimizer step (forward/backward alternate by step), got {accumulate!r}; "
-                "raise model.batch_size instead")
+        require(
+            accumulate == 1,
+            "trainer.accumulate_grad_batches",
+            f"a sampler iteration is one optimizer step (forward/backward alternate by step), got {accumulate!r}; "
+            "raise model.batch_size instead",
+        )
 
     @checked
-    def __init__(self, energy: Energy, objective: Objective, policy: Callable, optimizer: Callable, flow: Callable | None = None,
-                 batch_size: PositiveInt = 300, T=100, sigma2=1.0, learn_variance=False, log_var_range=4.0, vectorize="auto",
-                 exploration: Exploration | None = None, both_ways: bool = False, local_search: LocalSearchSettings | None = None,
-                 buffer: ReplayBuffer | None = None, lr_log_z: PositiveFloat = 0.1, lr_flow: PositiveFloat = 0.01,
-                 eval_every: PositiveInt = 100, eval_n: Annotated[int, Field(ge=2)] = 2000, eval_chunk: PositiveInt = 500,
-                 seed: int = 0, compile: bool = False):
+    def __init__(
+        self,
+        energy: Energy,
+        objective: Objective,
+        policy: Callable,
+        optimizer: Callable,
+        flow: Callable | None = None,
+        batch_size: PositiveInt = 300,
+        T=100,
+        sigma2=1.0,
+        learn_variance=False,
+        log_var_range=4.0,
+        vectorize="auto",
+        exploration: Exploration | None = None,
+        both_ways: bool = False,
+        local_search: LocalSearchSettings | None = None,
+        buffer: ReplayBuffer | None = None,
+        lr_log_z: PositiveFloat = 0.1,
+        lr_flow: PositiveFloat = 0.01,
+        eval_every: PositiveInt = 100,
+        eval_n: Annotated[int, Field(ge=2)] = 2000,
+        eval_chunk: PositiveInt = 500,
+        seed: int = 0,
+        compile: bool = False,
+    ):
         super().__init__(seed=seed, compile=compile)
         self.energy, self.objective = energy, objective
         self.rollout = DiffusionRollout(T, sigma2, learn_variance, log_var_range, vectorize)
@@ -119,9 +147,10 @@ class DiffusionSampler(MixlabSystem):
         self.both_ways = both_ways or self.ls.enabled
         if objective.reparametrised:  # PIS differentiates through its own forward rollouts
             for arg, conflict, problem in (
-                    ("local_search.enabled", self.ls.enabled, "local search (backward training from a buffer) does not apply"),
-                    ("both_ways", both_ways, "it trains on forward rollouts only"),
-                    ("exploration.factor", self.exploration.factor > 0, "exploration does not apply (set 0)")):
+                ("local_search.enabled", self.ls.enabled, "local search (backward training from a buffer) does not apply"),
+                ("both_ways", both_ways, "it trains on forward rollouts only"),
+                ("exploration.factor", self.exploration.factor > 0, "exploration does not apply (set 0)"),
+            ):
                 if conflict:
                     raise ArgumentError(arg, f"{objective.name} differentiates through its own forward rollouts; {problem}")
             self.rollout.check(reparametrise=True)
@@ -179,18 +208,27 @@ class DiffusionSampler(MixlabSystem):
             traj = self.rollout.backward(self.policy, self.energy, comm.rows(x1), noise, flow=self.flow)
         else:
             eps = self.exploration(step)
-            traj = self.rollout.forward(self.policy, self.energy, noise, flow=self.flow, exploration=eps,
-                                        reparametrise=self.objective.reparametrised)
+            traj = self.rollout.forward(
+                self.policy, self.energy, noise, flow=self.flow, exploration=eps, reparametrise=self.objective.reparametrised
+            )
             if self.buffer is not None:  # replicated: every rank adds the global batch in its global order
                 terminal = traj.states[:, -1].detach()
-                self.buffer.add(comm.gather_rows(terminal, self.batch_size), comm.gather_rows(traj.log_r.detach(), self.batch_size))
+                self.buffer.add(
+                    comm.gather_rows(terminal, self.batch_size), comm.gather_rows(traj.log_r.detach(), self.batch_size)
+                )
             self.log("train/exploration", eps, on_step=True, on_epoch=False)
         loss = self.objective(**traj.terms(), log_z=self.log_z, all_reduce_mean=comm.mean if comm.world > 1 else None)
         if self.objective.batch_sum:
             loss = loss * comm.world  # DDP averages the ranks' gradients; a batch sum must stay a sum
         self.check_finite(loss)
-        self.log("train/loss", loss.detach() / (comm.world if self.objective.batch_sum else 1), on_step=True, on_epoch=True,
-                 prog_bar=True, sync_dist=True)
+        self.log(
+            "train/loss",
+            loss.detach() / (comm.world if self.objective.batch_sum else 1),
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+        )
         if self.log_z is not None:
             self.log("train/log_z", self.log_z.detach(), on_step=True, on_epoch=False)
         if self.buffer is not None:
@@ -204,11 +242,24 @@ class DiffusionSampler(MixlabSystem):
         x, _ = self.buffer.sample(self.ls.batch_size, gen)
         noise = RankNoise(gen, self.ls.batch_size, comm.rank, comm.world)
         eta = self.ls_step_size if self.ls.carry_step_size else self.ls.step_size
-        result = mala(self.energy, comm.rows(x), self.ls.steps, self.ls.burn_in, eta, self.ls.rule,
-                      reduce=reduce_counts(comm), beta=self.ls.beta, noise=noise)
+        result = mala(
+            self.energy,
+            comm.rows(x),
+            self.ls.steps,
+            self.ls.burn_in,
+            eta,
+            self.ls.rule,
+            reduce=reduce_counts(comm),
+            beta=self.ls.beta,
+            noise=noise,
+        )
         self.ls_buffer.add(*merge_mala(result, self.ls.batch_size, comm))
         self.ls_step_size = result.step_size
-        self.ls_stats = {"acceptance": result.acceptance, "step_size": result.step_size, "calls": self.ls_stats.get("calls", 0) + 1}
+        self.ls_stats = {
+            "acceptance": result.acceptance,
+            "step_size": result.step_size,
+            "calls": self.ls_stats.get("calls", 0) + 1,
+        }
         self.log("train/ls_acceptance", result.acceptance, on_step=True, on_epoch=False)
         self.log("train/ls_step_size", result.step_size, on_step=True, on_epoch=False)
         self.log("train/ls_buffer_size", float(len(self.ls_buffer)), on_step=True, on_epoch=False)
@@ -236,8 +287,10 @@ class DiffusionSampler(MixlabSystem):
         comm, chunk = Collectives(self), chunk or self.eval_chunk
         out = []
         for start in range(0, len(x1), chunk):
-            block = x1[start:start + chunk].to(self.device)
-            traj = self.rollout.backward(self.policy, self.energy, comm.rows(block), RankNoise(generator, len(block), comm.rank, comm.world))
+            block = x1[start : start + chunk].to(self.device)
+            traj = self.rollout.backward(
+                self.policy, self.energy, comm.rows(block), RankNoise(generator, len(block), comm.rank, comm.world)
+            )
             out.append(comm.gather_rows(log_weights(traj.log_r, traj.log_pf, traj.log_pb), len(block)))
         return torch.cat(out)
 
@@ -270,8 +323,12 @@ class DiffusionSampler(MixlabSystem):
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and value is not None:
                 self.log(f"val/{key}", float(value), sync_dist=True, batch_size=self.eval_n)
-        self.last_eval = {"x": result["x"].cpu(), "truth": None if truth is None else truth.cpu(),
-                          "step": self.global_step, "metrics": metrics}
+        self.last_eval = {
+            "x": result["x"].cpu(),
+            "truth": None if truth is None else truth.cpu(),
+            "step": self.global_step,
+            "metrics": metrics,
+        }
 
     # ----- checkpoint: buffers, MALA step size (RNG and weights: the base class / Lightning) ----
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -44,9 +44,18 @@ class LocalSearchSettings:
     reference code does), target R^beta. `enabled`: false leaves local search off."""
 
     @checked
-    def __init__(self, enabled: bool = False, every: PositiveInt = 100, steps: PositiveInt = 200,
-                 burn_in: NonNegativeInt = 100, step_size: PositiveFloat = 0.01, batch_size: PositiveInt = 300,
-                 beta: PositiveFloat = 1.0, rule: AdaptiveStepSize | None = None, carry_step_size: bool = True):
+    def __init__(
+        self,
+        enabled: bool = False,
+        every: PositiveInt = 100,
+        steps: PositiveInt = 200,
+        burn_in: NonNegativeInt = 100,
+        step_size: PositiveFloat = 0.01,
+        batch_size: PositiveInt = 300,
+        beta: PositiveFloat = 1.0,
+        rule: AdaptiveStepSize | None = None,
+        carry_step_size: bool = True,
+    ):
         if burn_in >= steps:
             raise ArgumentError("burn_in", f"must be < steps ({steps}), got {burn_in}")
         self.enabled, self.every, self.steps, self.burn_in = enabled, every, steps, burn_in
@@ -86,7 +95,7 @@ class Collectives:
 
     def rows(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's rows (rank::world) of a global tensor."""
-        return t[self.rank::self.world]
+        return t[self.rank :: self.world]
 
     def gather_rows(self, t: torch.Tensor, n_global: int) -> torch.Tensor:
         """Inverse of `rows`: every rank's rows of a global set of n_global rows -> the set in its

@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 from mixlab.callbacks.sampling import save_grid
 from mixlab.core.checkpoint import load_system
 from mixlab.core.config import build, require
-from mixlab.core.validate import PositiveInt, check_value
 from mixlab.core.errors import ArgumentError, ConfigError
 from mixlab.core.evaluate import out_dir_of, resolve_device
+from mixlab.core.validate import PositiveInt, check_value
 from mixlab.metrics.fidelity import PROTOCOLS, ClassifierFeatures, InceptionFeatures, cached_features, fidelity_metrics
 from mixlab.score.solvers import ODESampling
 
@@ -83,12 +83,23 @@ class Scorer:
             result[protocol] = fidelity_metrics(self.real_feats[protocol], extractor(fake), k=k, kid=self.cfg.kid)
             if self.cfg.real_reference:  # what a perfect model would score at this n: train vs test images
                 train_real = self.datamodule.real_images(self.cfg.n, split="train")
-                result[f"{protocol}_real_reference"] = fidelity_metrics(self.real_feats[protocol], extractor(train_real), k=k, kid=self.cfg.kid)
+                result[f"{protocol}_real_reference"] = fidelity_metrics(
+                    self.real_feats[protocol], extractor(train_real), k=k, kid=self.cfg.kid
+                )
         return result
 
 
-def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device: torch.device, sample_kwargs: dict | None = None,
-                     tag: str = "", fields: dict | None = None, out_dir: Path | None = None) -> dict:
+def sample_and_score(
+    cfg: DictConfig,
+    system,
+    ckpt: dict,
+    scorer: Scorer,
+    device: torch.device,
+    sample_kwargs: dict | None = None,
+    tag: str = "",
+    fields: dict | None = None,
+    out_dir: Path | None = None,
+) -> dict:
     """Sample cfg.n images (the same initial noise whatever `sample_kwargs` say), score them,
     write metrics_<tag...>.json + samples_<tag...>.png. `fields` are added to the result."""
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -100,13 +111,25 @@ def sample_and_score(cfg: DictConfig, system, ckpt: dict, scorer: Scorer, device
     tag = f"{tag + '_' if tag else ''}{cfg.solver}_{cfg.grid}{cfg.steps}_n{cfg.n}_seed{cfg.seed}"
     grid_path = save_grid(fake[:64], out_dir / f"samples_{tag}.png")
     result = {
-        "ckpt": str(Path(cfg.ckpt).resolve()), "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"),
-        "dataset": scorer.dataset, **(fields or {}), "n": cfg.n, "solver": cfg.solver, "grid": cfg.grid, "steps": cfg.steps,
-        "nfe": sampling.solver.evaluations(cfg.steps), "seed": cfg.seed, "sampling_seconds": round(sample_s, 2),
-        "device": str(device), "sample_grid": str(grid_path), **scorer(fake),
+        "ckpt": str(Path(cfg.ckpt).resolve()),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "dataset": scorer.dataset,
+        **(fields or {}),
+        "n": cfg.n,
+        "solver": cfg.solver,
+        "grid": cfg.grid,
+        "steps": cfg.steps,
+        "nfe": sampling.solver.evaluations(cfg.steps),
+        "seed": cfg.seed,
+        "sampling_seconds": round(sample_s, 2),
+        "device": str(device),
+        "sample_grid": str(grid_path),
+        **scorer(fake),
     }
     metrics_path = out_dir / f"metrics_{tag}.json"
     from mixlab.core.checkpoint_io import write_json_atomic
+
     write_json_atomic(metrics_path, result)
     result["metrics_json"] = str(metrics_path)
     return result
@@ -123,15 +146,19 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def print_report(result: dict) -> None:
     label = f"{result['label']}: " if result.get("label") else ""
-    print(f"[mixlab] {label}{result['n']} samples, {result['solver']} {result['grid']} {result['steps']} steps "
-          f"({result['nfe']} NFE, {result['sampling_seconds']} s on {result['device']})")
+    print(
+        f"[mixlab] {label}{result['n']} samples, {result['solver']} {result['grid']} {result['steps']} steps "
+        f"({result['nfe']} NFE, {result['sampling_seconds']} s on {result['device']})"
+    )
     for protocol in PROTOCOLS:
         if protocol in result:
             m = result[protocol]
             print(f"[mixlab] {protocol:>10}: FID {m['fid']:8.2f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}")
             if f"{protocol}_real_reference" in result:
                 r = result[f"{protocol}_real_reference"]
-                print(f"[mixlab] {'(real ref)':>10}: FID {r['fid']:8.2f}  precision {r['precision']:.3f}  recall {r['recall']:.3f}"
-                      "  <- first n train images vs the test images")
+                print(
+                    f"[mixlab] {'(real ref)':>10}: FID {r['fid']:8.2f}  precision {r['precision']:.3f}  recall {r['recall']:.3f}"
+                    "  <- first n train images vs the test images"
+                )
     print(f"[mixlab] metrics: {result['metrics_json']}")
     print(f"[mixlab] grid:    {result['sample_grid']}")

@@ -7,8 +7,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mixlab.core.config import require
-from mixlab.core.system import MixlabSystem
 from mixlab.core.errors import ArgumentError
+from mixlab.core.system import MixlabSystem
 from mixlab.core.validate import PositiveFloat, PositiveInt, check_value, checked
 from mixlab.score.precond import EpsilonPrecond
 from mixlab.score.schedule import SigmaGrid
@@ -23,8 +23,11 @@ def check_sample_grid(cfg: DictConfig) -> None:
         return
     for name in ("solver", "grid"):
         value = node.get(name)
-        require(value is None or (isinstance(value, DictConfig) and "_target_" in value), f"callbacks.sample_grid.{name}",
-                f"must be a node with a _target_ (e.g. {{_target_: mixlab.score.solvers.Heun}}), got {value!r}")
+        require(
+            value is None or (isinstance(value, DictConfig) and "_target_" in value),
+            f"callbacks.sample_grid.{name}",
+            f"must be a node with a _target_ (e.g. {{_target_: mixlab.score.solvers.Heun}}), got {value!r}",
+        )
     steps = node.get("steps")
     check_value(steps, PositiveInt | None, "callbacks.sample_grid.steps")
 
@@ -90,7 +93,9 @@ class ScoreDiffusion(MixlabSystem):
         return self.model(x, sigma)
 
     # ----- training ---------------------------------------------------------------------
-    def draw_noise(self, x0: torch.Tensor, generator: torch.Generator, batch_idx: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_noise(
+        self, x0: torch.Tensor, generator: torch.Generator, batch_idx: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """sigma [B] and eps [B, C, H, W] for this rank's share of the global batch. Training
         (`batch_idx` given) draws once per optimizer step, for all devices and accumulation
         steps (`step_draw`); validation draws per batch."""

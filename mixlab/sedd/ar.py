@@ -17,15 +17,24 @@ from mixlab.core.validate import NonNegativeInt, PositiveInt, checked
 
 class AutoRegressive(MixlabSystem):
     """Args:
-        net: partial building the causal network from vocab_size (mixlab.nets.dit.DDiT, causal, time-free).
-        vocab_size: token ids of the data (incl. EOS); bos_id: the id fed before the first token (EOS).
+    net: partial building the causal network from vocab_size (mixlab.nets.dit.DDiT, causal, time-free).
+    vocab_size: token ids of the data (incl. EOS); bos_id: the id fed before the first token (EOS).
     """
 
     evaluator = "ar"
 
     @checked
-    def __init__(self, net: Callable[..., nn.Module], optimizer: Callable, vocab_size: PositiveInt, length: PositiveInt = 1024,
-                 bos_id: NonNegativeInt | None = None, scheduler: Callable | None = None, seed: int = 0, compile: bool = False):
+    def __init__(
+        self,
+        net: Callable[..., nn.Module],
+        optimizer: Callable,
+        vocab_size: PositiveInt,
+        length: PositiveInt = 1024,
+        bos_id: NonNegativeInt | None = None,
+        scheduler: Callable | None = None,
+        seed: int = 0,
+        compile: bool = False,
+    ):
         super().__init__(seed=seed, compile=compile)
         if bos_id is not None and bos_id >= vocab_size:
             raise ArgumentError("bos_id", f"must be a token id < vocab_size = {vocab_size}, got {bos_id}")
@@ -95,7 +104,9 @@ class AutoRegressive(MixlabSystem):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
     @torch.no_grad()
-    def sample_tokens(self, n: int, length: int | None = None, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_tokens(
+        self, n: int, length: int | None = None, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Ancestral sampling (no annealing), [n, length]."""
         length = length or self.length
         was_training = self.net.training
@@ -110,4 +121,6 @@ class AutoRegressive(MixlabSystem):
 
     def sample(self, n: int, generator: torch.Generator | None = None, length: int | None = None, **_) -> list[str]:
         tokens = self.sample_tokens(n, length=length, generator=generator)
-        return [self.tokenizer.decode(row.tolist()) for row in tokens] if self.tokenizer else [str(row.tolist()) for row in tokens]
+        return (
+            [self.tokenizer.decode(row.tolist()) for row in tokens] if self.tokenizer else [str(row.tolist()) for row in tokens]
+        )

@@ -50,9 +50,17 @@ def _chunked(score_fn, graph, x0: Tensor, sigma_bar: Tensor, sigma: Tensor, t_ba
 
 @torch.no_grad()
 @checked
-def elbo(score_fn: Callable, graph: object, noise: Callable, x0: Tensor, timesteps: PositiveInt = 1000,
-         generator: torch.Generator | None = None, eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3, t_batch: PositiveInt = 16,
-         trunc_points: PositiveInt = 4) -> dict[str, Tensor]:
+def elbo(
+    score_fn: Callable,
+    graph: object,
+    noise: Callable,
+    x0: Tensor,
+    timesteps: PositiveInt = 1000,
+    generator: torch.Generator | None = None,
+    eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3,
+    t_batch: PositiveInt = 16,
+    trunc_points: PositiveInt = 4,
+) -> dict[str, Tensor]:
     """Upper bound on -log p(x0) for x0 [B, L]: {"diffusion", "truncation", "prior", "total"}, each [B]
     float64 nats per sequence (nats/token = total / L). `score_fn(x_t, sigma_bar) -> log_score` is
     evaluated on [B * t_batch, L] batches."""

@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 
 from mixlab.core.checkpoint import load_system
 from mixlab.core.config import build, require
-from mixlab.core.validate import PositiveInt, check_value
 from mixlab.core.distributed import DestroyProcessGroupAtExit
 from mixlab.core.evaluate import out_dir_of, resolve_device
+from mixlab.core.validate import PositiveInt, check_value
 
 
 def split_datamodule(run_cfg: DictConfig, cfg: DictConfig):
@@ -34,10 +34,17 @@ def split_datamodule(run_cfg: DictConfig, cfg: DictConfig):
 
 def test_trainer(cfg: DictConfig, device: torch.device) -> L.Trainer:
     check_value(cfg.devices, PositiveInt, "devices")
-    return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=cfg.devices, logger=False,
-                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
-                     callbacks=[DestroyProcessGroupAtExit()], use_distributed_sampler=False,
-                     precision=cfg.get("precision", "32-true"))
+    return L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=cfg.devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        callbacks=[DestroyProcessGroupAtExit()],
+        use_distributed_sampler=False,
+        precision=cfg.get("precision", "32-true"),
+    )
 
 
 def cost_estimate(system, datamodule, cfg: DictConfig, device: torch.device) -> str:
@@ -52,10 +59,14 @@ def cost_estimate(system, datamodule, cfg: DictConfig, device: torch.device) -> 
         start = time.perf_counter()
         system.score(x, torch.ones(chunk, device=device))
         seconds = time.perf_counter() - start
-    forwards = math.ceil(n / cfg.batch_size) * math.ceil(cfg.timesteps / cfg.t_batch) + math.ceil(n / cfg.batch_size) * 4 / cfg.t_batch
-    return (f"[mixlab] ELBO of {n} sequences x {length} tokens ({n * length:,} tokens), {cfg.timesteps} timesteps each: "
-            f"~{forwards:,.0f} forwards of {chunk} sequences, ~{forwards * seconds / 60:.1f} min at {seconds:.2f} s each "
-            f"on {device} x {cfg.devices} device(s)")
+    forwards = (
+        math.ceil(n / cfg.batch_size) * math.ceil(cfg.timesteps / cfg.t_batch) + math.ceil(n / cfg.batch_size) * 4 / cfg.t_batch
+    )
+    return (
+        f"[mixlab] ELBO of {n} sequences x {length} tokens ({n * length:,} tokens), {cfg.timesteps} timesteps each: "
+        f"~{forwards:,.0f} forwards of {chunk} sequences, ~{forwards * seconds / 60:.1f} min at {seconds:.2f} s each "
+        f"on {device} x {cfg.devices} device(s)"
+    )
 
 
 def summarise(terms: dict[str, torch.Tensor]) -> dict:
@@ -68,8 +79,15 @@ def summarise(terms: dict[str, torch.Tensor]) -> dict:
     nats = float(terms["total"].sum()) / total
     se = float(per_seq.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     ppl = math.exp(nats) if nats < 700 else float("inf")
-    out = {"sequences": n, "tokens": int(total), "nats_per_token": nats, "nats_per_token_se": se,
-           "ppl_bound": ppl, "ppl_bound_se": ppl * se, "bits_per_token": nats / math.log(2)}
+    out = {
+        "sequences": n,
+        "tokens": int(total),
+        "nats_per_token": nats,
+        "nats_per_token_se": se,
+        "ppl_bound": ppl,
+        "ppl_bound_se": ppl * se,
+        "bits_per_token": nats / math.log(2),
+    }
     for key in ("diffusion", "truncation", "prior"):
         out[f"{key}_nats_per_token"] = float(terms[key].sum()) / total
     return out
@@ -98,10 +116,19 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer = test_trainer(cfg, device)
     start = time.perf_counter()
     trainer.test(system, datamodule=datamodule, verbose=False)
-    result = {"ckpt": str(Path(cfg.ckpt).resolve()), "global_step": ckpt.get("global_step"), "split": cfg.split,
-              "corpus": run_cfg.data.get("corpus"), "tokenizer": run_cfg.data.get("tokenizer"), "timesteps": cfg.timesteps,
-              "seed": cfg.seed, **summarise(system.elbo_terms()), "seconds": round(time.perf_counter() - start, 1),
-              "device": str(device), "devices": cfg.devices}
+    result = {
+        "ckpt": str(Path(cfg.ckpt).resolve()),
+        "global_step": ckpt.get("global_step"),
+        "split": cfg.split,
+        "corpus": run_cfg.data.get("corpus"),
+        "tokenizer": run_cfg.data.get("tokenizer"),
+        "timesteps": cfg.timesteps,
+        "seed": cfg.seed,
+        **summarise(system.elbo_terms()),
+        "seconds": round(time.perf_counter() - start, 1),
+        "device": str(device),
+        "devices": cfg.devices,
+    }
     if trainer.is_global_zero:
         write_report(cfg, result, "elbo")
     return result
@@ -119,10 +146,17 @@ def evaluate_ar(cfg: DictConfig) -> dict:
     datamodule.batch_size = cfg.batch_size * cfg.devices
     trainer = test_trainer(cfg, device)
     metrics = trainer.test(system, datamodule=datamodule, verbose=False)[0]
-    result = {"ckpt": str(Path(cfg.ckpt).resolve()), "global_step": ckpt.get("global_step"), "split": cfg.split,
-              "corpus": run_cfg.data.get("corpus"), "tokenizer": run_cfg.data.get("tokenizer"),
-              "nats_per_token": metrics["test/nats_per_token"], "ppl": metrics["test/ppl"],
-              "bits_per_token": metrics["test/nats_per_token"] / math.log(2), "device": str(device)}
+    result = {
+        "ckpt": str(Path(cfg.ckpt).resolve()),
+        "global_step": ckpt.get("global_step"),
+        "split": cfg.split,
+        "corpus": run_cfg.data.get("corpus"),
+        "tokenizer": run_cfg.data.get("tokenizer"),
+        "nats_per_token": metrics["test/nats_per_token"],
+        "ppl": metrics["test/ppl"],
+        "bits_per_token": metrics["test/nats_per_token"] / math.log(2),
+        "device": str(device),
+    }
     if trainer.is_global_zero:
         write_report(cfg, result, "ar")
     return result
@@ -134,12 +168,17 @@ def write_report(cfg: DictConfig, result: dict, kind: str) -> None:
     tag = f"{kind}_{cfg.split}" + (f"_T{cfg.timesteps}" if kind == "elbo" else "") + f"_seed{cfg.seed}"
     path = out / f"{tag}.json"
     from mixlab.core.checkpoint_io import write_json_atomic
+
     write_json_atomic(path, result)
     if kind == "elbo":
-        print(f"[mixlab] {result['split']}: {result['nats_per_token']:.4f} +- {result['nats_per_token_se']:.4f} nats/token, "
-              f"ppl <= {result['ppl_bound']:.3f} +- {result['ppl_bound_se']:.3f} ({result['tokens']:,} tokens, {result['sequences']} sequences)")
-        print(f"[mixlab]   diffusion {result['diffusion_nats_per_token']:.4f} + [0, eps) {result['truncation_nats_per_token']:.2e} "
-              f"+ prior {result['prior_nats_per_token']:.2e} nats/token")
+        print(
+            f"[mixlab] {result['split']}: {result['nats_per_token']:.4f} +- {result['nats_per_token_se']:.4f} nats/token, "
+            f"ppl <= {result['ppl_bound']:.3f} +- {result['ppl_bound_se']:.3f} ({result['tokens']:,} tokens, {result['sequences']} sequences)"
+        )
+        print(
+            f"[mixlab]   diffusion {result['diffusion_nats_per_token']:.4f} + [0, eps) {result['truncation_nats_per_token']:.2e} "
+            f"+ prior {result['prior_nats_per_token']:.2e} nats/token"
+        )
     else:
         print(f"[mixlab] {result['split']}: {result['nats_per_token']:.4f} nats/token, ppl {result['ppl']:.3f}")
     print(f"[mixlab] metrics: {path}")

@@ -38,8 +38,12 @@ def encode_fixed(tokenizer, cfg: DictConfig) -> dict:
     for key in ("prefix", "suffix"):
         if cfg.get(key):
             unknown = getattr(tokenizer, "unknown_characters", lambda text: [])(str(cfg[key]))
-            require(not unknown, key, f"characters outside the checkpoint's {tokenizer.vocab_size - 1}-character vocabulary: "
-                                      f"{' '.join(map(repr, unknown))}; leave them out or replace them")
+            require(
+                not unknown,
+                key,
+                f"characters outside the checkpoint's {tokenizer.vocab_size - 1}-character vocabulary: "
+                f"{' '.join(map(repr, unknown))}; leave them out or replace them",
+            )
             fixed[key] = tokenizer.encode(str(cfg[key]))
     if cfg.get("infill"):
         pairs = []
@@ -58,13 +62,19 @@ def perplexity_report(nll: torch.Tensor, suffix: str = "") -> dict:
     gen_ppl and gen_nll, from per-sample mean NLLs [B]."""
     n = len(nll)
     se = (lambda v: float(v.std() / n**0.5)) if n > 1 else (lambda v: float("nan"))
-    return {f"gen_ppl{suffix}": float(torch.exp(nll).mean()), f"gen_ppl_se{suffix}": se(torch.exp(nll)),
-            f"gen_ppl_of_mean_nll{suffix}": float(torch.exp(nll.mean())), f"gen_nll{suffix}": float(nll.mean()),
-            f"gen_nll_se{suffix}": se(nll)}
+    return {
+        f"gen_ppl{suffix}": float(torch.exp(nll).mean()),
+        f"gen_ppl_se{suffix}": se(torch.exp(nll)),
+        f"gen_ppl_of_mean_nll{suffix}": float(torch.exp(nll.mean())),
+        f"gen_nll{suffix}": float(nll.mean()),
+        f"gen_nll_se{suffix}": se(nll),
+    }
 
 
 def batched_nll(judge, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([judge.nll(tokens[i:i + batch_size].to(judge.device)).double().cpu() for i in range(0, len(tokens), batch_size)])
+    return torch.cat(
+        [judge.nll(tokens[i : i + batch_size].to(judge.device)).double().cpu() for i in range(0, len(tokens), batch_size)]
+    )
 
 
 def generative_perplexity(judge, tokens: torch.Tensor, batch_size: int) -> dict:
@@ -91,7 +101,11 @@ def gpt2_perplexity(cfg: DictConfig, run_cfg: DictConfig, system, tokens: torch.
         return {}
     judge = load_gpt2(folder, device)
     if run_cfg.data.get("tokenizer") == "gpt2":
-        require(judge.vocab_size == system.vocab_size, "judge_gpt2", f"GPT-2 has {judge.vocab_size} tokens, the model {system.vocab_size}")
+        require(
+            judge.vocab_size == system.vocab_size,
+            "judge_gpt2",
+            f"GPT-2 has {judge.vocab_size} tokens, the model {system.vocab_size}",
+        )
         nll = batched_nll(judge, tokens, cfg.batch_size)
     else:
         tokenizer = GPT2Tokenizer.load(cfg.paths.data_dir)
@@ -108,19 +122,46 @@ def run(cfg: DictConfig) -> dict:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     predictor = build(cfg.sampler)  # conf/sampler/<name>.yaml
     start = time.perf_counter()
-    tokens, stats = system.sample_tokens(cfg.n, steps=cfg.steps, predictor=predictor, denoise=cfg.denoise, cache=cfg.cache,
-                                         length=cfg.get("length"), generator=generator, batch_size=cfg.batch_size,
-                                         **encode_fixed(system.tokenizer, cfg))
+    tokens, stats = system.sample_tokens(
+        cfg.n,
+        steps=cfg.steps,
+        predictor=predictor,
+        denoise=cfg.denoise,
+        cache=cfg.cache,
+        length=cfg.get("length"),
+        generator=generator,
+        batch_size=cfg.batch_size,
+        **encode_fixed(system.tokenizer, cfg),
+    )
     seconds = time.perf_counter() - start
     texts = system.decode(tokens)
-    result = {"ckpt": str(Path(cfg.ckpt).resolve()), "global_step": ckpt.get("global_step"), "sampler": predictor.name,
-              "steps": cfg.steps, "cache": cfg.cache, "n": cfg.n, "length": tokens.shape[1], "nfe": stats["nfe"],
-              "seconds": round(seconds, 2), "tokens_per_second": tokens.numel() / seconds,
-              "unigram_entropy": float(unigram_entropy(tokens).mean()), "device": str(device), "seed": cfg.seed}
+    result = {
+        "ckpt": str(Path(cfg.ckpt).resolve()),
+        "global_step": ckpt.get("global_step"),
+        "sampler": predictor.name,
+        "steps": cfg.steps,
+        "cache": cfg.cache,
+        "n": cfg.n,
+        "length": tokens.shape[1],
+        "nfe": stats["nfe"],
+        "seconds": round(seconds, 2),
+        "tokens_per_second": tokens.numel() / seconds,
+        "unigram_entropy": float(unigram_entropy(tokens).mean()),
+        "device": str(device),
+        "seed": cfg.seed,
+    }
     if cfg.get("judge_ckpt"):
         judge, _, _ = load_system(cfg.judge_ckpt, device, key="judge_ckpt")
-        require(isinstance(judge, AutoRegressive), "judge_ckpt", f"{cfg.judge_ckpt} is not an AR baseline checkpoint (experiment=ar_char|ar_bpe)")
-        require(judge.vocab_size == system.vocab_size, "judge_ckpt", f"the judge has {judge.vocab_size} tokens, the model {system.vocab_size}")
+        require(
+            isinstance(judge, AutoRegressive),
+            "judge_ckpt",
+            f"{cfg.judge_ckpt} is not an AR baseline checkpoint (experiment=ar_char|ar_bpe)",
+        )
+        require(
+            judge.vocab_size == system.vocab_size,
+            "judge_ckpt",
+            f"the judge has {judge.vocab_size} tokens, the model {system.vocab_size}",
+        )
         result.update(generative_perplexity(judge, tokens, cfg.batch_size))
     result.update(gpt2_perplexity(cfg, run_cfg, system, tokens, device))
     out = out_dir_of(cfg)
@@ -130,13 +171,15 @@ def run(cfg: DictConfig) -> dict:
 
     result["samples"] = str(save_texts(texts, out / f"{tag}.txt"))
     from mixlab.core.checkpoint_io import write_json_atomic
+
     write_json_atomic(out / f"{tag}.json", result)
     print(texts[0][:600] + ("..." if len(texts[0]) > 600 else ""))
     gen = f", gen-PPL {result['gen_ppl']:.2f} +- {result['gen_ppl_se']:.2f}" if "gen_ppl" in result else ""
     gen += f", GPT-2 gen-PPL {result['gen_ppl_gpt2']:.2f} (NLL {result['gen_nll_gpt2']:.3f})" if "gen_ppl_gpt2" in result else ""
-    print(f"[mixlab] {cfg.n} samples of {result['length']} tokens, {predictor.name} {cfg.steps} steps{' cached' if cfg.cache else ''}: "
-          f"{result['nfe']:.1f} NFE, {seconds:.1f} s ({result['tokens_per_second']:.0f} tokens/s), unigram entropy "
-          f"{result['unigram_entropy']:.3f}{gen}")
+    print(
+        f"[mixlab] {cfg.n} samples of {result['length']} tokens, {predictor.name} {cfg.steps} steps{' cached' if cfg.cache else ''}: "
+        f"{result['nfe']:.1f} NFE, {seconds:.1f} s ({result['tokens_per_second']:.0f} tokens/s), unigram entropy "
+        f"{result['unigram_entropy']:.3f}{gen}"
+    )
     print(f"[mixlab] samples: {result['samples']}")
     return result
-

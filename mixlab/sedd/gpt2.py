@@ -67,9 +67,16 @@ class GPT2(nn.Module):
     Face ones without the `transformer.` prefix."""
 
     @checked
-    def __init__(self, vocab_size: PositiveInt = 50257, n_positions: PositiveInt = 1024, n_embd: PositiveInt = 768,
-                 n_layer: PositiveInt = 12, n_head: PositiveInt = 12, n_inner: PositiveInt | None = None,
-                 layer_norm_epsilon: PositiveFloat = 1e-5):
+    def __init__(
+        self,
+        vocab_size: PositiveInt = 50257,
+        n_positions: PositiveInt = 1024,
+        n_embd: PositiveInt = 768,
+        n_layer: PositiveInt = 12,
+        n_head: PositiveInt = 12,
+        n_inner: PositiveInt | None = None,
+        layer_norm_epsilon: PositiveFloat = 1e-5,
+    ):
         super().__init__()
         if n_embd % n_head:
             raise ArgumentError("n_head", f"n_embd = {n_embd} is not a multiple of n_head = {n_head}")
@@ -86,7 +93,11 @@ class GPT2(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Next-token logits, [B, L, vocab]."""
         L = tokens.shape[1]
-        require(L <= self.n_positions, KEY, f"{L} tokens exceed GPT-2's context of {self.n_positions}: sample with length<={self.n_positions}")
+        require(
+            L <= self.n_positions,
+            KEY,
+            f"{L} tokens exceed GPT-2's context of {self.n_positions}: sample with length<={self.n_positions}",
+        )
         x = self.wte(tokens) + self.wpe(torch.arange(L, device=tokens.device))
         for block in self.h:
             x = block(x)
@@ -119,7 +130,9 @@ def load_gpt2(folder: str | Path, device: torch.device | str = "cpu") -> GPT2:
     require((folder / "config.json").is_file(), KEY, f"{folder} has no config.json")
     weights = folder / "pytorch_model.bin"
     if not weights.is_file():
-        hint = " (safetensors is not installed: download pytorch_model.bin too)" if (folder / "model.safetensors").is_file() else ""
+        hint = (
+            " (safetensors is not installed: download pytorch_model.bin too)" if (folder / "model.safetensors").is_file() else ""
+        )
         raise ConfigError(KEY, f"{folder} has no pytorch_model.bin; the judge needs pytorch_model.bin{hint}")
     config = json.loads((folder / "config.json").read_text())
     activation = config.get("activation_function", "gelu_new")
@@ -132,8 +145,12 @@ def load_gpt2(folder: str | Path, device: torch.device | str = "cpu") -> GPT2:
     state = hf_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     expected = model.state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    require(not missing and not unexpected, KEY, f"{weights} does not match config.json: missing {missing[:4]}"
-            f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
+    require(
+        not missing and not unexpected,
+        KEY,
+        f"{weights} does not match config.json: missing {missing[:4]}"
+        f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}",
+    )
     wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
     require(not wrong, KEY, f"{weights}: shapes differ from config.json for {wrong[:4]}")
     model.load_state_dict({k: v.float() for k, v in state.items()})

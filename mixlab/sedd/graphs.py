@@ -63,8 +63,9 @@ class Graph(abc.ABC):
         (Tweedie; `score` holds ratios, not logs)."""
 
     @abc.abstractmethod
-    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None,
-                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def sample_transition(
+        self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None, draws: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """x_t ~ p_{t|0}(. | x0) position-wise, x0 [B, L], sigma_bar [B]. `draws`: two U[0, 1) tensors
         shaped like x0 (whether a token moves, and where to), e.g. slices of a draw made for a whole
         global batch; drawn from `generator` when None."""
@@ -117,8 +118,9 @@ class UniformGraph(Graph):
         s = per_sample(delta_sigma, score[..., 0]).to(score.dtype)[..., None]
         return torch.exp(s) * score - torch.expm1(s) * score.mean(-1, keepdim=True)
 
-    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None,
-                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def sample_transition(
+        self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None, draws: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         u, v = draws if draws is not None else _uniforms(x0, generator)
         move = u < -torch.expm1(-per_sample(sigma_bar, x0))
         new = (v * self.dim).long().clamp_(max=self.dim - 1)  # uniform over the dim states
@@ -181,8 +183,9 @@ class AbsorbingGraph(Graph):
         mask = score[..., self.mask_id :] - torch.expm1(s) * score[..., : self.mask_id].sum(-1, keepdim=True)
         return torch.cat([real, mask], dim=-1)
 
-    def sample_transition(self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None,
-                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def sample_transition(
+        self, x0: Tensor, sigma_bar: Tensor, generator: torch.Generator | None = None, draws: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         u = draws[0] if draws is not None else _uniforms(x0, generator)[0]
         move = u < -torch.expm1(-per_sample(sigma_bar, x0))
         return torch.where(move, torch.full_like(x0, self.mask_id), x0)

@@ -53,8 +53,10 @@ class SEDDScore(Parameterisation):
 
     def check(self, graph) -> None:  # noqa: B027 (an optional hook, not abstract)
         if self.scale_by_sigma and not graph.absorbing:
-            raise ArgumentError("param.scale_by_sigma",
-                                "the 1/(e^sigma_bar - 1) offset is the absorbing graph's; set it false for the uniform graph")
+            raise ArgumentError(
+                "param.scale_by_sigma",
+                "the 1/(e^sigma_bar - 1) offset is the absorbing graph's; set it false for the uniform graph",
+            )
 
     def __call__(self, logits: Tensor, x_t: Tensor, sigma_bar: Tensor, graph) -> Tensor:
         l = _as_float(logits)

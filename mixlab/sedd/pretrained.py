@@ -54,8 +54,13 @@ def net_sizes(folder: Path) -> dict:
     cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     model = cfg.get("model", cfg)
     try:
-        return {"hidden": int(model["hidden_size"]), "n_blocks": int(model["n_blocks"]), "n_heads": int(model["n_heads"]),
-                "cond_dim": int(model["cond_dim"]), "length": int(model.get("length", 1024))}
+        return {
+            "hidden": int(model["hidden_size"]),
+            "n_blocks": int(model["n_blocks"]),
+            "n_heads": int(model["n_heads"]),
+            "cond_dim": int(model["cond_dim"]),
+            "length": int(model.get("length", 1024)),
+        }
     except KeyError as err:
         raise ConfigError("source", f"{folder}/config.json lacks the model size {err}") from None
 
@@ -65,8 +70,13 @@ def convert(source: str, out: str | Path, data: str = "text_classics_gpt2", data
     folder = snapshot(source)
     sizes, weights = net_sizes(folder), read_weights(folder)
     GlobalHydra.instance().clear()
-    overrides = ["experiment=sedd_absorb", f"data={data}", f"data.length={sizes['length']}", "model.vocab_size=50257",
-                 *(f"model.net.{k}={v}" for k, v in sizes.items() if k != "length")]
+    overrides = [
+        "experiment=sedd_absorb",
+        f"data={data}",
+        f"data.length={sizes['length']}",
+        "model.vocab_size=50257",
+        *(f"model.net.{k}={v}" for k, v in sizes.items() if k != "length"),
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train.yaml", overrides=overrides)
     with open_dict(cfg):
@@ -81,8 +91,16 @@ def convert(source: str, out: str | Path, data: str = "text_classics_gpt2", data
         raise ConfigError("source", str(err)) from None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": system.state_dict(), "mixlab_config": OmegaConf.to_container(cfg, resolve=True),
-                "epoch": None, "global_step": None, "pretrained_from": str(source)}, out)
+    torch.save(
+        {
+            "state_dict": system.state_dict(),
+            "mixlab_config": OmegaConf.to_container(cfg, resolve=True),
+            "epoch": None,
+            "global_step": None,
+            "pretrained_from": str(source),
+        },
+        out,
+    )
     print(f"[mixlab] {source} -> {out} (DiT {sizes['hidden']} x {sizes['n_blocks']}; evaluate with make eval ckpt={out})")
     return out
 

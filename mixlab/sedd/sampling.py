@@ -41,8 +41,9 @@ class Predictor(abc.ABC):
     def probs(self, score: ScoreFnT, graph, noise, x: Tensor, t: Tensor, dt: float) -> Tensor:
         """[B, L, dim] float64, >= 0, for x [B, L] at times t [B] (float64)."""
 
-    def update(self, score: ScoreFnT, graph, noise, x: Tensor, t: Tensor, dt: float,
-               generator: torch.Generator | None = None) -> Tensor:
+    def update(
+        self, score: ScoreFnT, graph, noise, x: Tensor, t: Tensor, dt: float, generator: torch.Generator | None = None
+    ) -> Tensor:
         return sample_categorical(self.probs(score, graph, noise, x, t, dt), generator)
 
     def __repr__(self) -> str:
@@ -130,7 +131,9 @@ def check_fixed(fixed: Fixed | tuple, length: int, num_tokens: int) -> Fixed:
     if pos.numel() != tok.numel():
         raise ArgumentError(key, f"{pos.numel()} positions but {tok.numel()} tokens")
     if pos.numel() and (pos.min() < 0 or pos.max() >= length):
-        raise ArgumentError(key, f"positions must lie in [0, {length}) (the sequence length); got {pos.min().item()}..{pos.max().item()}")
+        raise ArgumentError(
+            key, f"positions must lie in [0, {length}) (the sequence length); got {pos.min().item()}..{pos.max().item()}"
+        )
     if pos.unique().numel() != pos.numel():
         raise ArgumentError(key, "fixed positions overlap (a position is given twice)")
     if tok.numel() and (tok.min() < 0 or tok.max() >= num_tokens):
@@ -139,8 +142,13 @@ def check_fixed(fixed: Fixed | tuple, length: int, num_tokens: int) -> Fixed:
     return Fixed(pos, tok, key)
 
 
-def fixed_tokens(length: int, num_tokens: int, prefix: Sequence[int] | None = None, suffix: Sequence[int] | None = None,
-                 infill: dict[int, int] | Sequence[tuple[int, int]] | None = None) -> Fixed | None:
+def fixed_tokens(
+    length: int,
+    num_tokens: int,
+    prefix: Sequence[int] | None = None,
+    suffix: Sequence[int] | None = None,
+    infill: dict[int, int] | Sequence[tuple[int, int]] | None = None,
+) -> Fixed | None:
     """Combine a prefix (positions 0..), a suffix (the last positions) and (position, token) pairs into
     one Fixed; each part is checked under its own key, overlaps name the later part."""
     parts = []
@@ -174,8 +182,11 @@ class _Scorer:
 
     def __init__(self, score_fn, cache: bool):
         if cache and (getattr(score_fn, "time_conditioned", True) or not hasattr(score_fn, "network")):
-            raise ArgumentError("cache", "reusing network outputs needs a time-free score (e.g. the RADD parameterisation); "
-                                         "this score depends on the noise level")
+            raise ArgumentError(
+                "cache",
+                "reusing network outputs needs a time-free score (e.g. the RADD parameterisation); "
+                "this score depends on the noise level",
+            )
         self.score_fn, self.cache, self.evals = score_fn, cache, 0
         self.x_seen: Tensor | None = None
         self.out: Tensor | None = None
@@ -198,10 +209,21 @@ class _Scorer:
 
 @torch.no_grad()
 @checked
-def sample(score_fn: Callable, graph: object, noise: Callable, batch: PositiveInt, length: PositiveInt, steps: PositiveInt,
-           predictor: Predictor | None = None, denoise: bool = True, eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5,
-           generator: torch.Generator | None = None, device: object = "cpu", fixed: object = None,
-           cache: bool = False) -> tuple[Tensor, dict]:
+def sample(
+    score_fn: Callable,
+    graph: object,
+    noise: Callable,
+    batch: PositiveInt,
+    length: PositiveInt,
+    steps: PositiveInt,
+    predictor: Predictor | None = None,
+    denoise: bool = True,
+    eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5,
+    generator: torch.Generator | None = None,
+    device: object = "cpu",
+    fixed: object = None,
+    cache: bool = False,
+) -> tuple[Tensor, dict]:
     """Draw [batch, length] token ids with `predictor` (default AnalyticPredictor()). Returns (tokens
     long, {"nfe": network evaluations per sequence}).
 

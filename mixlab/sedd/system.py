@@ -59,10 +59,22 @@ class SEDD(MixlabSystem):
     evaluator = "sedd"
 
     @checked
-    def __init__(self, net: Callable[..., nn.Module], graph: Graph, noise: Noise, param: Parameterisation, optimizer: Callable,
-                 vocab_size: PositiveInt, length: PositiveInt = 1024, scheduler: Callable | None = None,
-                 sampling_eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3, antithetic: bool = False,
-                 sampler: SamplerOptions | None = None, seed: int = 0, compile: bool = False):
+    def __init__(
+        self,
+        net: Callable[..., nn.Module],
+        graph: Graph,
+        noise: Noise,
+        param: Parameterisation,
+        optimizer: Callable,
+        vocab_size: PositiveInt,
+        length: PositiveInt = 1024,
+        scheduler: Callable | None = None,
+        sampling_eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3,
+        antithetic: bool = False,
+        sampler: SamplerOptions | None = None,
+        seed: int = 0,
+        compile: bool = False,
+    ):
         super().__init__(seed=seed, compile=compile)
         param.check(graph)
         if graph.num_tokens != vocab_size:
@@ -94,7 +106,11 @@ class SEDD(MixlabSystem):
             require(data is not None, cls.config_key("vocab_size"), "give it, or a text data set (data=text_...)")
             build(data).prepare_data()  # raises DataNotFoundError naming `make data-text`
         if data is not None and "length" in data:
-            require(data.length <= model.length, "data.length", f"{data.length} tokens per sequence exceed model.length = {model.length}")
+            require(
+                data.length <= model.length,
+                "data.length",
+                f"{data.length} tokens per sequence exceed model.length = {model.length}",
+            )
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -115,12 +131,21 @@ class SEDD(MixlabSystem):
             else:
                 u = torch.rand(n, generator=generator, device=device)
             t = self.sampling_eps + (1 - self.sampling_eps) * u
-            return t, torch.rand((n, length), generator=generator, device=device), torch.rand((n, length), generator=generator, device=device)
+            return (
+                t,
+                torch.rand((n, length), generator=generator, device=device),
+                torch.rand((n, length), generator=generator, device=device),
+            )
 
         return draw
 
-    def sequence_loss(self, x0: torch.Tensor, t: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def sequence_loss(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """sigma(t) * sum over positions of the denoising score entropy, [B] nats (fp32)."""
         sigma_bar, sigma = self.noise(t)
         x_t = self.graph.sample_transition(x0, sigma_bar, generator=generator, draws=draws)
@@ -174,11 +199,21 @@ class SEDD(MixlabSystem):
 
         opts = self.eval_options or {"timesteps": 1000, "t_batch": 16, "seed": 0}
         generator = torch.Generator(device=self.device).manual_seed(int(opts["seed"]) + 7919 * batch_idx + self.world()[1])
-        terms = elbo(self.score, self.graph, self.noise, batch, timesteps=int(opts["timesteps"]), generator=generator,
-                     eps=self.sampling_eps, t_batch=int(opts["t_batch"]))
+        terms = elbo(
+            self.score,
+            self.graph,
+            self.noise,
+            batch,
+            timesteps=int(opts["timesteps"]),
+            generator=generator,
+            eps=self.sampling_eps,
+            t_batch=int(opts["t_batch"]),
+        )
         for key, value in terms.items():
             self.test_terms[key].update(value)
-        self.test_terms["tokens"].update(torch.full((batch.shape[0],), float(batch.shape[1]), dtype=torch.float64, device=batch.device))
+        self.test_terms["tokens"].update(
+            torch.full((batch.shape[0],), float(batch.shape[1]), dtype=torch.float64, device=batch.device)
+        )
 
     def elbo_terms(self) -> dict[str, torch.Tensor]:
         """Per-sequence ELBO terms gathered over all ranks (after trainer.test)."""
@@ -189,12 +224,26 @@ class SEDD(MixlabSystem):
 
     # ----- sampling ---------------------------------------------------------------------
     @torch.no_grad()
-    def sample_tokens(self, n: int, steps: int | None = None, predictor: Predictor | None = None, denoise: bool | None = None,
-                      cache: bool = False, prefix=None, suffix=None, infill=None, length: int | None = None,
-                      generator: torch.Generator | None = None, batch_size: int = 64) -> tuple[torch.Tensor, dict]:
+    def sample_tokens(
+        self,
+        n: int,
+        steps: int | None = None,
+        predictor: Predictor | None = None,
+        denoise: bool | None = None,
+        cache: bool = False,
+        prefix=None,
+        suffix=None,
+        infill=None,
+        length: int | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 64,
+    ) -> tuple[torch.Tensor, dict]:
         """[n, length] token ids and {"nfe": network evaluations per sequence}; `prefix` / `suffix`
         (token lists) and `infill` ((position, token) pairs) are held fixed."""
-        opts = {**self.sampler_defaults, **{k: v for k, v in dict(steps=steps, predictor=predictor, denoise=denoise).items() if v is not None}}
+        opts = {
+            **self.sampler_defaults,
+            **{k: v for k, v in dict(steps=steps, predictor=predictor, denoise=denoise).items() if v is not None},
+        }
         length = length or self.length
         if length > self.length:
             raise ArgumentError("length", f"{length} tokens exceed the model's length = {self.length}")
@@ -206,8 +255,20 @@ class SEDD(MixlabSystem):
         chunks, nfe = [], 0.0
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
-            x, stats = sample(self.score, self.graph, self.noise, m, length, opts["steps"], opts["predictor"],
-                              denoise=bool(opts["denoise"]), generator=generator, device=self.device, fixed=fixed, cache=cache)
+            x, stats = sample(
+                self.score,
+                self.graph,
+                self.noise,
+                m,
+                length,
+                opts["steps"],
+                opts["predictor"],
+                denoise=bool(opts["denoise"]),
+                generator=generator,
+                device=self.device,
+                fixed=fixed,
+                cache=cache,
+            )
             chunks.append(x.cpu())
             nfe += stats["nfe"] * m
         self.net.train(was_training)
@@ -215,7 +276,9 @@ class SEDD(MixlabSystem):
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         if self.tokenizer is None:
-            raise ConfigError("tokenizer", "no tokenizer attached: sample through the sedd evaluators, or train with a text data set")
+            raise ConfigError(
+                "tokenizer", "no tokenizer attached: sample through the sedd evaluators, or train with a text data set"
+            )
         return [self.tokenizer.decode(row.tolist()) for row in tokens]
 
     def sample(self, n: int, generator: torch.Generator | None = None, **options) -> list[str]:

@@ -42,8 +42,15 @@ def test_ema_warmup_rule():
 def test_ema_callback_matches_closed_form_and_is_saved_in_checkpoint(tmp_path):
     decay, steps = 0.9, 7
     ema = EMA(decay=decay)
-    trainer = L.Trainer(max_steps=steps, callbacks=[ema], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=steps,
+        callbacks=[ema],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
     model = LinearDescent()
     trainer.fit(model, DataLoader(TensorDataset(torch.zeros(steps, 1)), batch_size=1))
     # AveragedModel copies the weights at the first update, then avg = d avg + (1 - d) w_t
@@ -75,10 +82,12 @@ def test_ema_is_picklable_for_ddp_spawn_and_validates_decay():
 def test_ema_is_ordered_after_callbacks_that_sample():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({
-        "ema": {"_target_": "mixlab.callbacks.ema.EMA"},
-        "sample_grid": {"_target_": "mixlab.callbacks.sampling.SampleGrid"},
-        "progress_bar": None,
-    })
+    cfg = OmegaConf.create(
+        {
+            "ema": {"_target_": "mixlab.callbacks.ema.EMA"},
+            "sample_grid": {"_target_": "mixlab.callbacks.sampling.SampleGrid"},
+            "progress_bar": None,
+        }
+    )
     kinds = [type(cb).__name__ for cb in build_callbacks(cfg)]
     assert kinds == ["SampleGrid", "DestroyProcessGroupAtExit", "EMA"]

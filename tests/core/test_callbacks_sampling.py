@@ -37,9 +37,18 @@ class Sampler(MixlabSystem):
 def fit(tmp_path, text: bool, **grid):
     module = Sampler(text)
     loader = DataLoader(TensorDataset(torch.randn(40, 1)), batch_size=4)
-    trainer = L.Trainer(max_steps=25, val_check_interval=5, check_val_every_n_epoch=None, limit_val_batches=1, logger=False,
-                        callbacks=[SampleGrid(num_samples=3, **grid)], default_root_dir=tmp_path, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_steps=25,
+        val_check_interval=5,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        logger=False,
+        callbacks=[SampleGrid(num_samples=3, **grid)],
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, loader, loader)
     return module
 
@@ -49,8 +58,14 @@ def test_step_cadence_writes_text_files(tmp_path):
     assert [(s, tag) for s, tag, _ in module.calls] == [(10, "d"), (10, "o"), (20, "d"), (20, "o"), (25, "d"), (25, "o")]
     assert all(options == {"steps": 7} for _, _, options in module.calls)  # the system's sample options pass through
     files = sorted(p.name for p in (tmp_path / "samples").iterdir())
-    assert files == ["step_0000010.txt", "step_0000010_other.txt", "step_0000020.txt", "step_0000020_other.txt",
-                     "step_0000025.txt", "step_0000025_other.txt"]
+    assert files == [
+        "step_0000010.txt",
+        "step_0000010_other.txt",
+        "step_0000020.txt",
+        "step_0000020_other.txt",
+        "step_0000025.txt",
+        "step_0000025_other.txt",
+    ]
     texts = (tmp_path / "samples" / "step_0000020_other.txt").read_text().strip().split(SEPARATOR)
     assert texts == [f"o sample {i} at step 20" for i in range(3)]
 
@@ -58,7 +73,14 @@ def test_step_cadence_writes_text_files(tmp_path):
 def test_epoch_cadence_writes_image_grids(tmp_path):
     fit(tmp_path, text=False, every_n_epochs=1)  # 10 batches per epoch: epochs end at steps 10, 20 and the last at 25
     files = sorted(p.name for p in (tmp_path / "samples").iterdir())
-    assert files == ["epoch_0000.png", "epoch_0000_other.png", "epoch_0001.png", "epoch_0001_other.png", "epoch_0002.png", "epoch_0002_other.png"]
+    assert files == [
+        "epoch_0000.png",
+        "epoch_0000_other.png",
+        "epoch_0001.png",
+        "epoch_0001_other.png",
+        "epoch_0002.png",
+        "epoch_0002_other.png",
+    ]
 
 
 def test_progress_bar_label_for_epoch_and_step_counted_runs():

@@ -7,15 +7,20 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from support import ROOT, env_for_subprocess
 
 
 def run(script: str, *args: str, run_dir: Path | None = None) -> subprocess.CompletedProcess:
     """`python <script> args` in the project root; Hydra's run dir under a tmp dir (never logs/)."""
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="cli-"))
-    return subprocess.run([sys.executable, script, *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env_for_subprocess(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, script, *args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -61,15 +66,19 @@ def test_a_run_dir_or_task_dir_stands_for_its_checkpoint(baseline_ckpt):
     assert resolve_checkpoint(baseline_ckpt, "ckpt") == baseline_ckpt
 
 
-@pytest.mark.parametrize("args,key", [
-    (["experiment=nope"], "experiment"),
-    (["model.no_such_key=1"], "model.no_such_key"),
-    (["trainer.max_epochs=abc"], "trainer.max_epochs"),
-    (["model.optimizer.lr=-1"], "model.optimizer.lr"),
-])
+@pytest.mark.parametrize(
+    "args,key",
+    [
+        (["experiment=nope"], "experiment"),
+        (["model.no_such_key=1"], "model.no_such_key"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs"),
+        (["model.optimizer.lr=-1"], "model.optimizer.lr"),
+    ],
+)
 def test_train_reports_a_bad_override_in_one_line(data_dir, tmp_path, args, key):
-    line = one_line_error(run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}", *args,
-                              run_dir=tmp_path / "run"))
+    line = one_line_error(
+        run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}", *args, run_dir=tmp_path / "run")
+    )
     assert line.startswith(f"error: {key}:")
 
 
@@ -97,16 +106,27 @@ def test_evaluate_leaves_no_run_folder_under_logs():
     assert "file" not in cfg.hydra.job_logging.handlers  # no evaluate.log
 
 
-@pytest.mark.parametrize("args,start", [
-    (["solver=rk4"], "error: solver: unknown value 'rk4' (choose euler|heun)"),
-    (["grid=cosine"], "error: grid: unknown value 'cosine' (choose geometric|karras)"),
-    (["steps=0"], "error: steps: must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args,start",
+    [
+        (["solver=rk4"], "error: solver: unknown value 'rk4' (choose euler|heun)"),
+        (["grid=cosine"], "error: grid: unknown value 'cosine' (choose geometric|karras)"),
+        (["steps=0"], "error: steps: must be >= 1, got 0"),
+    ],
+)
 def test_score_sampling_options_are_named_in_one_line(baseline_ckpt, args, start):
     assert one_line_error(run("evaluate.py", f"ckpt={baseline_ckpt}", *args)).startswith(start)
 
 
 def test_a_precond_given_as_a_value_points_to_the_config_group(data_dir, tmp_path):
-    line = one_line_error(run("train.py", "experiment=baseline", "debug=smoke", f"paths.data_dir={data_dir}", "model.precond=edm",
-                              run_dir=tmp_path / "run"))
+    line = one_line_error(
+        run(
+            "train.py",
+            "experiment=baseline",
+            "debug=smoke",
+            f"paths.data_dir={data_dir}",
+            "model.precond=edm",
+            run_dir=tmp_path / "run",
+        )
+    )
     assert line.startswith("error: model.precond:") and "model/precond=eps|edm" in line

@@ -297,9 +297,9 @@ def test_epoch_seeded_sampler_shards_global_batches_over_ranks():
     assert len(ranks[0]) == len(ranks[1]) == n // world
     local = batch // world
     for j in range(n // batch):
-        together = sorted(i for r in ranks for i in r[j * local:(j + 1) * local])
-        assert together == sorted(single[j * batch:(j + 1) * batch])
+        together = sorted(i for r in ranks for i in r[j * local : (j + 1) * local])
+        assert together == sorted(single[j * batch : (j + 1) * batch])
         # rank r holds global positions r, r + W, ... of the batch (what the noise slicing assumes)
-        assert ranks[1][j * local:(j + 1) * local] == single[j * batch + 1:(j + 1) * batch:world]
+        assert ranks[1][j * local : (j + 1) * local] == single[j * batch + 1 : (j + 1) * batch : world]
     sequential = [list(EpochSeededSampler(10, shuffle=False, rank=r, world_size=2)) for r in range(2)]
     assert sequential == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import EXACT, ROOT, env_for_subprocess
 
 from mixlab.core.pipeline import train
-from support import EXACT, ROOT, env_for_subprocess
 
 
 def _raw_weights(run_dir: Path) -> dict:
@@ -34,8 +34,16 @@ def test_two_processes_reach_the_weights_of_one(make_cfg):
 @pytest.mark.slow
 def test_real_ddp_launcher_as_subprocess(data_dir, tmp_path):
     run_dir = tmp_path / "ddp"
-    cmd = [sys.executable, "train.py", "experiment=baseline", "debug=smoke", "trainer=ddp_cpu", "trainer.devices=2",
-           f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "experiment=baseline",
+        "debug=smoke",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -43,8 +51,16 @@ def test_real_ddp_launcher_as_subprocess(data_dir, tmp_path):
 
 
 def test_cli_reports_a_bad_config_in_one_line(data_dir, tmp_path):
-    cmd = [sys.executable, "train.py", "experiment=baseline", "debug=smoke", "trainer=ddp_cpu", "trainer.devices=3",
-           f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'bad'}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "experiment=baseline",
+        "debug=smoke",
+        "trainer=ddp_cpu",
+        "trainer.devices=3",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={tmp_path / 'bad'}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: data.batch_size: global batch size 16 is not divisible by 3")

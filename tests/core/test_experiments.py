@@ -8,12 +8,12 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
+from support import EXPERIMENTS, prerequisites
 
 from mixlab.core.config import build
 from mixlab.core.pipeline import build_callbacks, build_loggers, check_run_config
 from mixlab.core.system import MixlabSystem
 from mixlab.data.base import GlobalBatchDataModule
-from support import EXPERIMENTS, prerequisites
 
 
 def test_experiments_and_prerequisites_are_declared():

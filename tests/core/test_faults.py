@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from support import ROOT, compose_train, env_for_subprocess
 
 from mixlab.core import checkpoint_io
 from mixlab.core.checkpoint import read_checkpoint, resolve_resume
@@ -21,7 +22,6 @@ from mixlab.core.checkpoint_io import AtomicCheckpointIO, save_with_digest, side
 from mixlab.core.errors import ConfigError, DiskError, Interrupted
 from mixlab.core.evaluate import evaluator_for
 from mixlab.core.pipeline import build_plugins, train
-from support import ROOT, compose_train, env_for_subprocess
 
 SMOKE = ["experiment=baseline", "debug=smoke"]
 
@@ -48,7 +48,7 @@ def damage(path: Path, kind: str) -> None:
         path.write_bytes(data)
     else:  # 4 KB of random bytes in the middle (inside tensor data), size unchanged
         middle = len(data) // 2
-        data[middle:middle + 4096] = os.urandom(4096)
+        data[middle : middle + 4096] = os.urandom(4096)
         path.write_bytes(data)
 
 
@@ -72,6 +72,7 @@ def test_an_interrupted_write_leaves_the_previous_file_intact_and_resume_works(r
     real_save = torch.save
 
     for cut in range(1, 40):  # a kill after `cut` writes of torch.save's stream
+
         def killed(obj, file, cut=cut):
             class Dying:
                 calls = 0
@@ -177,12 +178,16 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_damaged_checkpoint(r
     last = run_copy / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     if code == errno.ENOSPC:  # the disk fills up in the middle of the checkpoint
+
         def write(self, data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
         monkeypatch.setattr(checkpoint_io._HashingWriter, "write", write)
     else:  # a read-only file system refuses the rename
+
         def replace(src, dst):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+
         monkeypatch.setattr(checkpoint_io.os, "replace", replace)
     with pytest.raises(DiskError) as err:
         train(compose_train([*SMOKE, "trainer.max_epochs=3"], data_dir, run_copy))
@@ -224,7 +229,9 @@ def test_no_accelerator_banner_and_no_not_empty_warning_on_resume():
         rank_zero_warn("Checkpoint directory /logs/run/checkpoints exists and is not empty.")
     assert not caught
     handlers = logging.getLogger("lightning.pytorch").handlers
-    record = logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, __file__, 1, "GPU available: False, used: False", None, None)
+    record = logging.LogRecord(
+        "lightning.pytorch.utilities.rank_zero", logging.INFO, __file__, 1, "GPU available: False, used: False", None, None
+    )
     assert handlers and all(not h.filter(record) for h in handlers)
 
 
@@ -257,14 +264,18 @@ class SendSignal(L.Callback):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_training_saves_a_checkpoint_and_the_same_command_resumes(make_cfg, signum):
-    cfg = make_cfg(*SMOKE, "trainer.max_epochs=3", f"+callbacks.kill={{_target_: test_faults.SendSignal, signum: {int(signum)}, at: 6}}")
+    cfg = make_cfg(
+        *SMOKE, "trainer.max_epochs=3", f"+callbacks.kill={{_target_: test_faults.SendSignal, signum: {int(signum)}, at: 6}}"
+    )
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     with pytest.raises(Interrupted) as err:
         train(cfg)
     assert err.value.exit_code == 128 + signum
     last = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
-    assert one_line(err.value).startswith(f"training stopped by {signal.Signals(signum).name} at global step 6 (epoch 1); "
-                                          f"checkpoint written: {last}. Resume: the same command with ckpt_path=last")
+    assert one_line(err.value).startswith(
+        f"training stopped by {signal.Signals(signum).name} at global step 6 (epoch 1); "
+        f"checkpoint written: {last}. Resume: the same command with ckpt_path=last"
+    )
     assert read_checkpoint(last, "ckpt_path")["global_step"] == 6  # verified against its sidecar
     del cfg.callbacks.kill
     assert train(cfg)["global_step"] == 12
@@ -274,9 +285,14 @@ def test_a_signal_during_training_saves_a_checkpoint_and_the_same_command_resume
 @pytest.mark.slow
 def test_sigterm_to_a_training_process_exits_143_with_one_line(data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "train.py", *SMOKE, "trainer.max_epochs=500", f"paths.data_dir={data_dir}",
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env_for_subprocess(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *SMOKE, "trainer.max_epochs=500", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env_for_subprocess(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run_dir / "checkpoints" / "last.ckpt.sha256").is_file():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()

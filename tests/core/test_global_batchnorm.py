@@ -12,7 +12,9 @@ from mixlab.nets.global_batchnorm import GlobalBatchNorm, global_batchnorm
 
 def net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 2), nn.BatchNorm1d(2))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 2), nn.BatchNorm1d(2)
+    )
 
 
 def test_conversion_keeps_weights_and_is_plain_batchnorm_without_ddp():

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from support import ROOT, env_for_subprocess
 
 
@@ -14,8 +13,14 @@ def test_gpu_check_tiny_runs_every_row(data_dir, tmp_path):
     from tools.gpu_check import SYSTEMS
 
     report_path = tmp_path / "gpu_check.json"
-    proc = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--tiny", "--data-dir", str(data_dir), "--json", str(report_path)],
-                          cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.gpu_check", "--tiny", "--data-dir", str(data_dir), "--json", str(report_path)],
+        cwd=ROOT,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(report_path.read_text())
     rows = report["rows"]

@@ -6,7 +6,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from support import ROOT
 
 PACKAGE = ROOT / "mixlab"
@@ -112,8 +111,12 @@ def _cycle_in(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 
 
 def test_the_library_never_imports_the_tools():
-    found = [f"{path.relative_to(ROOT)}:{line}: {name}" for path in sorted(PACKAGE.rglob("*.py"))
-             for line, name in imported_names(path) if name == "tools" or name.startswith("tools.")]
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line, name in imported_names(path)
+        if name == "tools" or name.startswith("tools.")
+    ]
     assert found == [], "mixlab imports the tools beside it:\n" + "\n".join(found)
 
 
@@ -138,6 +141,11 @@ def test_the_import_graph_resolves_relative_and_function_level_imports(tmp_path)
     (pkg / "b.py").write_text("thing = 1\n")
     (pkg / "c.py").write_text("def g():\n    from ..pkg.a import f\n")
     graph = import_graph(tmp_path / "mixlab", tmp_path)
-    assert graph == {"mixlab": set(), "mixlab.pkg": set(), "mixlab.pkg.a": {"mixlab.pkg.b", "mixlab.pkg.c"}, "mixlab.pkg.b": set(),
-                     "mixlab.pkg.c": {"mixlab.pkg.a"}}
+    assert graph == {
+        "mixlab": set(),
+        "mixlab.pkg": set(),
+        "mixlab.pkg.a": {"mixlab.pkg.b", "mixlab.pkg.c"},
+        "mixlab.pkg.b": set(),
+        "mixlab.pkg.c": {"mixlab.pkg.a"},
+    }
     assert find_cycles(graph) == [["mixlab.pkg.a", "mixlab.pkg.c", "mixlab.pkg.a"]]

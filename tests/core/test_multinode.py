@@ -14,13 +14,26 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from support import EXACT, ROOT, compose_train, env_for_subprocess
 
 TWO_NODES = ["trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2"]
 # variables that would make Lightning pick another cluster environment (or another rank)
-FOREIGN = ("SLURM_", "TORCHELASTIC_", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "GROUP_RANK",
-           "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "JSM_", "LSB_", "OMPI_", "PMI_")
+FOREIGN = (
+    "SLURM_",
+    "TORCHELASTIC_",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "GROUP_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "JSM_",
+    "LSB_",
+    "OMPI_",
+    "PMI_",
+)
 
 
 def free_port() -> int:
@@ -43,8 +56,9 @@ def run_together(cmds: list[list[str]], envs: list[dict], logs: list[Path], time
     procs = []
     try:
         for cmd, env, log in zip(cmds, envs, logs):
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             codes = [p.poll() for p in procs]
@@ -81,9 +95,19 @@ def node_env(launch: str, rank: int, port: int) -> dict:
         return clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(rank))
     # what `srun` gives each task of `sbatch --nodes=2 --ntasks-per-node=1`; no MASTER_ADDR or
     # NODE_RANK, so only Lightning's SLURMEnvironment can tell the two processes apart
-    return clean_env(SLURM_JOB_ID="4242", SLURM_JOB_NAME="train", SLURM_NNODES="2", SLURM_JOB_NUM_NODES="2",
-                     SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_NODELIST="127.0.0.1",
-                     SLURM_PROCID=str(rank), SLURM_LOCALID="0", SLURM_NODEID=str(rank), MASTER_PORT=str(port))
+    return clean_env(
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="train",
+        SLURM_NNODES="2",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_NODELIST="127.0.0.1",
+        SLURM_PROCID=str(rank),
+        SLURM_LOCALID="0",
+        SLURM_NODEID=str(rank),
+        MASTER_PORT=str(port),
+    )
 
 
 @pytest.mark.slow
@@ -92,8 +116,9 @@ def test_two_nodes_reach_the_weights_of_one_process(launch, weights_of_one_proce
     port, runs = free_port(), [tmp_path / f"node{r}" for r in (0, 1)]
     logs = [tmp_path / f"node{r}.log" for r in (0, 1)]
     # each node its own Hydra run dir (as on separate machines); the global batch stays debug=smoke's 16
-    cmds = [[sys.executable, "train.py", *EXACT, *TWO_NODES, f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]
-            for run in runs]
+    cmds = [
+        [sys.executable, "train.py", *EXACT, *TWO_NODES, f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"] for run in runs
+    ]
     codes = run_together(cmds, [node_env(launch, r, port) for r in (0, 1)], logs, timeout=400)
     assert codes == [0, 0], report(logs)
     assert "MEMBER: 2/2" in logs[1].read_text(), report(logs)  # a 2-process world, node 1 = global rank 1
@@ -104,9 +129,9 @@ def test_two_nodes_reach_the_weights_of_one_process(launch, weights_of_one_proce
         torch.testing.assert_close(two[key], w, atol=1e-5, rtol=1e-4)
 
 
-
-@pytest.mark.parametrize("env,rank", [({}, 0), ({"LOCAL_RANK": "1"}, 1), ({"SLURM_LOCALID": "3"}, 3),
-                                      ({"LOCAL_RANK": "0", "SLURM_LOCALID": "2"}, 0)])
+@pytest.mark.parametrize(
+    "env,rank", [({}, 0), ({"LOCAL_RANK": "1"}, 1), ({"SLURM_LOCALID": "3"}, 3), ({"LOCAL_RANK": "0", "SLURM_LOCALID": "2"}, 0)]
+)
 def test_local_rank_before_the_trainer_exists(monkeypatch, env, rank):
     """Who may download data (prepare_data, one process per node): srun's tasks carry only SLURM_LOCALID."""
     from mixlab.core.distributed import local_rank
@@ -117,6 +142,7 @@ def test_local_rank_before_the_trainer_exists(monkeypatch, env, rank):
         monkeypatch.setenv(var, value)
     assert local_rank() == rank
 
+
 def test_slurm_launcher_asks_for_the_trainers_shape(tmp_path):
     """`-m hydra/launcher=slurm` up to the sbatch call (stand-ins: an sbatch that keeps the script
     and fails, an srun that submitit only looks for): nodes, tasks and GPUs per node follow
@@ -124,20 +150,30 @@ def test_slurm_launcher_asks_for_the_trainers_shape(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     bin_dir, script = tmp_path / "bin", tmp_path / "submission.sh"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nfor a; do last="$a"; done\ncp "$last" {script}\n'
-                                    'echo "stand-in sbatch: nothing submitted" >&2\nexit 1\n')
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\nfor a; do last="$a"; done\ncp "$last" {script}\necho "stand-in sbatch: nothing submitted" >&2\nexit 1\n'
+    )
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
     for tool in ("sbatch", "srun"):
         (bin_dir / tool).chmod(0o755)
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", "experiment=mcl_k4", "trainer=ddp",
-           "trainer.num_nodes=2", "trainer.devices=8", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=720",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        "experiment=mcl_k4",
+        "trainer=ddp",
+        "trainer.num_nodes=2",
+        "trainer.devices=8",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=720",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     env = clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert script.is_file(), proc.stderr[-3000:]
     flags = [line for line in script.read_text().splitlines() if line.startswith("#SBATCH")]
-    for flag in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--time=720", "--partition=gpu",
-                 "--job-name=mcl_k4"):
+    for flag in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--time=720", "--partition=gpu", "--job-name=mcl_k4"):
         assert f"#SBATCH {flag}" in flags, flags
     assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in script.read_text().splitlines())
 
@@ -146,8 +182,17 @@ def test_slurm_launcher_asks_for_the_trainers_shape(tmp_path):
 def test_a_sweep_runs_through_submitit_local(data_dir, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "experiment=baseline", "debug=smoke",
-           "trainer.max_epochs=1", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "experiment=baseline",
+        "debug=smoke",
+        "trainer.max_epochs=1",
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     assert run_together([cmd], [clean_env()], [log], timeout=400) == [0], report([log])
     run = sweep / "0"  # hydra.sweep.subdir: the job number
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "summary.json").is_file(), report([log])

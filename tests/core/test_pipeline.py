@@ -6,10 +6,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from mixlab.data.sources import DataNotFoundError
 from mixlab.core.errors import ConfigError
 from mixlab.core.pipeline import train
 from mixlab.core.system import NonFiniteLossError
+from mixlab.data.sources import DataNotFoundError
+
 
 def _weights(ckpt_path):
     ckpt = torch.load(ckpt_path, weights_only=False)
@@ -44,15 +45,18 @@ def test_auto_resume_from_run_dir_and_ckpt_last(make_cfg):
     assert third["global_step"] == 3 * first["global_step"]
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.sampler.solver=rk45", "model.sampler.solver"),
-    ("callbacks.sample_grid.steps=-3", "callbacks.sample_grid.steps"),
-    ("model.precond=vp", "model.precond"),
-    ("model.sigma_min=100", "model.sigma_min"),
-    ("data.batch_size=15", "data.batch_size"),
-    ("trainer.devices=0", "trainer.devices"),
-    ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.sampler.solver=rk45", "model.sampler.solver"),
+        ("callbacks.sample_grid.steps=-3", "callbacks.sample_grid.steps"),
+        ("model.precond=vp", "model.precond"),
+        ("model.sigma_min=100", "model.sigma_min"),
+        ("data.batch_size=15", "data.batch_size"),
+        ("trainer.devices=0", "trainer.devices"),
+        ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path"),
+    ],
+)
 def test_bad_config_fails_before_training_naming_the_key(make_cfg, override, key):
     overrides = ["experiment=baseline", "debug=smoke", override]
     if key == "data.batch_size":
@@ -74,8 +78,13 @@ def test_missing_data_names_the_fix(make_cfg, tmp_path):
 def test_nan_loss_stops_without_writing_a_bad_checkpoint(make_cfg):
     # 4 train + 2 val loss calls per epoch; NaN from the 6th call on: epoch 0 is trained,
     # validated and saved, and the first step of epoch 1 (global step 4) is non-finite
-    cfg = make_cfg("experiment=baseline", "debug=smoke", "trainer.max_epochs=3",
-                   "+model.loss.after=5", "model.loss._target_=support.NaNAfterLoss")
+    cfg = make_cfg(
+        "experiment=baseline",
+        "debug=smoke",
+        "trainer.max_epochs=3",
+        "+model.loss.after=5",
+        "model.loss._target_=support.NaNAfterLoss",
+    )
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at global step 4 \(epoch 1\)"):
         train(cfg)
     ckpt = torch.load(Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"), weights_only=False)
@@ -83,17 +92,20 @@ def test_nan_loss_stops_without_writing_a_bad_checkpoint(make_cfg):
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.optimizer.lr=-1", "model.optimizer.lr"),
-    ("model.optimizer.lr=0", "model.optimizer.lr"),
-    ("+model.optimizer.betas=[0.9,1.0]", "model.optimizer.betas"),
-    ("+model.optimizer.weight_decay=-0.1", "model.optimizer.weight_decay"),
-    ("+model.optimizer.eps=0", "model.optimizer.eps"),
-    ("model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:0}", "model.scheduler.step_size"),
-    ("trainer.max_epochs=0", "trainer.max_epochs"),
-    ("trainer.num_nodes=0", "trainer.num_nodes"),
-    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.optimizer.lr=-1", "model.optimizer.lr"),
+        ("model.optimizer.lr=0", "model.optimizer.lr"),
+        ("+model.optimizer.betas=[0.9,1.0]", "model.optimizer.betas"),
+        ("+model.optimizer.weight_decay=-0.1", "model.optimizer.weight_decay"),
+        ("+model.optimizer.eps=0", "model.optimizer.eps"),
+        ("model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:0}", "model.scheduler.step_size"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("trainer.num_nodes=0", "trainer.num_nodes"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"),
+    ],
+)
 def test_optimizer_and_trainer_numbers_are_checked_before_training(make_cfg, override, key):
     cfg = make_cfg("experiment=baseline", "debug=smoke", override)
     with pytest.raises(ConfigError) as err:
@@ -152,8 +164,10 @@ def _without_data(cfg, target: str | None = None):
 def test_data_free_system_trains_from_its_own_loader(make_cfg):
     summary = train(_without_data(make_cfg("experiment=baseline", "debug=smoke"), "support.DataFreeScoreDiffusion"))
     assert summary["global_step"] == 2 * 4 and Path(summary["last_ckpt"]).is_file()
-    bad = _without_data(make_cfg("experiment=baseline", "debug=smoke", "trainer=ddp_cpu", "trainer.devices=3", out="bad"),
-                        "support.DataFreeScoreDiffusion")
+    bad = _without_data(
+        make_cfg("experiment=baseline", "debug=smoke", "trainer=ddp_cpu", "trainer.devices=3", out="bad"),
+        "support.DataFreeScoreDiffusion",
+    )
     with pytest.raises(ConfigError, match="^model.batch_size: global batch size 16 is not divisible by 3"):
         train(bad)
 
@@ -166,8 +180,15 @@ def test_a_system_that_needs_data_says_so(make_cfg):
 def test_the_global_batch_splits_over_devices_and_accumulation(make_cfg):
     """data.batch_size is what one optimizer step sees: 2 accumulation steps of 8 reach the
     weights of one step of 16 (SGD, no dropout; same data, and the noise of each sample)."""
-    exact = ["experiment=baseline", "debug=smoke", "model.net.dropout=0.0", "model.optimizer._target_=torch.optim.SGD",
-             "model.optimizer.lr=0.05", "trainer.max_epochs=1", "trainer.limit_train_batches=8"]
+    exact = [
+        "experiment=baseline",
+        "debug=smoke",
+        "model.net.dropout=0.0",
+        "model.optimizer._target_=torch.optim.SGD",
+        "model.optimizer.lr=0.05",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=8",
+    ]
     one = train(make_cfg(*exact, "trainer.limit_train_batches=4", out="one"))
     two = train(make_cfg(*exact, "trainer.accumulate_grad_batches=2", out="two"))
     assert one["global_step"] == two["global_step"] == 4
@@ -175,5 +196,7 @@ def test_the_global_batch_splits_over_devices_and_accumulation(make_cfg):
     w2 = torch.load(two["last_ckpt"], weights_only=False)["current_model_state"]
     for key in w1:
         torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=1e-4)
-    with pytest.raises(ConfigError, match=r"^data.batch_size: global batch size 16 is not divisible by 1 devices .* x 3 accumulation"):
+    with pytest.raises(
+        ConfigError, match=r"^data.batch_size: global batch size 16 is not divisible by 1 devices .* x 3 accumulation"
+    ):
         train(make_cfg(*exact, "trainer.accumulate_grad_batches=3", out="three"))

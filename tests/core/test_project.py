@@ -2,16 +2,16 @@
 the core knows no method; the layout keeps the package root empty."""
 
 import subprocess
-import tomllib
 
 import lightning as L
 import pytest
+import tomllib
 import yaml
+from support import ROOT, compose_eval
 
 from mixlab.core.config import build
 from mixlab.core.pipeline import build_loggers
 from mixlab.data.base import GlobalBatchDataModule
-from support import ROOT, compose_eval
 
 
 def test_environment_yml_lists_the_pyproject_dependencies():
@@ -58,7 +58,11 @@ def test_every_evaluator_names_a_function(data_dir, evaluator):
 
 
 def test_the_core_knows_no_method():
-    out = subprocess.run(["git", "grep", "-n", "-i", r"num_experts\|sigma_min\|experts_ckpt\|mcl\|moe\|score\.", "--", "mixlab/core"],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "grep", "-n", "-i", r"num_experts\|sigma_min\|experts_ckpt\|mcl\|moe\|score\.", "--", "mixlab/core"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.stdout == "", out.stdout
     assert sorted(p.name for p in (ROOT / "mixlab").glob("*.py")) == ["__init__.py"]

@@ -27,16 +27,19 @@ class Outer:
         self.inner, self.sizes = inner, sizes
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"steps": 0}, "steps: must be >= 1, got 0"),
-    ({"steps": True}, "steps: must be an integer, got True"),
-    ({"steps": 2.0}, "steps: must be an integer, got 2.0"),
-    ({"rate": "0.5"}, "rate: must be a number, got '0.5'"),
-    ({"rate": float("nan")}, "rate: must be a finite number, got nan"),
-    ({"mode": "c"}, "mode: must be 'a' or 'b', got 'c'"),
-    ({"stepz": 3}, "stepz: not an argument (a typo?)"),
-    ({"steps": 11, "mode": "b"}, "steps: must be <= 10 with mode b"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"steps": 0}, "steps: must be >= 1, got 0"),
+        ({"steps": True}, "steps: must be an integer, got True"),
+        ({"steps": 2.0}, "steps: must be an integer, got 2.0"),
+        ({"rate": "0.5"}, "rate: must be a number, got '0.5'"),
+        ({"rate": float("nan")}, "rate: must be a finite number, got nan"),
+        ({"mode": "c"}, "mode: must be 'a' or 'b', got 'c'"),
+        ({"stepz": 3}, "stepz: not an argument (a typo?)"),
+        ({"steps": 11, "mode": "b"}, "steps: must be <= 10 with mode b"),
+    ],
+)
 def test_checked_names_the_argument(kwargs, message):
     with pytest.raises(ArgumentError) as err:
         Inner(**kwargs)
@@ -52,8 +55,12 @@ def test_checked_accepts_good_values_and_plain_containers():
 
 
 def test_build_names_the_full_key_path():
-    cfg = OmegaConf.create({"model": {"_target_": f"{__name__}.Outer", "sizes": [1],
-                                      "inner": {"_target_": f"{__name__}.Inner", "steps": "${n}"}}, "n": 0})
+    cfg = OmegaConf.create(
+        {
+            "model": {"_target_": f"{__name__}.Outer", "sizes": [1], "inner": {"_target_": f"{__name__}.Inner", "steps": "${n}"}},
+            "n": 0,
+        }
+    )
     with pytest.raises(ConfigError) as err:
         build(cfg.model)
     assert str(err.value) == "model.inner.steps: must be >= 1, got 0"
@@ -72,11 +79,14 @@ def test_a_partial_node_names_its_key_when_called():
         make(steps=-1)
 
 
-@pytest.mark.parametrize("trainer,message", [
-    ({"max_epochs": 0}, "trainer.max_epochs: must be -1 or >= 1, got 0"),
-    ({"max_steps": "abc"}, "trainer.max_steps: must be -1 or an integer, got 'abc'"),
-    ({"gradient_clip_val": -1.0}, "trainer.gradient_clip_val: must be >= 0, got -1.0"),
-])
+@pytest.mark.parametrize(
+    "trainer,message",
+    [
+        ({"max_epochs": 0}, "trainer.max_epochs: must be -1 or >= 1, got 0"),
+        ({"max_steps": "abc"}, "trainer.max_steps: must be -1 or an integer, got 'abc'"),
+        ({"gradient_clip_val": -1.0}, "trainer.gradient_clip_val: must be >= 0, got -1.0"),
+    ],
+)
 def test_trainer_numbers(trainer, message):
     with pytest.raises(ConfigError) as err:
         check_trainer(OmegaConf.create(trainer))
@@ -89,14 +99,17 @@ def test_optimizer_numbers():
         check_optimizer_numbers(OmegaConf.create({"optimizer": {"_target_": "torch.optim.Adam", "betas": [0.9, 1.0]}}))
 
 
-@pytest.mark.parametrize("overrides,start", [
-    (["model.no_such_key=1"], "model.no_such_key: not a key of the config"),
-    (["experiment=nope"], "experiment: unknown option 'nope'"),
-    (["trainer=nope"], "trainer: unknown option 'nope' (conf/trainer/nope.yaml does not exist); available: ddp ddp_cpu"),
-    (["+trainer.max_epochs=3"], "trainer.max_epochs: already in the config: drop the '+'"),
-    (["trainer.max_epochs=[1,2"], "trainer.max_epochs: cannot parse the value"),
-    (["task_name=Hello, world"], "task_name: Hydra reads a comma-separated value as a sweep; quote the text"),
-])
+@pytest.mark.parametrize(
+    "overrides,start",
+    [
+        (["model.no_such_key=1"], "model.no_such_key: not a key of the config"),
+        (["experiment=nope"], "experiment: unknown option 'nope'"),
+        (["trainer=nope"], "trainer: unknown option 'nope' (conf/trainer/nope.yaml does not exist); available: ddp ddp_cpu"),
+        (["+trainer.max_epochs=3"], "trainer.max_epochs: already in the config: drop the '+'"),
+        (["trainer.max_epochs=[1,2"], "trainer.max_epochs: cannot parse the value"),
+        (["task_name=Hello, world"], "task_name: Hydra reads a comma-separated value as a sweep; quote the text"),
+    ],
+)
 def test_bad_overrides_name_the_key(overrides, start):
     with pytest.raises(ConfigError) as err:
         check_overrides("train", overrides)

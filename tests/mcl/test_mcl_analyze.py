@@ -2,13 +2,20 @@
 
 import numpy as np
 import pytest
+from support import compose_eval
 
 from mixlab.core.errors import ConfigError
 from tools.mcl.analysis import analyze, win_fractions_by_group
-from support import compose_eval
 
-FIGURES = ["expert_vs_digit", "expert_vs_sigma", "multi_expert_grid", "trajectory", "strategy_comparison",
-           "expert_usage_training", "training_curves"]
+FIGURES = [
+    "expert_vs_digit",
+    "expert_vs_sigma",
+    "multi_expert_grid",
+    "trajectory",
+    "strategy_comparison",
+    "expert_usage_training",
+    "training_curves",
+]
 
 
 def analyze_cfg(*overrides, data_dir, out_dir):

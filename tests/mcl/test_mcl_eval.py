@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import compose_eval
 
 from mixlab.core.errors import ConfigError
 from mixlab.core.pipeline import train
 from mixlab.mcl.evaluate import evaluate
-from support import compose_eval
 
 
 def eval_cfg(*overrides, data_dir, weights_dir, out_dir):
@@ -50,7 +50,9 @@ def test_eval_one_strategy_and_errors(mcl_ckpts, data_dir, weights_dir, tmp_path
     assert result["strategy"] == "single_expert" and result["expert"] == 2
     fid = result["classifier"]["fid"]
     assert math.isfinite(fid) and fid > 1.0  # a 2-epoch smoke model is far from the data
-    again = evaluate(eval_cfg(f"ckpt={experts}", "strategy=single_expert", "expert=2", *common, **{**kw, "out_dir": tmp_path / "again"}))
+    again = evaluate(
+        eval_cfg(f"ckpt={experts}", "strategy=single_expert", "expert=2", *common, **{**kw, "out_dir": tmp_path / "again"})
+    )
     assert again["classifier"] == result["classifier"]  # same seed, same samples, same numbers
     other = evaluate(eval_cfg(f"ckpt={experts}", "strategy=single_expert", "expert=0", *common, **kw))
     assert other["classifier"]["fid"] != fid  # another expert, other samples
@@ -69,13 +71,34 @@ def test_eval_one_strategy_and_errors(mcl_ckpts, data_dir, weights_dir, tmp_path
 
 def test_eval_mcl_writes_the_comparison(mcl_ckpts, data_dir, weights_dir, tmp_path):  # noqa: F811
     experts, gate, _ = mcl_ckpts
-    cfg = eval_cfg(f"ckpt={experts}", "strategy=all", f"gate_ckpt={gate}", "n=16", "steps=2", "batch_size=16", "protocols=[classifier]", "kid=false",
-                   data_dir=data_dir, weights_dir=weights_dir, out_dir=tmp_path)
+    cfg = eval_cfg(
+        f"ckpt={experts}",
+        "strategy=all",
+        f"gate_ckpt={gate}",
+        "n=16",
+        "steps=2",
+        "batch_size=16",
+        "protocols=[classifier]",
+        "kid=false",
+        data_dir=data_dir,
+        weights_dir=weights_dir,
+        out_dir=tmp_path,
+    )
     rows = evaluate(cfg)
     labels = [r["label"] for r in rows]
     assert labels == [f"single_expert {k}" for k in range(4)] + [
-        "random_expert (batch)", "random_expert (sample)", "best_expert", "mixture_score", "committed_usage",
-        "gated", "sticky_gate", "committed_gate", "scored", "sticky_scores", "committed_scores"]
+        "random_expert (batch)",
+        "random_expert (sample)",
+        "best_expert",
+        "mixture_score",
+        "committed_usage",
+        "gated",
+        "sticky_gate",
+        "committed_gate",
+        "scored",
+        "sticky_scores",
+        "committed_scores",
+    ]
     table = next(tmp_path.glob("strategy_comparison_*.md")).read_text()
     assert all(f"| {label} |" in table for label in labels)
     assert next(tmp_path.glob("strategy_comparison_*.png")).stat().st_size > 10_000
@@ -90,8 +113,17 @@ def test_unreadable_experts_and_gate_checkpoints_are_one_line(mcl_ckpts, make_cf
         train(make_cfg("experiment=mcl_k4_gate", "debug=smoke", f"model.experts_ckpt={bad}", out="g3"))
     assert str(err.value).startswith(f"model.experts_ckpt: cannot read checkpoint {bad}") and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=f"^gate_ckpt: cannot read checkpoint {bad}"):
-        evaluate(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={bad}", "n=16", data_dir=data_dir,
-                          weights_dir=weights_dir, out_dir=tmp_path))
+        evaluate(
+            eval_cfg(
+                f"ckpt={experts}",
+                "strategy=gated",
+                f"gate_ckpt={bad}",
+                "n=16",
+                data_dir=data_dir,
+                weights_dir=weights_dir,
+                out_dir=tmp_path,
+            )
+        )
 
 
 def test_checkpoint_options_take_a_run_or_task_dir(mcl_ckpts, smoke_runs, make_cfg, data_dir, weights_dir, tmp_path):
@@ -119,7 +151,9 @@ def test_checkpoint_options_take_a_run_or_task_dir(mcl_ckpts, smoke_runs, make_c
         assert saved["mixlab_config"]["model"]["experts_ckpt"] == str(chosen)
     common = ["n=16", "steps=2", "batch_size=16", "protocols=[classifier]", "kid=false"]
     kw = dict(data_dir=data_dir, weights_dir=weights_dir, out_dir=tmp_path / "eval")
-    bank, _, _ = load_bank(eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={gate_run}", *common, **kw), torch.device("cpu"))
+    bank, _, _ = load_bank(
+        eval_cfg(f"ckpt={experts}", "strategy=gated", f"gate_ckpt={gate_run}", *common, **kw), torch.device("cpu")
+    )
     assert bank.gate is not None
     baseline_run = Path(smoke_runs.run("baseline")["run_dir"])
     cfg = eval_cfg(f"ckpt={experts}", "strategy=all", "strategies=[best_expert]", f"baseline_ckpt={baseline_run}", *common, **kw)

@@ -10,8 +10,8 @@ from torch import nn
 
 from mixlab.core.config import build
 from mixlab.core.errors import ArgumentError, ConfigError
-from mixlab.metrics.expert_stats import dead_experts, effective_experts, usage_shares
 from mixlab.mcl.assignment import AnnealedWTA, HardWTA, RelaxedWTA, ResilientMCL, weighted_expert_losses
+from mixlab.metrics.expert_stats import dead_experts, effective_experts, usage_shares
 from mixlab.nets.scorenet import ScoreNet
 from mixlab.nets.stacked import StackedExperts, clip_grad_norm_per_expert
 
@@ -87,7 +87,10 @@ def test_hard_wta_gives_zero_gradient_to_losers():
             continue
         # the winner's gradient is that of the plain mean loss over the samples it won
         single = nn.Linear(3, 1)
-        single.weight.data, single.bias.data = experts.stacked["weight"][k].detach().clone(), experts.stacked["bias"][k].detach().clone()
+        single.weight.data, single.bias.data = (
+            experts.stacked["weight"][k].detach().clone(),
+            experts.stacked["bias"][k].detach().clone(),
+        )
         (single(x[won]) - y[won]).pow(2).mean().backward()
         torch.testing.assert_close(grad[k], single.weight.grad)
     assert w[:, 2].sum() == 0 and grad[2].abs().sum() == 0 and grad[:2].abs().sum() > 0
@@ -151,8 +154,13 @@ def test_bench_mcl_plans_the_baseline_then_every_mcl_path():
     from tools.mcl.bench import plan
 
     rows = plan(4, torch.device("cpu"))
-    assert [r[0] for r in rows] == ["baseline step (reference)", "annealed WTA K=4, dense loop", "annealed WTA K=4, dense vmap",
-                                    "hard WTA K=4, dense loop", "hard WTA K=4, sparse"]
+    assert [r[0] for r in rows] == [
+        "baseline step (reference)",
+        "annealed WTA K=4, dense loop",
+        "annealed WTA K=4, dense vmap",
+        "hard WTA K=4, dense loop",
+        "hard WTA K=4, sparse",
+    ]
     assert [r[1]["path"] for r in rows] == ["baseline", "dense", "dense", "dense", "sparse"]
     assert [r[0] for r in plan(4, torch.device("cpu"), ("sparse",))] == ["baseline step (reference)", "hard WTA K=4, sparse"]
 
@@ -163,8 +171,26 @@ def test_bench_mcl_sparse_step_backpropagates_fewer_expert_rows_than_dense(tmp_p
     from tools.mcl.bench import main
 
     K, B = 3, 5
-    rows = main(["--experts", str(K), "--batch", str(B), "--rows", "hard-loop,sparse", "--steps", "1", "--warmup", "0",
-                 "--dropout", "0", "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    rows = main(
+        [
+            "--experts",
+            str(K),
+            "--batch",
+            str(B),
+            "--rows",
+            "hard-loop,sparse",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--dropout",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
     baseline, dense, sparse = rows
     assert [r["path"] for r in rows] == ["baseline", "dense", "sparse"]
     assert (baseline["grad_rows"], baseline["nograd_rows"]) == (B, 0)

@@ -30,7 +30,9 @@ def _batch(n: int = 24, seed: int = 1):
 
 def _system(make_cfg, overrides, sparse: str, dropout: float = 0.0):
     torch.manual_seed(0)
-    return build(make_cfg(*overrides, f"model.net.dropout={dropout}", f"model.sparse={sparse}", out=f"sparse-{sparse}").model).train()
+    return build(
+        make_cfg(*overrides, f"model.net.dropout={dropout}", f"model.sparse={sparse}", out=f"sparse-{sparse}").model
+    ).train()
 
 
 def _pair(make_cfg, overrides):
@@ -55,8 +57,10 @@ def test_sparse_expert_losses_equal_the_dense_formula_for_any_zero_pattern():
         calls.append((k, idx.tolist()))
         return m[idx, k]
 
-    for weights, norm in ((torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]]), "per_expert"),
-                          (torch.tensor([[0.5, 0, 0], [0, 1, 0], [0.2, 0.7, 0], [1, 0, 0]]), "batch")):
+    for weights, norm in (
+        (torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]]), "per_expert"),
+        (torch.tensor([[0.5, 0, 0], [0, 1, 0], [0.2, 0.7, 0], [1, 0, 0]]), "batch"),
+    ):
         totals = weights.sum(0) if norm == "per_expert" else torch.full((3,), 4.0)
         calls.clear()
         got = sparse_expert_losses(expert_loss, weights, norm, totals)
@@ -140,13 +144,18 @@ def test_with_dropout_the_gradient_forward_draws_a_new_mask(make_cfg):
 @pytest.mark.slow
 def test_sparse_ddp_and_dense_training_reach_the_one_process_sparse_weights(make_cfg):
     exact = [*HARD, "model.net.dropout=0.0", "model.optimizer._target_=torch.optim.SGD", "model.optimizer.lr=0.05"]
-    runs = {"sparse": ["model.sparse=true"], "dense": ["model.sparse=false"],
-            "sparse_ddp": ["model.sparse=true", "trainer=ddp_cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn"]}
+    runs = {
+        "sparse": ["model.sparse=true"],
+        "dense": ["model.sparse=false"],
+        "sparse_ddp": ["model.sparse=true", "trainer=ddp_cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn"],
+    }
     weights = {}
     for out, extra in runs.items():
         cfg = make_cfg(*exact, *extra, out=out)
         train(cfg)
-        weights[out] = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)["current_model_state"]
+        weights[out] = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)[
+            "current_model_state"
+        ]
     for other in ("dense", "sparse_ddp"):
         for key, value in weights["sparse"].items():
             torch.testing.assert_close(weights[other][key], value, atol=1e-5, rtol=1e-4, msg=f"{other}: {key}")

@@ -6,19 +6,18 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
+from omegaconf import OmegaConf
+from support import ROOT
 
 from mixlab.callbacks.annealing import TemperatureAnnealing, annealed_value
 from mixlab.core.config import build
-from omegaconf import OmegaConf
-
 from mixlab.core.errors import ArgumentError, ConfigError
+from mixlab.core.pipeline import train
 from mixlab.mcl.evaluate import routing_of
 from mixlab.mcl.routing import Committed, Gated, RandomExpert, SingleExpert, Sticky
 from mixlab.nets.gating import GatingNet
-from mixlab.core.pipeline import train
 from mixlab.score.schedule import KarrasGrid
 from mixlab.score.solvers import Heun
-from support import ROOT
 
 SMOKE = ["experiment=mcl_k4", "debug=smoke"]
 ROUTINGS = OmegaConf.load(ROOT / "conf" / "evaluator" / "routings" / "mcl.yaml")  # strategy=NAME -> routings.NAME
@@ -41,8 +40,15 @@ def mcl_system(make_cfg):
 def test_every_routing_samples_deterministically(mcl_system, strategy):
     def draw():
         gen = torch.Generator().manual_seed(3)
-        return mcl_system.sample(6, solver=Heun(), steps=3, grid=KarrasGrid(), generator=gen, batch_size=4,
-                                 routing=build_routing(strategy, expert=1, seed=7, per="sample"))
+        return mcl_system.sample(
+            6,
+            solver=Heun(),
+            steps=3,
+            grid=KarrasGrid(),
+            generator=gen,
+            batch_size=4,
+            routing=build_routing(strategy, expert=1, seed=7, per="sample"),
+        )
 
     a, b = draw(), draw()
     assert a.shape == (6, 1, 28, 28) and torch.isfinite(a).all() and a.abs().max() <= 1
@@ -53,7 +59,9 @@ def test_routings_choose_what_they_say(mcl_system):
     x, sigma = torch.randn(5, 1, 28, 28) * 10, torch.full((5,), 10.0)
     eps_all = mcl_system.eps_all(x, sigma)
     torch.testing.assert_close(SingleExpert(2).start(mcl_system, 5)(x, sigma), eps_all[2], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(build_routing("mixture_score").start(mcl_system, 5)(x, sigma), eps_all.mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        build_routing("mixture_score").start(mcl_system, 5)(x, sigma), eps_all.mean(0), atol=1e-5, rtol=1e-4
+    )
     best = build_routing("best_expert").start(mcl_system, 5)(x, sigma)
     norms = eps_all.flatten(2).norm(dim=2)  # [K, B]
     for n in range(5):
@@ -72,7 +80,9 @@ def test_routings_choose_what_they_say(mcl_system):
     assert sticky.switches == 0 and torch.equal(sticky.current, pick)
     loose = Sticky("gate", margin=-1.0).start(mcl_system, 5)  # any gap switches: plain gated routing
     loose(x, sigma)
-    torch.testing.assert_close(loose(x.flip(0), sigma), Gated("gate").start(mcl_system, 5)(x.flip(0), sigma), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        loose(x.flip(0), sigma), Gated("gate").start(mcl_system, 5)(x.flip(0), sigma), atol=1e-5, rtol=1e-4
+    )
     per_batch = build_routing("random_expert", per="batch", seed=0).start(mcl_system, 5)
     out = per_batch(x, sigma)
     assert any(torch.allclose(out, eps_all[k], atol=1e-5, rtol=1e-4) for k in range(4))  # one expert for all
@@ -97,9 +107,14 @@ def test_routing_errors_name_the_key(mcl_system):
         build_routing("gated").start(mcl_system, 2)(x, sigma)
 
 
-@pytest.mark.parametrize("override,key", [("model.num_experts=0", "model.num_experts"),
-                                          ("callbacks.temperature=null", "callbacks.temperature"),
-                                          ("model.normalization=sum", "model.normalization")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.num_experts=0", "model.num_experts"),
+        ("callbacks.temperature=null", "callbacks.temperature"),
+        ("model.normalization=sum", "model.normalization"),
+    ],
+)
 def test_bad_mcl_configs_fail_before_training(make_cfg, override, key):
     with pytest.raises(ConfigError, match=f"^{key}:"):
         train(make_cfg(*SMOKE, override))
@@ -142,8 +157,16 @@ class _Recorder(L.Callback):
 def _fit(tmp_path, max_epochs, interval, ckpt=None):
     recorder = _Recorder()
     callbacks = [TemperatureAnnealing(10.0, 0.01, "exponential", interval, total=4 if interval == "epoch" else None), recorder]
-    trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=0, logger=False, callbacks=callbacks,
-                        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     model = BoringModel()
     model.temperature = torch.zeros(())  # a tensor attribute is filled in place
     trainer.fit(model, ckpt_path=ckpt)
@@ -174,8 +197,9 @@ def test_usage_plot_and_history_are_written(make_cfg):
     summary = train(make_cfg(*SMOKE))
     run = Path(summary["run_dir"])
     assert (run / "figures" / "expert_usage_training.png").is_file()
-    assert sorted(p.name for p in (run / "samples").glob("epoch_0001*.png")) == \
-        ["epoch_0001.png"] + [f"epoch_0001_expert_{k}.png" for k in range(4)]
+    assert sorted(p.name for p in (run / "samples").glob("epoch_0001*.png")) == ["epoch_0001.png"] + [
+        f"epoch_0001_expert_{k}.png" for k in range(4)
+    ]
     ckpt = torch.load(summary["last_ckpt"], weights_only=False)
     history = ckpt["callbacks"]["ExpertUsage"]["history"]
     assert len(history) == 2 and all(sum(row) == pytest.approx(1.0) for row in history)
@@ -191,7 +215,9 @@ def test_ddp_usage_is_reduced_over_ranks_and_training_matches_one_process(make_c
         train(cfg)
         ckpts.append(torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False))
     h1, h2 = (c["callbacks"]["ExpertUsage"]["history"] for c in ckpts)
-    assert len(h1) == 2 and torch.allclose(torch.tensor(h1), torch.tensor(h2), atol=1e-6)  # each rank saw half the batch: the all-reduce gives the global shares
+    assert len(h1) == 2 and torch.allclose(
+        torch.tensor(h1), torch.tensor(h2), atol=1e-6
+    )  # each rank saw half the batch: the all-reduce gives the global shares
     w1, w2 = (c["current_model_state"] for c in ckpts)
     for key in w1:  # per-expert normalisation by the global weight totals: 2 x B/2 == 1 x B
         torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=1e-4)

@@ -10,12 +10,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from support import compose_train
 from torch.utils.data import DataLoader, TensorDataset
 
 from mixlab.callbacks.usage import ExpertUsage
 from mixlab.core.config import build
 from mixlab.moe.figures import plot_confusion, plot_expert_analysis
-from support import compose_train
 
 
 class RecordingLogger(Logger):
@@ -45,16 +45,27 @@ class RecordingLogger(Logger):
 
 
 def moe_and_data(data_dir: Path, run: Path):
-    cfg = compose_train(["experiment=moe_task_a", "debug=smoke", "model.init_from=null", "model.analysis_every_n_epochs=1"],
-                        data_dir, run)
+    cfg = compose_train(
+        ["experiment=moe_task_a", "debug=smoke", "model.init_from=null", "model.analysis_every_n_epochs=1"], data_dir, run
+    )
     dm = build(cfg.data)
     dm.build()
     return build(cfg.model), dm
 
 
 def trainer(run: Path, loggers: list, **kwargs) -> L.Trainer:
-    return L.Trainer(max_epochs=1, logger=loggers, default_root_dir=str(run), accelerator="cpu", devices=1, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+    return L.Trainer(
+        max_epochs=1,
+        logger=loggers,
+        default_root_dir=str(run),
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def test_a_class_absent_from_the_split_is_missing_not_zero(data_dir, tmp_path):
@@ -71,22 +82,30 @@ def test_a_class_absent_from_the_split_is_missing_not_zero(data_dir, tmp_path):
     seen = set(y[keep].tolist())
     absent = [name for c, name in enumerate(names) if c not in seen]  # the first class, and any the tiny split lacks
     present = names[min(seen)]
-    assert names[0] in absent and f"val/acc_class/{present}" in logger.metrics and f"val/gate/expert_0/{present}" in logger.metrics
+    assert (
+        names[0] in absent and f"val/acc_class/{present}" in logger.metrics and f"val/gate/expert_0/{present}" in logger.metrics
+    )
     for name in absent:  # not 0.0: no key at all
         assert not any(key.endswith(f"/{name}") for key in logger.metrics), name
     assert all(math.isfinite(v) for v in logger.metrics.values())
     assert [str(w.message) for w in caught if "has no sample" in str(w.message)] == [
         f"[mixlab] the val split has no sample of {len(absent)} class(es): {', '.join(absent)}; "
-        "their per-class accuracy and gate statistics are not logged"]
+        "their per-class accuracy and gate statistics are not logged"
+    ]
     assert system.confusion["val"][0].sum() == 0 and system.confusion["val"].sum() == int(keep.sum())
-    assert {"expert_analysis_epoch001.png", "confusion_matrix_epoch001.png"} <= {p.name for p in (tmp_path / "run" / "figures").glob("*")}
+    assert {"expert_analysis_epoch001.png", "confusion_matrix_epoch001.png"} <= {
+        p.name for p in (tmp_path / "run" / "figures").glob("*")
+    }
 
 
 def test_expert_statistics_are_nan_for_an_absent_class():
     from mixlab.moe.system import MoEClassifierSystem
 
-    stats = {"gate_sum": torch.tensor([[2.0, 0.0], [1.0, 0.0]]), "count": torch.tensor([3.0, 0.0]),
-             "expert_correct": torch.tensor([[3.0, 0.0], [1.0, 0.0]])}
+    stats = {
+        "gate_sum": torch.tensor([[2.0, 0.0], [1.0, 0.0]]),
+        "count": torch.tensor([3.0, 0.0]),
+        "expert_correct": torch.tensor([[3.0, 0.0], [1.0, 0.0]]),
+    }
     fake = type("Fake", (), {"_stats": stats, "_trainer": None})()
     contribution, accuracy = MoEClassifierSystem.expert_statistics(fake)
     torch.testing.assert_close(contribution[:, 0], torch.tensor([2 / 3, 1 / 3]))
@@ -106,18 +125,25 @@ def test_moe_figures_reach_the_loggers(data_dir, tmp_path):
     system, dm = moe_and_data(data_dir, tmp_path / "run")
     recorder = RecordingLogger()
     loggers = [recorder, CSVLogger(str(tmp_path / "csv")), TensorBoardLogger(str(tmp_path / "tb"))]
-    fit = trainer(tmp_path / "run", loggers, limit_train_batches=2, limit_val_batches=2, limit_test_batches=2,
-                  callbacks=[ExpertUsage()])
+    fit = trainer(
+        tmp_path / "run", loggers, limit_train_batches=2, limit_val_batches=2, limit_test_batches=2, callbacks=[ExpertUsage()]
+    )
     fit.fit(system, datamodule=dm)
     fit.test(system, datamodule=dm)
     logged = {key: (step, images) for key, step, images in recorder.images}
-    assert {"figures/val/expert_analysis", "figures/val/confusion_matrix", "figures/expert_usage",
-            "figures/test/expert_analysis", "figures/test/confusion_matrix"} <= set(logged)
+    assert {
+        "figures/val/expert_analysis",
+        "figures/val/confusion_matrix",
+        "figures/expert_usage",
+        "figures/test/expert_analysis",
+        "figures/test/confusion_matrix",
+    } <= set(logged)
     figures = tmp_path / "run" / "figures"
     for key, (step, images) in logged.items():
         assert step == fit.global_step == 2 and len(images) == 1 and Path(images[0]).parent == figures, key
         assert Path(images[0]).stat().st_size > 2000
-    assert {"expert_usage_training.png", "expert_analysis_test.png", "confusion_matrix_test.png"} <= {p.name for p in figures.glob("*")}
+    assert {"expert_usage_training.png", "expert_analysis_test.png", "confusion_matrix_test.png"} <= {
+        p.name for p in figures.glob("*")
+    }
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))  # TensorBoard got add_image calls without error
     assert next((tmp_path / "csv").rglob("metrics.csv")).is_file()  # the CSV logger: scalars only, figures stay on disk
-

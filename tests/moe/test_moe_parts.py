@@ -141,10 +141,19 @@ def test_init_from_count_and_shape_mismatch_name_the_key(tmp_path):
         init_moe_from_submodels(moe, paths[:2] + [tmp_path / "missing.ckpt"])
     # built from a config, the same errors name the full key: at construction (count, unreadable
     # file) or when the weights load, in setup("fit")
-    node = {"_target_": "mixlab.moe.system.MoEClassifierSystem", "num_classes": 15, "init_from": [str(p) for p in paths[:2]],
-            "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True},
-            "net": {"_target_": "mixlab.moe.net.MoEClassifier", "num_classes": 15, "widths": list(WIDTHS), "gate_hidden": 8,
-                    "gate_features": 8}}
+    node = {
+        "_target_": "mixlab.moe.system.MoEClassifierSystem",
+        "num_classes": 15,
+        "init_from": [str(p) for p in paths[:2]],
+        "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True},
+        "net": {
+            "_target_": "mixlab.moe.net.MoEClassifier",
+            "num_classes": 15,
+            "widths": list(WIDTHS),
+            "gate_hidden": 8,
+            "gate_features": 8,
+        },
+    }
     with pytest.raises(ConfigError, match="^model.init_from: got 2 checkpoints for 3 experts"):
         build(OmegaConf.create({"model": node}).model)
     node["init_from"] = [str(p) for p in paths]
@@ -193,7 +202,9 @@ def write_cifar100(root, names, per_class=3, seed=0):
         data[:, 0] = (labels * 10)[:, None, None]  # red channel encodes the label
         data[:, 1] = rng.integers(0, 256, (len(labels), 32, 32))
         with open(folder / split, "wb") as f:
-            pickle.dump({"data": data.reshape(len(labels), -1), "fine_labels": labels.tolist(), "coarse_labels": [0] * len(labels)}, f)
+            pickle.dump(
+                {"data": data.reshape(len(labels), -1), "fine_labels": labels.tolist(), "coarse_labels": [0] * len(labels)}, f
+            )
 
 
 def test_cifar100_loader_reads_the_pickle_layout(tmp_path):

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import ROOT, compose_eval, compose_train
 
 from mixlab.core.errors import ConfigError
 from mixlab.core.pipeline import train
 from mixlab.moe.evaluate import evaluate
-from support import ROOT, compose_eval, compose_train
 
 
 def test_experiments_have_the_reference_settings():
@@ -22,8 +22,15 @@ def test_experiments_have_the_reference_settings():
     assert (m.diversity_weight, m.balance_weight, m.net.num_experts, m.num_classes) == (0.1, 0.5, 3, 15)
     assert (m.optimizer.lr, m.optimizer.weight_decay, cfg.data.batch_size, cfg.trainer.max_epochs) == (1e-3, 1e-4, 32, 100)
     assert (cb.early_stopping.patience, cb.early_stopping.monitor, cb.model_checkpoint.monitor) == (20, "val/acc", "val/acc")
-    assert (cb.temperature.start, cb.temperature.end, cb.temperature.schedule, cb.temperature.interval) == (2.0, 0.5, "cosine", "epoch")
-    assert "ema" not in cb and "sample_grid" not in cb and cfg.test_after_fit and cfg.data.source._target_.endswith("CIFAR100Source")
+    assert (cb.temperature.start, cb.temperature.end, cb.temperature.schedule, cb.temperature.interval) == (
+        2.0,
+        0.5,
+        "cosine",
+        "epoch",
+    )
+    assert (
+        "ema" not in cb and "sample_grid" not in cb and cfg.test_after_fit and cfg.data.source._target_.endswith("CIFAR100Source")
+    )
     b = compose_train(["experiment=moe_task_b"], ROOT / "data", Path("/tmp/unused"))
     assert b.model.num_classes == 12 and b.data.image_size == 64 and b.data.source._target_.endswith("ImageFolderSource")
     pre = compose_train(["experiment=pretrain_task_a"], ROOT / "data", Path("/tmp/unused"))
@@ -72,14 +79,19 @@ def test_init_from_takes_run_dirs(smoke_runs, data_dir, tmp_path):
     from mixlab.core.config import build
 
     runs = [smoke_runs.run("pretrain_task_a", f"data.subset={subset}") for subset in (1, 2, 3)]
-    cfg = compose_train(["experiment=moe_task_a", "debug=smoke", f"model.init_from=[{','.join(r['run_dir'] for r in runs)}]"],
-                        data_dir, tmp_path / "run")
+    cfg = compose_train(
+        ["experiment=moe_task_a", "debug=smoke", f"model.init_from=[{','.join(r['run_dir'] for r in runs)}]"],
+        data_dir,
+        tmp_path / "run",
+    )
     assert build(cfg.model).init_from == [str(Path(r["best_ckpt"])) for r in runs]
 
 
 def test_classifier_evaluator_writes_table_and_figures(smoke_runs, data_dir, tmp_path):
     summary = smoke_runs.run("moe_task_a")
-    table = evaluate(compose_eval(f"ckpt={summary['best_ckpt']}", "evaluator=classifier", data_dir=data_dir, out_dir=tmp_path / "eval"))
+    table = evaluate(
+        compose_eval(f"ckpt={summary['best_ckpt']}", "evaluator=classifier", data_dir=data_dir, out_dir=tmp_path / "eval")
+    )
     for name in ("accuracy.md", "accuracy.json", "confusion_matrix.png", "sample_predictions.png", "expert_analysis.png"):
         assert (tmp_path / "eval" / name).is_file(), name
     assert table["n"] == 32 and len(table["per_class"]) == 15 and table["source"] == "DigitFashionStandIn"
@@ -91,13 +103,16 @@ def test_classifier_evaluator_writes_table_and_figures(smoke_runs, data_dir, tmp
     assert written["apple"]["n"] == table["per_class"]["apple"]["n"] and written["apple"]["n"] > 0
 
 
-@pytest.mark.parametrize("override,key", [
-    ("data.subset=4", "data.subset"),
-    ("data.subsets=[[apple,pear],[rose]]", "model.num_classes"),
-    ("model.net.num_experts=0", "model.net.num_experts"),
-    ("model.init_from=[a.ckpt]", "model.init_from"),
-    ("model.init_from=[a.ckpt,b.ckpt,c.ckpt]", "model.init_from"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.subset=4", "data.subset"),
+        ("data.subsets=[[apple,pear],[rose]]", "model.num_classes"),
+        ("model.net.num_experts=0", "model.net.num_experts"),
+        ("model.init_from=[a.ckpt]", "model.init_from"),
+        ("model.init_from=[a.ckpt,b.ckpt,c.ckpt]", "model.init_from"),
+    ],
+)
 def test_bad_moe_config_names_the_key(data_dir, tmp_path, override, key):
     cfg = compose_train(["experiment=moe_task_a", "debug=smoke", override], data_dir, tmp_path / "run")
     with pytest.raises(ConfigError) as err:
@@ -108,7 +123,9 @@ def test_bad_moe_config_names_the_key(data_dir, tmp_path, override, key):
 def test_an_unreadable_submodel_checkpoint_is_one_line(data_dir, tmp_path):
     bad = tmp_path / "sub.ckpt"
     bad.write_bytes(b"PK\x03\x04 truncated")
-    cfg = compose_train(["experiment=moe_task_a", "debug=smoke", f"model.init_from=[{bad},{bad},{bad}]"], data_dir, tmp_path / "run")
+    cfg = compose_train(
+        ["experiment=moe_task_a", "debug=smoke", f"model.init_from=[{bad},{bad},{bad}]"], data_dir, tmp_path / "run"
+    )
     with pytest.raises(ConfigError) as err:
         train(cfg)
     assert str(err.value).startswith(f"model.init_from: cannot read checkpoint {bad}") and "\n" not in str(err.value)
@@ -118,8 +135,14 @@ def test_an_unreadable_submodel_checkpoint_is_one_line(data_dir, tmp_path):
 def test_moe_ddp_spawn_two_cpu_processes(smoke_runs, tmp_path):
     # test_after_fit=false: under ddp_spawn, Lightning's CSVLogger fails to rewrite its header when a
     # second spawned stage (trainer.test) logs new keys into the fit's metrics.csv (the `ddp` launcher is fine)
-    cfg = smoke_runs.compose("moe_task_a", "trainer=ddp_cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn",
-                             "test_after_fit=false", out=tmp_path / "ddp")
+    cfg = smoke_runs.compose(
+        "moe_task_a",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp_spawn",
+        "test_after_fit=false",
+        out=tmp_path / "ddp",
+    )
     summary = train(cfg)
     assert np.isfinite(summary["metrics"]["val/acc"]) and "test_metrics" not in summary
     ckpt = torch.load(summary["last_ckpt"], weights_only=False)

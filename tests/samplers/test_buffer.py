@@ -62,7 +62,9 @@ def test_state_dict_round_trip_gives_the_same_next_batch():
     buf.add(*more)
     restored.add(*more)  # FIFO continues identically after the round trip
     assert all(torch.equal(u, v) for u, v in zip(buf.contents(), restored.contents()))
-    assert torch.equal(buf.sample(8, torch.Generator().manual_seed(4))[0], restored.sample(8, torch.Generator().manual_seed(4))[0])
+    assert torch.equal(
+        buf.sample(8, torch.Generator().manual_seed(4))[0], restored.sample(8, torch.Generator().manual_seed(4))[0]
+    )
     empty = ReplayBuffer(capacity=5)
     empty.load_state_dict(ReplayBuffer(capacity=5).state_dict())
     assert len(empty) == 0

@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from scipy import integrate, stats
 from scipy.spatial.distance import cdist
+from support import ROOT
 
 from mixlab.core.config import build
 from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
@@ -16,7 +17,6 @@ from mixlab.samplers import energies as E
 from mixlab.samplers.energies import GMM25, Energy, Funnel, Manywell
 from mixlab.samplers.lgcp import LGCP, points_file
 from tools.data.lgcp import fetch_finpines, read_finpines_txt
-from support import ROOT
 
 
 def _gen(seed=0):
@@ -72,7 +72,7 @@ def test_manywell_log_reward_integrates_to_its_log_z():
     zb = torch.trapezoid(torch.exp(energy.log_reward(torch.stack([torch.zeros_like(b), b], 1))), b)
     assert math.log(za) + math.log(zb) == pytest.approx(energy.log_z, abs=1e-9)
     x = torch.randn(5, 8, generator=_gen(), dtype=torch.float64)  # pairs are consecutive coordinates
-    pairs = sum(energy.log_reward(x[:, 2 * k: 2 * k + 2]) for k in range(4))
+    pairs = sum(energy.log_reward(x[:, 2 * k : 2 * k + 2]) for k in range(4))
     torch.testing.assert_close(Manywell(8).log_reward(x), pairs)
 
 
@@ -130,8 +130,9 @@ def test_funnel_normalised_in_2d_grid_and_10d_importance_sampling():
     energy, g = Funnel(10), _gen(7)
     z = torch.randn(200_000, 10, generator=g, dtype=torch.float64)
     x = torch.cat([3 * z[:, :1], 1.2 * torch.exp(1.5 * z[:, :1]) * z[:, 1:]], 1)
-    log_q = (stats.norm.logpdf(x[:, 0].numpy(), 0, 3)
-             + stats.norm.logpdf(x[:, 1:].numpy(), 0, 1.2 * np.exp(x[:, :1].numpy() / 2)).sum(1))
+    log_q = stats.norm.logpdf(x[:, 0].numpy(), 0, 3) + stats.norm.logpdf(
+        x[:, 1:].numpy(), 0, 1.2 * np.exp(x[:, :1].numpy() / 2)
+    ).sum(1)
     log_w = energy.log_reward(x) - torch.from_numpy(log_q)
     assert (torch.logsumexp(log_w, 0) - math.log(len(x))).item() == pytest.approx(0.0, abs=0.01)
     assert energy.log_z == 0.0 and energy.dim == 10

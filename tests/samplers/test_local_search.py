@@ -8,8 +8,7 @@ import torch
 
 from mixlab.core.errors import ArgumentError
 from mixlab.samplers.energies import Energy, Manywell
-from mixlab.samplers.local_search import (AdaptiveStepSize, FixedStepSize, PaperStepSize, ReferenceStepSize,
-                                          mala)
+from mixlab.samplers.local_search import AdaptiveStepSize, FixedStepSize, PaperStepSize, ReferenceStepSize, mala
 
 
 class StandardNormal(Energy):
@@ -86,16 +85,34 @@ def test_cached_chain_equals_an_uncached_chain_for_equal_noise(rule):
 
 def test_step_size_grows_above_and_shrinks_below_the_target_acceptance():
     # tiny steps on N(0, I): acceptance ~ 1 -> x1.1 per step; huge steps in 50-d: acceptance 0 -> x0.9
-    small = mala(StandardNormal(2), torch.randn(500, 2, generator=_gen(3)), steps=10, burn_in=0, step_size=1e-4, generator=_gen(4))
+    small = mala(
+        StandardNormal(2), torch.randn(500, 2, generator=_gen(3)), steps=10, burn_in=0, step_size=1e-4, generator=_gen(4)
+    )
     assert small.acceptance > 0.99 and small.step_size == pytest.approx(1e-4 * 1.1**10, rel=1e-9)
-    big = mala(StandardNormal(50), torch.randn(500, 50, generator=_gen(5)), steps=10, burn_in=0, step_size=100.0, generator=_gen(6))
+    big = mala(
+        StandardNormal(50), torch.randn(500, 50, generator=_gen(5)), steps=10, burn_in=0, step_size=100.0, generator=_gen(6)
+    )
     assert big.acceptance == 0 and big.step_size == pytest.approx(100 * 0.9**10, rel=1e-9)
     assert len(big.samples) == 0 and big.samples.shape[1] == 50
-    code = mala(StandardNormal(2), torch.randn(500, 2, generator=_gen(3)), steps=10, burn_in=0, step_size=1e-4,
-                rule=ReferenceStepSize(), generator=_gen(4))
+    code = mala(
+        StandardNormal(2),
+        torch.randn(500, 2, generator=_gen(3)),
+        steps=10,
+        burn_in=0,
+        step_size=1e-4,
+        rule=ReferenceStepSize(),
+        generator=_gen(4),
+    )
     assert code.step_size == pytest.approx(1e-4 * 1.01**10, rel=1e-9)
-    fixed = mala(StandardNormal(2), torch.randn(50, 2, generator=_gen(3)), steps=5, burn_in=0, step_size=0.3,
-                 rule=FixedStepSize(), generator=_gen(4))
+    fixed = mala(
+        StandardNormal(2),
+        torch.randn(50, 2, generator=_gen(3)),
+        steps=5,
+        burn_in=0,
+        step_size=0.3,
+        rule=FixedStepSize(),
+        generator=_gen(4),
+    )
     assert fixed.step_size == 0.3
 
 
@@ -110,8 +127,9 @@ def test_reduce_sets_the_counts_that_drive_the_step_size():
         return torch.tensor(next(script), dtype=torch.float64)
 
     rule = AdaptiveStepSize(up=2.0, down=0.5, target=0.574, window=5)
-    out = mala(StandardNormal(2), torch.zeros(10, 2), steps=11, burn_in=0, step_size=1.0, rule=rule,
-               generator=_gen(7), reduce=reduce)
+    out = mala(
+        StandardNormal(2), torch.zeros(10, 2), steps=11, burn_in=0, step_size=1.0, rule=rule, generator=_gen(7), reduce=reduce
+    )
     # rates: step 0 -> 0.9 (up); steps 1-4 keep 0.9 (up x4); step 5 window {1..5} -> 0.1 (down);
     # steps 6-9 keep 0.1 (down x4); step 10 window {6..10} -> 0.9 (up)
     assert out.step_size == pytest.approx(2.0**5 * 0.5**5 * 2.0)

@@ -2,19 +2,28 @@
 
 import pytest
 import torch
-
 from closed_form import ExactFlow, GaussianTarget, exact_policy
+
 from mixlab.core.errors import ArgumentError
 from mixlab.samplers.nets import FlowNet, ForwardLookingFlow, reference_log_prob
-from mixlab.samplers.objectives import (DetailedBalance, ForwardLookingSubTB, PathIntegralSampler, SubTrajectoryBalance,
-                                        TrajectoryBalance, VarGrad, subtb_weights)
+from mixlab.samplers.objectives import (
+    DetailedBalance,
+    ForwardLookingSubTB,
+    PathIntegralSampler,
+    SubTrajectoryBalance,
+    TrajectoryBalance,
+    VarGrad,
+    subtb_weights,
+)
 from mixlab.samplers.rollout import DiffusionRollout, RankNoise
 
 
 def terms(B=4, T=5, seed=0, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
-    out = {k: torch.randn(*shape, generator=g) for k, shape in
-           [("log_pf", (B, T)), ("log_pb", (B, T)), ("log_r", (B,)), ("log_f", (B, T + 1))]}
+    out = {
+        k: torch.randn(*shape, generator=g)
+        for k, shape in [("log_pf", (B, T)), ("log_pb", (B, T)), ("log_r", (B,)), ("log_f", (B, T + 1))]
+    }
     out["log_pb"][:, 0] = 0
     for v in out.values():
         v.requires_grad_(requires_grad)
@@ -72,8 +81,12 @@ def test_db_tb_vargrad_pis_by_hand():
 
 def test_log_r_has_no_gradient_except_for_pis():
     t = terms(requires_grad=True)
-    for objective, extra in [(TrajectoryBalance(), {"log_z": torch.tensor(0.1)}), (VarGrad(), {}),
-                             (DetailedBalance(), {}), (SubTrajectoryBalance(), {})]:
+    for objective, extra in [
+        (TrajectoryBalance(), {"log_z": torch.tensor(0.1)}),
+        (VarGrad(), {}),
+        (DetailedBalance(), {}),
+        (SubTrajectoryBalance(), {}),
+    ]:
         loss = objective(**t, **extra)
         assert torch.autograd.grad(loss, t["log_r"], allow_unused=True)[0] is None
         assert torch.autograd.grad(loss, t["log_pf"])[0].abs().sum() > 0
@@ -128,8 +141,12 @@ def test_errors_name_the_argument():
     ForwardLookingSubTB().check(ForwardLookingFlow(FlowNet(2), 1.0, 10))
     SubTrajectoryBalance().check(FlowNet(2))
     TrajectoryBalance().check(None)
-    for build, arg in [(lambda: SubTrajectoryBalance(0.0), "lam"), (lambda: SubTrajectoryBalance(True), "lam"),
-                       (lambda: PathIntegralSampler(0), "dim"), (lambda: PathIntegralSampler(8).bind(4), "dim")]:
+    for build, arg in [
+        (lambda: SubTrajectoryBalance(0.0), "lam"),
+        (lambda: SubTrajectoryBalance(True), "lam"),
+        (lambda: PathIntegralSampler(0), "dim"),
+        (lambda: PathIntegralSampler(8).bind(4), "dim"),
+    ]:
         with pytest.raises(ArgumentError) as info:
             build()
         assert info.value.arg == arg and len(str(info.value).splitlines()) == 1
@@ -165,9 +182,13 @@ def test_losses_vanish_for_the_exact_sampler(vectorize, direction):
         else:
             x1 = target.sample(16, torch.Generator().manual_seed(1))
             traj = rollout.backward(policy, target, x1, RankNoise(torch.Generator().manual_seed(0), 16), flow=flow)
-        losses = {"TB": TrajectoryBalance()(**traj.terms(), log_z=torch.tensor(3.7)), "VarGrad": VarGrad()(**traj.terms()),
-                  "DB": DetailedBalance()(**traj.terms()), "SubTB": SubTrajectoryBalance()(**traj.terms()),
-                  "FL-SubTB": ForwardLookingSubTB()(**traj.terms())}
+        losses = {
+            "TB": TrajectoryBalance()(**traj.terms(), log_z=torch.tensor(3.7)),
+            "VarGrad": VarGrad()(**traj.terms()),
+            "DB": DetailedBalance()(**traj.terms()),
+            "SubTB": SubTrajectoryBalance()(**traj.terms()),
+            "FL-SubTB": ForwardLookingSubTB()(**traj.terms()),
+        }
         for key, loss in losses.items():
             assert loss.item() == pytest.approx(0.0, abs=1e-4), (name, key)
         gap = TrajectoryBalance()(**traj.terms(), log_z=torch.tensor(3.7 - 0.5))

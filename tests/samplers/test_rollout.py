@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from closed_form import ExactFlow, GaussianTarget, exact_policy, randomise_last_layer
+
 from mixlab.core.errors import ArgumentError
 from mixlab.samplers.langevin import LangevinPolicy
 from mixlab.samplers.nets import FlowNet, ForwardLookingFlow, LangevinScale, PISPolicy, reference_log_prob
@@ -72,7 +72,7 @@ def _run(rollout, policy, target, direction, exploration=0.0, flow=None, seed=3,
     if direction == "forward":
         return rollout.forward(policy, target, noise(seed, n, **kw), flow=flow, exploration=exploration)
     x1 = target.sample(n, torch.Generator().manual_seed(seed + 100))  # n = the global batch
-    x1 = x1[kw.get("rank", 0)::kw.get("world_size", 1)]
+    x1 = x1[kw.get("rank", 0) :: kw.get("world_size", 1)]
     return rollout.backward(policy, target, x1, noise(seed, n, **kw), flow=flow)
 
 
@@ -238,9 +238,14 @@ def test_flow_outputs_and_forward_looking_flow():
 
 
 def test_errors_name_the_argument():
-    for kwargs, arg in [({"T": 0}, "T"), ({"T": 2.5}, "T"), ({"sigma2": 0.0}, "sigma2"),
-                        ({"sigma2": -1.0}, "sigma2"), ({"vectorize": "sometimes"}, "vectorize"),
-                        ({"learn_variance": True, "log_var_range": 0.0}, "log_var_range")]:
+    for kwargs, arg in [
+        ({"T": 0}, "T"),
+        ({"T": 2.5}, "T"),
+        ({"sigma2": 0.0}, "sigma2"),
+        ({"sigma2": -1.0}, "sigma2"),
+        ({"vectorize": "sometimes"}, "vectorize"),
+        ({"learn_variance": True, "log_var_range": 0.0}, "log_var_range"),
+    ]:
         with pytest.raises(ArgumentError, match=f"^{arg}: ") as info:
             DiffusionRollout(**kwargs)
         assert info.value.arg == arg and len(str(info.value).splitlines()) == 1

@@ -19,10 +19,16 @@ def _last(cfg) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment,extra", [("sampler_gmm25_tb_expl_ls", []), ("sampler_funnel_vargrad_expl", []),
-                                              ("sampler_gmm25_subtb", ["model.optimizer.lr=0.001", "model.lr_flow=0.001"]),
-                                              ("sampler_gmm25_tb_expl_ls", ["model.buffer.draws=reference"])],
-                         ids=["tb_ls", "vargrad", "subtb", "tb_ls_reference_draws"])  # SubTB sums over the batch: smaller steps
+@pytest.mark.parametrize(
+    "experiment,extra",
+    [
+        ("sampler_gmm25_tb_expl_ls", []),
+        ("sampler_funnel_vargrad_expl", []),
+        ("sampler_gmm25_subtb", ["model.optimizer.lr=0.001", "model.lr_flow=0.001"]),
+        ("sampler_gmm25_tb_expl_ls", ["model.buffer.draws=reference"]),
+    ],
+    ids=["tb_ls", "vargrad", "subtb", "tb_ls_reference_draws"],
+)  # SubTB sums over the batch: smaller steps
 def test_two_processes_reach_the_state_of_one(make_cfg, experiment, extra):
     one = make_cfg(f"experiment={experiment}", *SGD, *extra, out="one")
     train(one)

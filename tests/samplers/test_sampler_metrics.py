@@ -9,8 +9,16 @@ import torch
 from mixlab.core.errors import ConfigError
 from mixlab.metrics.wasserstein import OTNotConvergedError, wasserstein2
 from mixlab.samplers.energies import GMM25, Manywell
-from mixlab.samplers.metrics import (eubo, log_weights, log_z_elbo, log_z_iw, log_z_report, reference_rows_for, reference_w2,
-                                     reference_w2_rows)
+from mixlab.samplers.metrics import (
+    eubo,
+    log_weights,
+    log_z_elbo,
+    log_z_iw,
+    log_z_report,
+    reference_rows_for,
+    reference_w2,
+    reference_w2_rows,
+)
 
 LOG_Z, S = 1.7, 1.3  # target R = e^LOG_Z N(0, 1) in 1-d; "sampler" q = N(0, S^2): one-step trajectories
 
@@ -72,8 +80,13 @@ def test_mode_dropping_controls_raise_w2():
 
 def test_reference_rows_structure():
     rows = reference_w2_rows(n=50, seeds=range(2))
-    assert [r.name for r in rows] == ["25GMM exact vs exact", "Funnel exact vs exact", "Manywell-32 exact vs exact",
-                                      "25GMM without one corner mode vs exact", "Manywell-32 deep wells only vs exact"]
+    assert [r.name for r in rows] == [
+        "25GMM exact vs exact",
+        "Funnel exact vs exact",
+        "Manywell-32 exact vs exact",
+        "25GMM without one corner mode vs exact",
+        "Manywell-32 deep wells only vs exact",
+    ]
     assert all(len(r.values) == 2 and r.mean > 0 and r.std >= 0 for r in rows)
     assert "±" in str(rows[0])
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from closed_form import randomise_last_layer
+
 from mixlab.core.errors import ArgumentError
 from mixlab.samplers.langevin import LangevinPolicy, clean_grad, langevin_output, langevin_policy
 from mixlab.samplers.nets import FlowNet, ForwardLookingFlow, FourierFeatures, LangevinScale, PISPolicy, reference_log_prob
@@ -92,9 +92,13 @@ def test_flow_net_and_forward_looking_flow():
 
 
 def test_net_errors_name_the_argument():
-    for build, arg in [(lambda: PISPolicy(0), "dim"), (lambda: PISPolicy(2, clip=0.0), "clip"),
-                       (lambda: FlowNet(0), "dim"), (lambda: langevin_policy(2, scale_layers=0), "scale_layers"),
-                       (lambda: LangevinPolicy(PISPolicy(2), LangevinScale(), grad_clip=-1.0), "grad_clip")]:
+    for build, arg in [
+        (lambda: PISPolicy(0), "dim"),
+        (lambda: PISPolicy(2, clip=0.0), "clip"),
+        (lambda: FlowNet(0), "dim"),
+        (lambda: langevin_policy(2, scale_layers=0), "scale_layers"),
+        (lambda: LangevinPolicy(PISPolicy(2), LangevinScale(), grad_clip=-1.0), "grad_clip"),
+    ]:
         with pytest.raises(ArgumentError) as info:
             build()
         assert info.value.arg == arg and len(str(info.value).splitlines()) == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import ROOT, compose_eval, env_for_subprocess
 
 from mixlab.core.config import build
 from mixlab.core.errors import ArgumentError, ConfigError, DataNotFoundError
@@ -20,7 +21,6 @@ from mixlab.samplers.lgcp import LGCP
 from mixlab.samplers.local_search import FixedStepSize, mala
 from mixlab.samplers.rollout import RankNoise
 from mixlab.samplers.training import is_backward_step, local_search_due, merge_mala
-from support import ROOT, compose_eval, env_for_subprocess
 
 LS = "sampler_gmm25_tb_expl_ls"
 
@@ -34,42 +34,45 @@ def first_error(make_cfg, *overrides: str) -> ConfigError:
     return err.value
 
 
-@pytest.mark.parametrize("overrides,key", [
-    (["model.energy._target_=mixlab.samplers.energies.NoSuchEnergy"], "model.energy._target_"),
-    (["model.objective._target_=mixlab.samplers.objectives.NoSuchObjective"], "model.objective._target_"),
-    (["model.objective._target_=torch.nn.Linear"], "model.objective._target_"),
-    (["model/energy=manywell", "model.energy.dim=31"], "model.energy.dim"),
-    (["model.T=0"], "model.T"),
-    (["model.sigma2=0"], "model.sigma2"),
-    (["model.sigma2=-1.5"], "model.sigma2"),
-    (["model.exploration.factor=-0.1"], "model.exploration.factor"),
-    (["model/objective=pis", "model.local_search.enabled=true"], "model.local_search.enabled"),
-    (["model/objective=pis", "model.exploration.factor=0.1"], "model.exploration.factor"),
-    (["model/objective=db", "model.flow=null"], "model.flow"),
-    (["model/objective=subtb", "model.flow=null"], "model.flow"),
-    (["trainer.precision=bf16-mixed"], "trainer.precision"),
-    (["trainer=ddp_cpu", "trainer.devices=3"], "model.batch_size"),
-    (["model.eval_n=1"], "model.eval_n"),
-    (["model.local_search.enabled=true", "model.local_search.burn_in=200"], "model.local_search.burn_in"),
-    (["model.buffer.draws=stale"], "model.buffer.draws"),
-    (["model.buffer.first_add_twice=sometimes"], "model.buffer.first_add_twice"),
-    (["+model.buffer.size=10"], "model.buffer.size"),
-    (["model.local_search.enabled=true", "model.local_search.carry_step_size=maybe"], "model.local_search.carry_step_size"),
-    (["model.energy._target_=torch.nn.Linear"], "model.energy._target_"),
-    (["model.local_search.steps=0"], "model.local_search.steps"),
-    (["+model.local_search.chains=3"], "model.local_search.chains"),
-    (["model.exploration.decay_steps=0"], "model.exploration.decay_steps"),
-    (["model.buffer.rank_k=0"], "model.buffer.rank_k"),
-    (["model/objective=pis", "model.both_ways=true"], "model.both_ways"),
-    (["model/objective=pis", "model.vectorize=true"], "model.vectorize"),
-    (["model/objective=pis", "model.objective.dim=3"], "model.objective.dim"),
-    (["model/objective=subtb", "model.objective.lam=0"], "model.objective.lam"),
-    (["model.policy.hidden=0"], "model.policy.hidden"),
-    (["model/policy=langevin", "model.policy.scale_layers=0"], "model.policy.scale_layers"),
-    (["model/objective=fl_subtb", "model.flow.num_layers=-1"], "model.flow.num_layers"),
-    (["model.batch_size=0"], "model.batch_size"),
-    (["model.learn_variance=yes"], "model.learn_variance"),
-])
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["model.energy._target_=mixlab.samplers.energies.NoSuchEnergy"], "model.energy._target_"),
+        (["model.objective._target_=mixlab.samplers.objectives.NoSuchObjective"], "model.objective._target_"),
+        (["model.objective._target_=torch.nn.Linear"], "model.objective._target_"),
+        (["model/energy=manywell", "model.energy.dim=31"], "model.energy.dim"),
+        (["model.T=0"], "model.T"),
+        (["model.sigma2=0"], "model.sigma2"),
+        (["model.sigma2=-1.5"], "model.sigma2"),
+        (["model.exploration.factor=-0.1"], "model.exploration.factor"),
+        (["model/objective=pis", "model.local_search.enabled=true"], "model.local_search.enabled"),
+        (["model/objective=pis", "model.exploration.factor=0.1"], "model.exploration.factor"),
+        (["model/objective=db", "model.flow=null"], "model.flow"),
+        (["model/objective=subtb", "model.flow=null"], "model.flow"),
+        (["trainer.precision=bf16-mixed"], "trainer.precision"),
+        (["trainer=ddp_cpu", "trainer.devices=3"], "model.batch_size"),
+        (["model.eval_n=1"], "model.eval_n"),
+        (["model.local_search.enabled=true", "model.local_search.burn_in=200"], "model.local_search.burn_in"),
+        (["model.buffer.draws=stale"], "model.buffer.draws"),
+        (["model.buffer.first_add_twice=sometimes"], "model.buffer.first_add_twice"),
+        (["+model.buffer.size=10"], "model.buffer.size"),
+        (["model.local_search.enabled=true", "model.local_search.carry_step_size=maybe"], "model.local_search.carry_step_size"),
+        (["model.energy._target_=torch.nn.Linear"], "model.energy._target_"),
+        (["model.local_search.steps=0"], "model.local_search.steps"),
+        (["+model.local_search.chains=3"], "model.local_search.chains"),
+        (["model.exploration.decay_steps=0"], "model.exploration.decay_steps"),
+        (["model.buffer.rank_k=0"], "model.buffer.rank_k"),
+        (["model/objective=pis", "model.both_ways=true"], "model.both_ways"),
+        (["model/objective=pis", "model.vectorize=true"], "model.vectorize"),
+        (["model/objective=pis", "model.objective.dim=3"], "model.objective.dim"),
+        (["model/objective=subtb", "model.objective.lam=0"], "model.objective.lam"),
+        (["model.policy.hidden=0"], "model.policy.hidden"),
+        (["model/policy=langevin", "model.policy.scale_layers=0"], "model.policy.scale_layers"),
+        (["model/objective=fl_subtb", "model.flow.num_layers=-1"], "model.flow.num_layers"),
+        (["model.batch_size=0"], "model.batch_size"),
+        (["model.learn_variance=yes"], "model.learn_variance"),
+    ],
+)
 def test_bad_configs_name_the_key_before_training(make_cfg, overrides, key):
     err = first_error(make_cfg, "experiment=sampler_gmm25_tb", "debug=smoke", *overrides)
     assert err.key == key and len(str(err).splitlines()) == 1
@@ -86,15 +89,34 @@ def test_system_built_in_python_names_its_arguments():
     from mixlab.samplers.training import LocalSearchSettings
 
     opt = partial(torch.optim.Adam, lr=1e-3)
-    for kwargs, arg in [({"exploration": Exploration(0.1)}, "exploration.factor"), ({"both_ways": True}, "both_ways"),
-                        ({"policy": partial(PISPolicy, hidden=0)}, "policy.hidden"), ({"T": 0}, "T"), ({"eval_n": 1}, "eval_n"),
-                        ({"energy": torch.nn.Linear(2, 2)}, "energy")]:
+    for kwargs, arg in [
+        ({"exploration": Exploration(0.1)}, "exploration.factor"),
+        ({"both_ways": True}, "both_ways"),
+        ({"policy": partial(PISPolicy, hidden=0)}, "policy.hidden"),
+        ({"T": 0}, "T"),
+        ({"eval_n": 1}, "eval_n"),
+        ({"energy": torch.nn.Linear(2, 2)}, "energy"),
+    ]:
         with pytest.raises(ArgumentError) as err:
-            DiffusionSampler(**{"energy": GMM25(), "objective": PathIntegralSampler(), "policy": partial(PISPolicy), "optimizer": opt,
-                                **kwargs})
+            DiffusionSampler(
+                **{
+                    "energy": GMM25(),
+                    "objective": PathIntegralSampler(),
+                    "policy": partial(PISPolicy),
+                    "optimizer": opt,
+                    **kwargs,
+                }
+            )
         assert err.value.arg == arg and len(str(err.value).splitlines()) == 1
-    sampler = DiffusionSampler(GMM25(), TrajectoryBalance(), partial(PISPolicy, hidden=8), opt, T=4,
-                               local_search=LocalSearchSettings(enabled=True), buffer=ReplayBuffer(50, draws="reference"))
+    sampler = DiffusionSampler(
+        GMM25(),
+        TrajectoryBalance(),
+        partial(PISPolicy, hidden=8),
+        opt,
+        T=4,
+        local_search=LocalSearchSettings(enabled=True),
+        buffer=ReplayBuffer(50, draws="reference"),
+    )
     assert sampler.policy.dim == 2 and sampler.both_ways and sampler.buffer.capacity == sampler.ls_buffer.capacity == 50
     assert sampler.buffer is not sampler.ls_buffer and sampler.ls_buffer.draws == "reference"
 
@@ -110,8 +132,14 @@ def test_missing_lgcp_data_names_make_data_lgcp_before_any_step(make_cfg, tmp_pa
 
 @pytest.mark.slow
 def test_cli_missing_lgcp_data_is_one_line(tmp_path):
-    cmd = [sys.executable, "train.py", "experiment=sampler_lgcp_tb_expl_lp_ls", "logger=csv", f"paths.data_dir={tmp_path}",
-           f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "experiment=sampler_lgcp_tb_expl_lp_ls",
+        "logger=csv",
+        f"paths.data_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: LGCP data") and "make data-lgcp" in proc.stderr
@@ -147,8 +175,18 @@ class RanksInOneProcess:
 def test_merged_mala_output_of_sliced_chains_equals_one_process():
     energy, n, world = Manywell(4), 12, 3
     x = energy.sample(n, torch.Generator().manual_seed(0))
-    run = lambda rank, w: mala(energy, x[rank::w], steps=12, burn_in=4, step_size=0.05, rule=FixedStepSize(),  # noqa: E731
-                               noise=RankNoise(torch.Generator().manual_seed(1), n, rank, w))
+
+    def run(rank, w):
+        return mala(
+            energy,
+            x[rank::w],
+            steps=12,
+            burn_in=4,
+            step_size=0.05,
+            rule=FixedStepSize(),
+            noise=RankNoise(torch.Generator().manual_seed(1), n, rank, w),
+        )
+
     one = run(0, 1)
     results = [run(r, world) for r in range(world)]
     merged_x, merged_log_r = merge_mala(results[0], n, RanksInOneProcess(world, 0, results))
@@ -167,7 +205,8 @@ def test_resume_equals_an_uninterrupted_run(make_cfg, reference):
     also with the reference code's buffer (draw order and doubled first add; its pending draw is
     part of the state)."""
     args = [f"experiment={LS}", "debug=smoke"] + (
-        ["model.buffer.draws=reference", "model.buffer.first_add_twice=true"] if reference else [])
+        ["model.buffer.draws=reference", "model.buffer.first_add_twice=true"] if reference else []
+    )
     straight = make_cfg(*args, out="straight")
     train(straight)
     first = make_cfg(*args, "trainer.max_epochs=1", out="resumed")
@@ -208,8 +247,12 @@ def test_local_search_step_size_carried_over_or_restarted(make_cfg, monkeypatch,
         return mala(energy, x, steps, burn_in, step_size, *args, **kwargs)
 
     monkeypatch.setattr(system, "mala", recording_mala)
-    cfg = make_cfg(f"experiment={LS}", "debug=smoke", "model.local_search.step_size=0.1",
-                   f"model.local_search.carry_step_size={str(carry).lower()}")
+    cfg = make_cfg(
+        f"experiment={LS}",
+        "debug=smoke",
+        "model.local_search.step_size=0.1",
+        f"model.local_search.carry_step_size={str(carry).lower()}",
+    )
     train(cfg)
     final = _ckpt(cfg.paths.output_dir)["sampler_state"]["ls_step_size"]
     assert len(starts) == 2 and starts[0] == 0.1 and final != 0.1
@@ -217,9 +260,11 @@ def test_local_search_step_size_carried_over_or_restarted(make_cfg, monkeypatch,
 
 
 def test_evaluator_writes_json_and_figure_on_smoke_checkpoints(smoke_runs, data_dir, tmp_path):
-    for experiment, fields in [(LS, ["w2", "modes_hit", "log_z_learned", "eubo", "ls_acceptance"]),
-                               ("sampler_manywell_tb", ["w2", "shallow_share"]),
-                               ("sampler_lgcp_flsubtb_lp", [])]:
+    for experiment, fields in [
+        (LS, ["w2", "modes_hit", "log_z_learned", "eubo", "ls_acceptance"]),
+        ("sampler_manywell_tb", ["w2", "shallow_share"]),
+        ("sampler_lgcp_flsubtb_lp", []),
+    ]:
         ckpt = smoke_runs.run(experiment)["last_ckpt"]
         assert evaluator_for(ckpt)[1] == "sampler"
         out = tmp_path / experiment
@@ -253,8 +298,11 @@ def test_draw_writes_samples_with_log_weights(smoke_runs, tmp_path):
     assert main([f"ckpt={ckpt}", "n=0"]) == 2 and main([f"ckpt={ckpt}", "m=3"]) == 2
 
 
-@pytest.mark.parametrize("energy", [GMM25(), Manywell(8), Funnel(10), LGCP(root=None, grid=6, points=[[0.1, 0.2], [0.5, 0.5], [0.9, 0.3]])],
-                         ids=["gmm25", "manywell", "funnel", "lgcp"])
+@pytest.mark.parametrize(
+    "energy",
+    [GMM25(), Manywell(8), Funnel(10), LGCP(root=None, grid=6, points=[[0.1, 0.2], [0.5, 0.5], [0.9, 0.3]])],
+    ids=["gmm25", "manywell", "funnel", "lgcp"],
+)
 def test_figures_of_every_energy(energy, tmp_path):
     g = torch.Generator().manual_seed(0)
     x = energy.sample(300, g)

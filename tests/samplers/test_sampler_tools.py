@@ -21,7 +21,10 @@ def test_straightforward_references_compute_what_ours_compute():
     torch.testing.assert_close(loop.log_reward(x), ours.log_reward(x))
     torch.testing.assert_close(loop.grad_log_reward(x), ours.grad_log_reward(x))
     g = torch.Generator().manual_seed(1)
-    t = {k: torch.randn(*s, generator=g, dtype=torch.float64) for k, s in [("log_pf", (5, 7)), ("log_pb", (5, 7)), ("log_r", (5,)), ("log_f", (5, 8))]}
+    t = {
+        k: torch.randn(*s, generator=g, dtype=torch.float64)
+        for k, s in [("log_pf", (5, 7)), ("log_pb", (5, 7)), ("log_r", (5,)), ("log_f", (5, 8))]
+    }
     torch.testing.assert_close(bench.subtb_per_sample(**t), SubTrajectoryBalance(2.0)(**t))
     fast = mala(ours, x, steps=12, burn_in=6, step_size=0.05, rule=PaperStepSize(), generator=torch.Generator().manual_seed(3))
     slow, eta = bench.mala_uncached(loop, x, 12, 6, 0.05, PaperStepSize(), torch.Generator().manual_seed(3))
@@ -30,10 +33,29 @@ def test_straightforward_references_compute_what_ours_compute():
 
 
 def test_bench_rows_cover_the_request_and_each_ratio_is_its_references_time_over_its_own(tmp_path):
-    rows = bench.main(["--dims", "2,4", "--rows", "TB,LS", "--batch", "8", "--T", "4", "--ls-steps", "4", "--steps", "1",
-                       "--warmup", "0", "--json", str(tmp_path / "b.json")])
-    assert [(r["dim"], r["row"], r["impl"]) for r in rows] == [(d, k, i) for d in (2, 4) for k in ("TB", "LS")
-                                                               for i in ("straightforward", "ours")]
+    rows = bench.main(
+        [
+            "--dims",
+            "2,4",
+            "--rows",
+            "TB,LS",
+            "--batch",
+            "8",
+            "--T",
+            "4",
+            "--ls-steps",
+            "4",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    assert [(r["dim"], r["row"], r["impl"]) for r in rows] == [
+        (d, k, i) for d in (2, 4) for k in ("TB", "LS") for i in ("straightforward", "ours")
+    ]
     for ref, ours in zip(rows[::2], rows[1::2]):  # each pair: the reference first, timed in the same process
         assert ref["speedup_vs_straightforward"] == 1.0
         assert ours["speedup_vs_straightforward"] == pytest.approx(ref["sec_per_step"] / ours["sec_per_step"])
@@ -48,9 +70,14 @@ def test_bench_on_a_missing_gpu_is_one_clear_error(capsys):
     assert "--device cuda: no GPU visible" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [(["--dims", "7"], "--dims: Manywell needs even dimensions"),
-                                           (["--dims", "8,x"], "--dims: comma-separated integers"),
-                                           (["--rows", "TB,XX"], "--rows: choose from TB,TB+LP,FL-SubTB,LS")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dims", "7"], "--dims: Manywell needs even dimensions"),
+        (["--dims", "8,x"], "--dims: comma-separated integers"),
+        (["--rows", "TB,XX"], "--rows: choose from TB,TB+LP,FL-SubTB,LS"),
+    ],
+)
 def test_bench_bad_arguments_are_one_clear_error_before_timing(args, message, capsys):
     with pytest.raises(SystemExit):
         bench.main(args)
@@ -61,7 +88,9 @@ def test_bench_bad_arguments_are_one_clear_error_before_timing(args, message, ca
 def test_table_rows_are_the_papers(tmp_path):
     assert all(e in PAPER for e in TABLE_ROWS) and len(TABLE_ROWS) == 7 and PAPER_RUNS == 5
     assert PAPER["sampler_gmm25_tb_expl_ls"] == ("25GMM", "TB + Expl. + LS", (0.171, 0.013), (0.004, 0.011), (1.25, 0.18))
-    (tmp_path / "paper.yaml").write_text("runs: 5\ntable_rows: [a, b]\nexperiments:\n  a: {energy: E, method: M, w2: [1.0, 0.1]}\n")
+    (tmp_path / "paper.yaml").write_text(
+        "runs: 5\ntable_rows: [a, b]\nexperiments:\n  a: {energy: E, method: M, w2: [1.0, 0.1]}\n"
+    )
     with pytest.raises(ValueError, match=r"table_rows \['b'\] have no entry"):
         load_paper(tmp_path / "paper.yaml")
     assert welch_p([1.0], (1.0, 0.1)) is None  # one seed: no std
@@ -72,8 +101,12 @@ def test_validation_curves_join_the_versions_of_a_resumed_run(tmp_path):
     from tools.samplers.curves import validation_curves
 
     header = "epoch,step,train/loss_step,val/w2,val/delta_log_z\n"
-    for version, rows in enumerate([["0,49,0.5,,", "0,99,,7.0,-2.0", "1,199,,6.0,-1.5"],  # killed after iteration 200
-                                    ["1,199,,5.5,-1.25", "2,299,,5.0,1.0"]]):  # resumed: re-validated 200, then 300
+    for version, rows in enumerate(
+        [
+            ["0,49,0.5,,", "0,99,,7.0,-2.0", "1,199,,6.0,-1.5"],  # killed after iteration 200
+            ["1,199,,5.5,-1.25", "2,299,,5.0,1.0"],
+        ]
+    ):  # resumed: re-validated 200, then 300
         (tmp_path / "csv" / f"version_{version}").mkdir(parents=True)
         (tmp_path / "csv" / f"version_{version}" / "metrics.csv").write_text(header + "\n".join(rows) + "\n")
     curves = validation_curves(tmp_path)
@@ -90,12 +123,32 @@ def test_curves_cli_compares_labelled_runs(tmp_path, capsys):
         (tmp_path / name / "csv" / "version_0").mkdir(parents=True)
         (tmp_path / name / "csv" / "version_0" / "metrics.csv").write_text(header + "\n".join(rows) + "\n")
     out = tmp_path / "cmp.png"
-    assert main(["--runs", f"paper={tmp_path / 'a'}", f"reference={tmp_path / 'b'},{tmp_path / 'a'}",
-                 "--metrics", "val/w2,val/shallow_share", "--hline", "val/w2=5.33", "val/shallow_share=0.156", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--runs",
+                f"paper={tmp_path / 'a'}",
+                f"reference={tmp_path / 'b'},{tmp_path / 'a'}",
+                "--metrics",
+                "val/w2,val/shallow_share",
+                "--hline",
+                "val/w2=5.33",
+                "val/shallow_share=0.156",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.stat().st_size > 10_000
     assert main(["--runs", f"x={tmp_path / 'a'}", "--metrics", "val/eubo", "--out", str(out)]) == 2
     assert "none of val/eubo" in capsys.readouterr().err
-    for bad in (["--runs", "nolabel", "--out", str(out)], ["--runs", f"x={tmp_path}", "--hline", "val/w2", "--out", str(out)], ["--runs", f"x={tmp_path}"], [str(tmp_path), "--runs", f"x={tmp_path}"]):
+    for bad in (
+        ["--runs", "nolabel", "--out", str(out)],
+        ["--runs", f"x={tmp_path}", "--hline", "val/w2", "--out", str(out)],
+        ["--runs", f"x={tmp_path}"],
+        [str(tmp_path), "--runs", f"x={tmp_path}"],
+    ):
         with pytest.raises(SystemExit):
             main(bad)
 
@@ -104,10 +157,28 @@ def test_curves_cli_compares_labelled_runs(tmp_path, capsys):
 def test_table_end_to_end_on_smoke_runs(tmp_path):
     from tools.samplers.table import main
 
-    args = ["--experiments", "sampler_gmm25_tb", "--seeds", "2", "--iters", "8", "--eval-every", "4", "--eval-n", "32",
-            "--reference-seeds", "1", "--out", str(tmp_path), "--", "debug=smoke"]
+    args = [
+        "--experiments",
+        "sampler_gmm25_tb",
+        "--seeds",
+        "2",
+        "--iters",
+        "8",
+        "--eval-every",
+        "4",
+        "--eval-n",
+        "32",
+        "--reference-seeds",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--",
+        "debug=smoke",
+    ]
     assert main(["--seed", "1", *args]) == 0  # one seed alone (as parallel commands would): a run, no table
-    assert not (tmp_path / "table.json").exists() and (tmp_path / "runs" / "sampler_gmm25_tb_seed1" / "table_timing.json").is_file()
+    assert (
+        not (tmp_path / "table.json").exists() and (tmp_path / "runs" / "sampler_gmm25_tb_seed1" / "table_timing.json").is_file()
+    )
     assert main(["--seed", "1", "--experiments", "sampler_gmm25_tb"]) == 2  # --seed needs --out
     assert main(args) == 0  # trains seed 0, reuses seed 1
     table = json.loads((tmp_path / "table.json").read_text())
@@ -147,8 +218,17 @@ def test_table_names_each_override_set_of_a_row_whose_seeds_differ():
     from tools.samplers.table import METRICS, markdown
 
     metric = {"mean": 1.0, "std": None, "welch_p": None, "paper": None}
-    row = {"energy": "Manywell-32", "method": "TB", "iterations": 8, "seeds": 2, "device": "cpu", "train_seconds_mean": 1.0,
-           "eval_seconds_mean": 1.0, "overrides": ["", "model.buffer.rank_k=0.1"], **dict.fromkeys(METRICS, metric)}
+    row = {
+        "energy": "Manywell-32",
+        "method": "TB",
+        "iterations": 8,
+        "seeds": 2,
+        "device": "cpu",
+        "train_seconds_mean": 1.0,
+        "eval_seconds_mean": 1.0,
+        "overrides": ["", "model.buffer.rank_k=0.1"],
+        **dict.fromkeys(METRICS, metric),
+    }
     args = Namespace(finished_only=True, seeds=2, eval_n=32, iters=None, reference_seeds=0)
     md = markdown([row], {}, args)
     assert "- Manywell-32 TB: none\n- Manywell-32 TB: `model.buffer.rank_k=0.1`" in md

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import pytest
+from support import compose_eval
 
 from mixlab.core.errors import ConfigError
 from mixlab.score.evaluate import evaluate
-from support import compose_eval
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,16 @@ def eval_cfg(*overrides, data_dir, weights_dir, out_dir):
 
 
 def test_evaluate_writes_metrics_and_grid_for_both_protocols(smoke_ckpt, data_dir, weights_dir, tmp_path):
-    cfg = eval_cfg(f"ckpt={smoke_ckpt}", "n=24", "steps=3", "batch_size=16", "real_reference=true",
-                   data_dir=data_dir, weights_dir=weights_dir, out_dir=tmp_path)
+    cfg = eval_cfg(
+        f"ckpt={smoke_ckpt}",
+        "n=24",
+        "steps=3",
+        "batch_size=16",
+        "real_reference=true",
+        data_dir=data_dir,
+        weights_dir=weights_dir,
+        out_dir=tmp_path,
+    )
     result = evaluate(cfg)
     assert Path(result["metrics_json"]).is_file() and Path(result["sample_grid"]).is_file()
     assert result["nfe"] == 5 and result["n"] == 24
@@ -34,16 +42,34 @@ def test_evaluate_writes_metrics_and_grid_for_both_protocols(smoke_ckpt, data_di
 
 
 def test_evaluate_is_deterministic_under_a_seed(smoke_ckpt, data_dir, weights_dir, tmp_path):
-    results = [evaluate(eval_cfg(f"ckpt={smoke_ckpt}", "n=16", "steps=2", "protocols=[classifier]", "kid=false",
-                                 data_dir=data_dir, weights_dir=weights_dir, out_dir=tmp_path / str(i)))
-               for i in range(2)]
+    results = [
+        evaluate(
+            eval_cfg(
+                f"ckpt={smoke_ckpt}",
+                "n=16",
+                "steps=2",
+                "protocols=[classifier]",
+                "kid=false",
+                data_dir=data_dir,
+                weights_dir=weights_dir,
+                out_dir=tmp_path / str(i),
+            )
+        )
+        for i in range(2)
+    ]
     assert results[0]["classifier"] == results[1]["classifier"]
 
 
-@pytest.mark.parametrize("override,key", [
-    ("solver=rk4", "solver"), ("steps=0", "steps"), ("n=-5", "n"), ("protocols=[clip]", "protocols"),
-    ("n=100000", "n"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("solver=rk4", "solver"),
+        ("steps=0", "steps"),
+        ("n=-5", "n"),
+        ("protocols=[clip]", "protocols"),
+        ("n=100000", "n"),
+    ],
+)
 def test_evaluate_bad_input_names_the_key(smoke_ckpt, data_dir, weights_dir, tmp_path, override, key):
     cfg = eval_cfg(f"ckpt={smoke_ckpt}", override, data_dir=data_dir, weights_dir=weights_dir, out_dir=tmp_path)
     with pytest.raises(ConfigError) as err:

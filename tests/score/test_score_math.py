@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from mixlab.core.errors import ArgumentError
+from mixlab.nets.scorenet import ScoreNet
 from mixlab.score.losses import EDMLoss, EpsilonLoss
 from mixlab.score.precond import EDMPrecond, EpsilonPrecond
-from mixlab.core.errors import ArgumentError
-from mixlab.score.solvers import Euler, Heun, ODESampling, euler, heun, sample
 from mixlab.score.schedule import GeometricGrid, KarrasGrid, LogNormalSigma, LogUniformSigma, geometric_sigmas, karras_sigmas
-from mixlab.nets.scorenet import ScoreNet
+from mixlab.score.solvers import Euler, Heun, ODESampling, euler, heun, sample
 
 MU, S = 0.3, 0.5  # data ~ N(MU, S^2 I)
 
@@ -79,7 +79,11 @@ def test_eps_loss_of_exact_denoiser_is_the_irreducible_error(sigma):
 
 def test_edm_loss_is_weighted_denoiser_error():
     g = torch.Generator().manual_seed(2)
-    x0, noise, sig = torch.randn(64, 1, 4, 4, generator=g), torch.randn(64, 1, 4, 4, generator=g), torch.rand(64, generator=g) + 0.1
+    x0, noise, sig = (
+        torch.randn(64, 1, 4, 4, generator=g),
+        torch.randn(64, 1, 4, 4, generator=g),
+        torch.rand(64, generator=g) + 0.1,
+    )
     model = ExactGaussianEps()
     x = x0 + sig[:, None, None, None] * noise
     lam = (sig**2 + 0.25) / (sig * 0.5) ** 2
@@ -136,14 +140,24 @@ def test_sample_is_deterministic_under_a_seed_and_counts_evaluations():
     torch.testing.assert_close(a, b)
     assert a.min() >= -1 and a.max() <= 1
     assert Euler().evaluations(200) == 200
-    torch.testing.assert_close(Euler()(ExactGaussianEps(), sig[0] * torch.ones(2, 1, 3, 3), sig), euler(ExactGaussianEps(), sig[0] * torch.ones(2, 1, 3, 3), sig))
+    torch.testing.assert_close(
+        Euler()(ExactGaussianEps(), sig[0] * torch.ones(2, 1, 3, 3), sig),
+        euler(ExactGaussianEps(), sig[0] * torch.ones(2, 1, 3, 3), sig),
+    )
 
 
-@pytest.mark.parametrize("build,arg", [
-    (lambda: ODESampling(steps=0), "steps"), (lambda: ODESampling(solver="heun"), "solver"), (lambda: KarrasGrid(rho=0.0), "rho"),
-    (lambda: LogUniformSigma(sigma_min=0.0), "sigma_min"), (lambda: LogNormalSigma(p_std=-1.0), "p_std"),
-    (lambda: EDMPrecond(torch.nn.Identity(), sigma_data=0), "sigma_data"), (lambda: EpsilonPrecond("net"), "net"),
-])
+@pytest.mark.parametrize(
+    "build,arg",
+    [
+        (lambda: ODESampling(steps=0), "steps"),
+        (lambda: ODESampling(solver="heun"), "solver"),
+        (lambda: KarrasGrid(rho=0.0), "rho"),
+        (lambda: LogUniformSigma(sigma_min=0.0), "sigma_min"),
+        (lambda: LogNormalSigma(p_std=-1.0), "p_std"),
+        (lambda: EDMPrecond(torch.nn.Identity(), sigma_data=0), "sigma_data"),
+        (lambda: EpsilonPrecond("net"), "net"),
+    ],
+)
 def test_bad_arguments_name_the_argument(build, arg):
     with pytest.raises(ArgumentError, match=f"^{arg}: "):
         build()
@@ -151,9 +165,9 @@ def test_bad_arguments_name_the_argument(build, arg):
 
 def test_the_evaluators_solver_and_grid_names_build_their_classes():
     from omegaconf import OmegaConf
+    from support import ROOT
 
     from mixlab.core.config import build
-    from support import ROOT
 
     tables = OmegaConf.load(ROOT / "conf" / "evaluator" / "sampling" / "ode.yaml")
     for table in ("solvers", "grids"):

@@ -21,12 +21,15 @@ WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", 
 def tiny_documents(n: int, words: int = 40, seed: int = 0, prefix: str = "doc") -> list[str]:
     """``n`` distinct pseudo-sentences ("doc3: the fox ...") of ``words`` words each."""
     g = torch.Generator().manual_seed(seed)
-    return [f"{prefix}{i}: " + " ".join(WORDS[j] for j in torch.randint(len(WORDS), (words,), generator=g).tolist()) + "."
-            for i in range(n)]
+    return [
+        f"{prefix}{i}: " + " ".join(WORDS[j] for j in torch.randint(len(WORDS), (words,), generator=g).tolist()) + "."
+        for i in range(n)
+    ]
 
 
-def write_tiny_corpus(root: Path, tokenizer: str = "char", corpus: str = "classics",
-                      sizes: dict[str, int] | None = None, seed: int = 0) -> dict:
+def write_tiny_corpus(
+    root: Path, tokenizer: str = "char", corpus: str = "classics", sizes: dict[str, int] | None = None, seed: int = 0
+) -> dict:
     """A small corpus named ``corpus`` under ``root/text/<corpus>-<tokenizer>`` (train/val/test
     documents of ~250 characters); returns its meta. gpt2 needs the BPE file under root."""
     sizes = sizes or {"train": 40, "val": 6, "test": 5}
@@ -84,7 +87,9 @@ def write_lazyload_db(prefix: Path, objects: dict[str, list[str]]) -> Path:
         blob += record
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.rdb").write_bytes(blob)
-    Path(f"{prefix}.rdx").write_bytes(gzip.compress(RWriter().serialize({"variables": index, "references": {}, "compressed": [1]})))
+    Path(f"{prefix}.rdx").write_bytes(
+        gzip.compress(RWriter().serialize({"variables": index, "references": {}, "compressed": [1]}))
+    )
     return prefix
 
 

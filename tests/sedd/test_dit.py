@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from support import ROOT
 
 from mixlab.nets.dit import DDiT, apply_rotary, attention, rotary_cos_sin
 from mixlab.nets.dit_weights import load_reference_state_dict
-from support import ROOT
 
 V, H, N_BLOCKS, N_HEADS, COND = 37, 32, 2, 4, 16
 
@@ -135,8 +135,11 @@ def test_bf16_autocast_dtypes():
         out = model(x, s)
     assert out.shape == (2, 8, V) and out.dtype == torch.float32
     assert seen == {
-        "blocks.0.norm1": torch.float32, "final.norm": torch.float32,
-        "blocks.0.attn.qkv": torch.bfloat16, "blocks.1.mlp.0": torch.bfloat16, "final.linear": torch.bfloat16,
+        "blocks.0.norm1": torch.float32,
+        "final.norm": torch.float32,
+        "blocks.0.attn.qkv": torch.bfloat16,
+        "blocks.1.mlp.0": torch.bfloat16,
+        "final.linear": torch.bfloat16,
     }
     assert (out - ref).abs().amax() < 0.05 * ref.abs().amax()
     assert not torch.equal(out, ref)
@@ -144,7 +147,9 @@ def test_bf16_autocast_dtypes():
 
 def test_too_long_and_bad_sizes_raise():
     with pytest.raises(ValueError, match="max_length"):
-        DDiT(V, hidden=H, n_blocks=1, n_heads=N_HEADS, cond_dim=COND, max_length=8)(torch.zeros(1, 9, dtype=torch.long), torch.ones(1))
+        DDiT(V, hidden=H, n_blocks=1, n_heads=N_HEADS, cond_dim=COND, max_length=8)(
+            torch.zeros(1, 9, dtype=torch.long), torch.ones(1)
+        )
     with pytest.raises(ValueError, match="n_heads"):
         DDiT(V, hidden=30, n_heads=4)
 
@@ -177,15 +182,33 @@ def test_config_sizes(name, hidden, n_blocks, expected_millions):
 def reference_state_dict(seed=0) -> dict[str, torch.Tensor]:
     """Random tensors under the reference SEDD's key names, for the tiny sizes above."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"vocab_embed.embedding": (V, H), "sigma_map.mlp.0.weight": (COND, 256), "sigma_map.mlp.0.bias": (COND,),
-              "sigma_map.mlp.2.weight": (COND, COND), "sigma_map.mlp.2.bias": (COND,)}
+    shapes = {
+        "vocab_embed.embedding": (V, H),
+        "sigma_map.mlp.0.weight": (COND, 256),
+        "sigma_map.mlp.0.bias": (COND,),
+        "sigma_map.mlp.2.weight": (COND, COND),
+        "sigma_map.mlp.2.bias": (COND,),
+    }
     for i in range(N_BLOCKS):
-        shapes |= {f"blocks.{i}.norm1.weight": (H,), f"blocks.{i}.attn_qkv.weight": (3 * H, H), f"blocks.{i}.attn_out.weight": (H, H),
-                   f"blocks.{i}.norm2.weight": (H,), f"blocks.{i}.mlp.0.weight": (4 * H, H), f"blocks.{i}.mlp.0.bias": (4 * H,),
-                   f"blocks.{i}.mlp.2.weight": (H, 4 * H), f"blocks.{i}.mlp.2.bias": (H,),
-                   f"blocks.{i}.adaLN_modulation.weight": (6 * H, COND), f"blocks.{i}.adaLN_modulation.bias": (6 * H,)}
-    shapes |= {"output_layer.norm_final.weight": (H,), "output_layer.adaLN_modulation.weight": (2 * H, COND),
-               "output_layer.adaLN_modulation.bias": (2 * H,), "output_layer.linear.weight": (V, H), "output_layer.linear.bias": (V,)}
+        shapes |= {
+            f"blocks.{i}.norm1.weight": (H,),
+            f"blocks.{i}.attn_qkv.weight": (3 * H, H),
+            f"blocks.{i}.attn_out.weight": (H, H),
+            f"blocks.{i}.norm2.weight": (H,),
+            f"blocks.{i}.mlp.0.weight": (4 * H, H),
+            f"blocks.{i}.mlp.0.bias": (4 * H,),
+            f"blocks.{i}.mlp.2.weight": (H, 4 * H),
+            f"blocks.{i}.mlp.2.bias": (H,),
+            f"blocks.{i}.adaLN_modulation.weight": (6 * H, COND),
+            f"blocks.{i}.adaLN_modulation.bias": (6 * H,),
+        }
+    shapes |= {
+        "output_layer.norm_final.weight": (H,),
+        "output_layer.adaLN_modulation.weight": (2 * H, COND),
+        "output_layer.adaLN_modulation.bias": (2 * H,),
+        "output_layer.linear.weight": (V, H),
+        "output_layer.linear.bias": (V,),
+    }
     sd = {k: (1.0 if "norm" in k else 0.0) + 0.3 * torch.randn(s, generator=g) for k, s in shapes.items()}
     d = H // N_HEADS
     sd["rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, d, 2).float() / d)
@@ -194,6 +217,7 @@ def reference_state_dict(seed=0) -> dict[str, torch.Tensor]:
 
 def reference_forward(sd, x, sigma):
     """The reference SEDD.forward (model/transformer.py) before its scale_by_sigma / scatter step, fp32."""
+
     def lin(h, p):
         return F.linear(h, sd[p + ".weight"], sd.get(p + ".bias"))
 
@@ -213,7 +237,7 @@ def reference_forward(sd, x, sigma):
         qkv = F.linear(ln(h, sd[p + "norm1.weight"]) * (1 + sc1) + sh1, sd[p + "attn_qkv.weight"])
         qkv = qkv.view(B, L, 3, N_HEADS, d)  # 'b s (three h d) -> b s three h d'
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q, k = ((u * cos[:, None] + torch.cat([-u[..., d // 2:], u[..., : d // 2]], -1) * sin[:, None]) for u in (q, k))
+        q, k = ((u * cos[:, None] + torch.cat([-u[..., d // 2 :], u[..., : d // 2]], -1) * sin[:, None]) for u in (q, k))
         a = naive_attention(q, k, v, causal=False).reshape(B, L, H)
         h = h + g1 * F.linear(a, sd[p + "attn_out.weight"])
         m = lin(F.gelu(lin(ln(h, sd[p + "norm2.weight"]) * (1 + sc2) + sh2, p + "mlp.0"), approximate="tanh"), p + "mlp.2")

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import compose_eval
 
 from mixlab.core.errors import ConfigError
 from mixlab.data.text_tokenizers import GPT2Tokenizer
-from mixlab.sedd.generate import gpt2_ids, run as sample_text
+from mixlab.sedd.generate import gpt2_ids
+from mixlab.sedd.generate import run as sample_text
 from mixlab.sedd.gpt2 import GPT2, judge_folder, load_gpt2
-from support import compose_eval
 
 EPS = 1e-5
 
@@ -26,16 +27,32 @@ def hf_checkpoint(vocab_size=11, n_embd=8, n_layer=2, n_head=2, n_positions=16, 
     def rand(*shape, scale=0.3, mean=0.0):
         return mean + scale * torch.randn(*shape, generator=g)
 
-    config = {"vocab_size": vocab_size, "n_positions": n_positions, "n_embd": n_embd, "n_layer": n_layer,
-              "n_head": n_head, "layer_norm_epsilon": EPS, "activation_function": "gelu_new", "n_inner": None}
+    config = {
+        "vocab_size": vocab_size,
+        "n_positions": n_positions,
+        "n_embd": n_embd,
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "layer_norm_epsilon": EPS,
+        "activation_function": "gelu_new",
+        "n_inner": None,
+    }
     d, p = n_embd, prefix
     state = {f"{p}wte.weight": rand(vocab_size, d), f"{p}wpe.weight": rand(n_positions, d)}
     for i in range(n_layer):
         h = f"{p}h.{i}."
         for ln in ("ln_1", "ln_2"):
             state[h + ln + ".weight"], state[h + ln + ".bias"] = rand(d, scale=0.2, mean=1.0), rand(d, scale=0.1)
-        for name, (n_in, n_out) in {"attn.c_attn": (d, 3 * d), "attn.c_proj": (d, d), "mlp.c_fc": (d, 4 * d), "mlp.c_proj": (4 * d, d)}.items():
-            state[h + name + ".weight"], state[h + name + ".bias"] = rand(n_in, n_out), rand(n_out, scale=0.1)  # Conv1D: [in, out]
+        for name, (n_in, n_out) in {
+            "attn.c_attn": (d, 3 * d),
+            "attn.c_proj": (d, d),
+            "mlp.c_fc": (d, 4 * d),
+            "mlp.c_proj": (4 * d, d),
+        }.items():
+            state[h + name + ".weight"], state[h + name + ".bias"] = (
+                rand(n_in, n_out),
+                rand(n_out, scale=0.1),
+            )  # Conv1D: [in, out]
         state[h + "attn.bias"] = torch.tril(torch.ones(n_positions, n_positions)).view(1, 1, n_positions, n_positions)
         state[h + "attn.masked_bias"] = torch.tensor(-1e4)
     state[f"{p}ln_f.weight"], state[f"{p}ln_f.bias"] = rand(d, scale=0.2, mean=1.0), rand(d, scale=0.1)
@@ -70,7 +87,7 @@ def naive_logits(config, state, tokens: list[int]) -> torch.Tensor:
     x = s["wte.weight"][tokens] + s["wpe.weight"][:L]
     for i in range(config["n_layer"]):
         qkv = conv1d(layer_norm(x, f"h.{i}.ln_1"), f"h.{i}.attn.c_attn")
-        q, k, v = qkv[:, :D], qkv[:, D:2 * D], qkv[:, 2 * D:]
+        q, k, v = qkv[:, :D], qkv[:, D : 2 * D], qkv[:, 2 * D :]
         heads = []
         for h in range(H):
             cols = slice(h * dh, (h + 1) * dh)
@@ -115,8 +132,10 @@ def test_nll_is_the_mean_cross_entropy_of_tokens_2_to_L(tiny):
     model = load_gpt2(tiny[2])
     tokens = torch.tensor([[3, 1, 4, 1, 5, 9], [2, 6, 5, 3, 5, 8]])
     logits = model(tokens).detach().double()
-    expected = torch.tensor([sum(torch.logsumexp(logits[b, i - 1], 0) - logits[b, i - 1, tokens[b, i]] for i in range(1, 6)) / 5
-                             for b in range(2)], dtype=torch.float64)
+    expected = torch.tensor(
+        [sum(torch.logsumexp(logits[b, i - 1], 0) - logits[b, i - 1, tokens[b, i]] for i in range(1, 6)) / 5 for b in range(2)],
+        dtype=torch.float64,
+    )
     nll = model.nll(tokens)
     assert nll.dtype == torch.float32 and nll.shape == (2,)
     torch.testing.assert_close(nll.double(), expected, atol=1e-5, rtol=0)
@@ -134,11 +153,14 @@ def test_keys_with_or_without_the_transformer_prefix_load_the_same(tmp_path):
     assert torch.equal(a.h[0].attn.c_attn.weight, with_prefix["transformer.h.0.attn.c_attn.weight"].T)  # Conv1D transposed
 
 
-@pytest.mark.parametrize("change,words", [
-    (lambda s: s.pop("transformer.h.1.mlp.c_fc.bias"), "missing ['h.1.mlp.c_fc.bias']"),
-    (lambda s: s.update({"transformer.h.0.attn.extra.weight": torch.zeros(1)}), "unexpected ['h.0.attn.extra.weight']"),
-    (lambda s: s.update({"transformer.wpe.weight": torch.zeros(8, 8)}), "shapes differ"),
-])
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        (lambda s: s.pop("transformer.h.1.mlp.c_fc.bias"), "missing ['h.1.mlp.c_fc.bias']"),
+        (lambda s: s.update({"transformer.h.0.attn.extra.weight": torch.zeros(1)}), "unexpected ['h.0.attn.extra.weight']"),
+        (lambda s: s.update({"transformer.wpe.weight": torch.zeros(8, 8)}), "shapes differ"),
+    ],
+)
 def test_a_state_dict_that_does_not_match_names_judge_gpt2(tmp_path, change, words):
     config, state = hf_checkpoint()
     change(state)
@@ -174,7 +196,11 @@ def test_char_samples_are_retokenised_and_judged_by_gpt2(smoke_runs, data_dir, t
     ckpt = smoke_runs.run("sedd_absorb_char")["last_ckpt"]
     common = [f"ckpt={ckpt}", "evaluator=sedd_sample", "n=2", "steps=4"]
     result = sample_text(compose_eval(*common, f"judge_gpt2={folder}", data_dir=data_dir, out_dir=tmp_path / "a"))
-    assert math.isfinite(result["gen_ppl_gpt2"]) and result["gen_ppl_gpt2"] > 1 and result["gen_ppl_gpt2"] >= result["gen_ppl_of_mean_nll_gpt2"]
+    assert (
+        math.isfinite(result["gen_ppl_gpt2"])
+        and result["gen_ppl_gpt2"] > 1
+        and result["gen_ppl_gpt2"] >= result["gen_ppl_of_mean_nll_gpt2"]
+    )
     assert result["gen_nll_gpt2"] == pytest.approx(math.log(result["gen_ppl_of_mean_nll_gpt2"]))
     written = json.loads(next((tmp_path / "a").glob("samples_*.json")).read_text())
     assert written["judge_gpt2"] == str(folder.resolve()) and written["gen_ppl_gpt2"] == result["gen_ppl_gpt2"]

@@ -6,14 +6,15 @@ import math
 import pytest
 import torch
 from scipy import stats
+from sedd_iid import F64, GRAPHS, PI, IIDLogits, N, dense_q, exact_log_score, gen, key_of, marginal, pi_ext
 
 from mixlab.sedd.graphs import AbsorbingGraph, UniformGraph
 from mixlab.sedd.noise import GeometricNoise, LogLinearNoise
 from mixlab.sedd.param import RADDScore, ScoreFn, SEDDScore
 from mixlab.sedd.score_entropy import dense_score_entropy, weighted_score_entropy
-from sedd_iid import F64, GRAPHS, N, PI, IIDLogits, dense_q, exact_log_score, gen, key_of, marginal, pi_ext
 
 # ---------------------------------------------------------------- noise
+
 
 @pytest.mark.parametrize("noise", [GeometricNoise(), LogLinearNoise()], ids=["geometric", "loglinear"])
 def test_noise_rate_is_the_derivative_of_the_total(noise):
@@ -34,6 +35,7 @@ def test_noise_endpoints_and_loglinear_masked_fraction():
 
 
 # ---------------------------------------------------------------- graphs
+
 
 @pytest.mark.parametrize("kind", GRAPHS)
 def test_graph_vectors_are_columns_and_rows_of_q_and_exp_q(kind):
@@ -92,6 +94,7 @@ def test_prior_kl_closed_form(kind):
 
 
 # ---------------------------------------------------------------- score entropy
+
 
 def brute_force_se(graph, log_score, sigma_bar, xt, x0):
     """sum_{y != x_t} Q(x_t, y) [s_y - r_y log s_y + K(r_y)], r_y = p(y|x0)/p(x_t|x0), one position at a time."""
@@ -179,6 +182,7 @@ def test_implicit_score_entropy_vanishes_at_the_marginal_ratios_and_the_denoisin
 
 
 # ---------------------------------------------------------------- parameterisations
+
 
 def test_sedd_param_zero_logits():
     sb = torch.tensor([0.3, 2.0])

@@ -5,14 +5,14 @@ import json
 import math
 
 import pytest
-import torch
-
 import test_dit
+import torch
+from support import compose_eval
+
 from mixlab.core.checkpoint import load_system
 from mixlab.core.errors import ConfigError
 from mixlab.sedd.evaluate import evaluate
 from mixlab.sedd.pretrained import convert
-from support import compose_eval
 
 
 @pytest.fixture
@@ -22,7 +22,13 @@ def snapshot(tmp_path, monkeypatch):
     folder = tmp_path / "sedd-tiny"
     folder.mkdir()
     torch.save(sd, folder / "pytorch_model.bin")
-    sizes = {"hidden_size": test_dit.H, "n_blocks": test_dit.N_BLOCKS, "n_heads": test_dit.N_HEADS, "cond_dim": test_dit.COND, "length": 64}
+    sizes = {
+        "hidden_size": test_dit.H,
+        "n_blocks": test_dit.N_BLOCKS,
+        "n_heads": test_dit.N_HEADS,
+        "cond_dim": test_dit.COND,
+        "length": 64,
+    }
     (folder / "config.json").write_text(json.dumps({"model": sizes}))
     return folder, sd
 
@@ -34,8 +40,18 @@ def test_a_converted_checkpoint_computes_the_reference_forward_and_evaluates(sna
     assert cfg.model.param.scale_by_sigma and cfg.model._target_.endswith("SEDD") and system.graph.dim == 50258
     x, sigma = torch.randint(0, 50257, (2, 16)), torch.tensor([0.3, 2.0])
     torch.testing.assert_close(system.net(x, sigma), test_dit.reference_forward(sd, x, sigma), atol=1e-4, rtol=1e-4)
-    result = evaluate(compose_eval(f"ckpt={out}", "evaluator=sedd", "timesteps=2", "t_batch=2", "limit=2", "batch_size=2",
-                                   data_dir=data_dir, out_dir=tmp_path / "eval"))
+    result = evaluate(
+        compose_eval(
+            f"ckpt={out}",
+            "evaluator=sedd",
+            "timesteps=2",
+            "t_batch=2",
+            "limit=2",
+            "batch_size=2",
+            data_dir=data_dir,
+            out_dir=tmp_path / "eval",
+        )
+    )
     assert math.isfinite(result["nats_per_token"]) and result["tokens"] == 2 * 64
 
 

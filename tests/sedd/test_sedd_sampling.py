@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 from scipy import stats
+from sedd_iid import F64, GRAPHS, NOISE, PI, H, IIDLogits, N, dense_q, exact_log_score, gen, key_of, marginal, tv_to_pi
 
 from mixlab.sedd.elbo import elbo
 from mixlab.sedd.graphs import AbsorbingGraph, UniformGraph
 from mixlab.sedd.noise import GeometricNoise, LogLinearNoise
 from mixlab.sedd.param import RADDScore, ScoreFn, SEDDScore
 from mixlab.sedd.sampling import AnalyticPredictor, EulerPredictor, fixed_tokens, sample, sample_categorical
-from sedd_iid import F64, GRAPHS, H, N, NOISE, PI, IIDLogits, dense_q, exact_log_score, gen, key_of, marginal, tv_to_pi
-
 
 # ---------------------------------------------------------------- samplers
+
 
 def test_exp_race_draws_follow_unnormalised_probabilities():
     p = torch.tensor([3.0, 0.0, 1.0, 0.5, 0.5], dtype=F64)  # sums to 5, not 1
@@ -32,7 +32,10 @@ def test_euler_and_analytic_steps_coincide_for_absorb_with_loglinear_noise():
     t = torch.tensor([0.9, 0.3], dtype=F64)
     score = exact_log_score(graph)
     for noise, same in ((LogLinearNoise(), True), (GeometricNoise(), False)):
-        pe, pa = EulerPredictor().probs(score, graph, noise, x, t, 0.05), AnalyticPredictor().probs(score, graph, noise, x, t, 0.05)
+        pe, pa = (
+            EulerPredictor().probs(score, graph, noise, x, t, 0.05),
+            AnalyticPredictor().probs(score, graph, noise, x, t, 0.05),
+        )
         assert torch.allclose(pe, pa, rtol=1e-6, atol=1e-12) == same
         assert torch.allclose(pa.sum(-1), torch.ones(2, 4, dtype=F64))  # exact score: Tweedie rows are normalised
     u = UniformGraph(N)
@@ -61,7 +64,17 @@ def test_infill_keeps_the_fixed_positions():
     free[fixed.positions] = False
     assert tv_to_pi(x[:, free]) < 0.03  # the free positions still follow the data (independent positions)
     u = UniformGraph(N)
-    x, _ = sample(exact_log_score(u), u, GeometricNoise(), 50, 24, steps=16, generator=gen(9), fixed=(fixed.positions, fixed.tokens), predictor=EulerPredictor())
+    x, _ = sample(
+        exact_log_score(u),
+        u,
+        GeometricNoise(),
+        50,
+        24,
+        steps=16,
+        generator=gen(9),
+        fixed=(fixed.positions, fixed.tokens),
+        predictor=EulerPredictor(),
+    )
     assert (x[:, fixed.positions] == fixed.tokens).all()
 
 
@@ -80,7 +93,10 @@ def test_cached_sampler_counts_one_evaluation_per_step_that_changed_tokens():
     a token: E[nfe] = 1 + (T - 1)(1 - (1 - q)^L) without the denoiser, ~ T (1 - (1 - 1/T)^L)."""
     graph, steps, length = AbsorbingGraph(N), 128, 128
     f = ScoreFn(IIDLogits(), RADDScore(), graph)
-    one = [sample(f, graph, LogLinearNoise(), 1, length, steps, denoise=False, generator=gen(s), cache=True)[1]["nfe"] for s in range(3)]
+    one = [
+        sample(f, graph, LogLinearNoise(), 1, length, steps, denoise=False, generator=gen(s), cache=True)[1]["nfe"]
+        for s in range(3)
+    ]
     assert all(float(n).is_integer() and 60 < n < steps for n in one), one
     # sequences are cached independently, so one batch gives the mean of batch-1 runs
     counts = []
@@ -91,7 +107,17 @@ def test_cached_sampler_counts_one_evaluation_per_step_that_changed_tokens():
             return super().network(x, sigma_bar)
 
     batch = 96
-    _, st = sample(Counting(IIDLogits(), RADDScore(), graph), graph, LogLinearNoise(), batch, length, steps, denoise=False, generator=gen(11), cache=True)
+    _, st = sample(
+        Counting(IIDLogits(), RADDScore(), graph),
+        graph,
+        LogLinearNoise(),
+        batch,
+        length,
+        steps,
+        denoise=False,
+        generator=gen(11),
+        cache=True,
+    )
     assert st["nfe"] == sum(counts) / batch
     q = (1 - 1e-5) / steps
     exact = 1 + (steps - 1) * (1 - (1 - q) ** length)
@@ -120,6 +146,7 @@ def test_sampler_errors_name_the_key():
 
 
 # ---------------------------------------------------------------- ELBO
+
 
 def expected_se(graph, sigma_bar: float) -> torch.Tensor:
     """E_{x_t ~ p(.|z)} SE(exact marginal score; x_t, z) for each clean token z, exactly (sum over x_t), [N]."""

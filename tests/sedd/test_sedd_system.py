@@ -22,8 +22,15 @@ from mixlab.sedd.generate import run as sample_text
 
 CHAR = ["experiment=sedd_absorb_char", "debug=smoke"]
 # SGD, no dropout (the smoke net has none): N processes reach 1 process at float precision
-EXACT = [*CHAR, "model.optimizer._target_=torch.optim.SGD", "~model.optimizer.betas", "~model.optimizer.eps",
-         "~model.optimizer.weight_decay", "model.optimizer.lr=0.05", "trainer.max_epochs=1"]
+EXACT = [
+    *CHAR,
+    "model.optimizer._target_=torch.optim.SGD",
+    "~model.optimizer.betas",
+    "~model.optimizer.eps",
+    "~model.optimizer.weight_decay",
+    "model.optimizer.lr=0.05",
+    "trainer.max_epochs=1",
+]
 
 
 class Killed(Exception):
@@ -62,8 +69,16 @@ def test_accumulation_reproduces_one_step(make_cfg):
 @pytest.mark.slow
 def test_two_processes_reproduce_one(make_cfg):
     one = train(make_cfg(*EXACT, "trainer.limit_train_batches=4", out="one"))
-    two = train(make_cfg(*EXACT, "trainer.limit_train_batches=4", "trainer=ddp_cpu", "trainer.devices=2",
-                         "trainer.strategy=ddp_spawn", out="two"))
+    two = train(
+        make_cfg(
+            *EXACT,
+            "trainer.limit_train_batches=4",
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp_spawn",
+            out="two",
+        )
+    )
     assert math.isfinite(two["metrics"]["val/nats_per_token"])
     _assert_same_weights(_state(one), _state(two))
     assert len(list(Path(two["run_dir"], "samples").glob("step_*.txt"))) == 1  # rank 0 only
@@ -100,12 +115,23 @@ def test_the_elbo_evaluator_on_the_closed_form_of_an_untrained_model(make_cfg, d
     """At init the head is zero, so with scale_by_sigma the score is the exact score of uniform data:
     the diffusion term is (1 - eps) log n per token in expectation, whatever the text (n = the ids)."""
     summary = train(make_cfg(*EXACT, "model.optimizer.lr=1e-12", "trainer.limit_train_batches=4", out="init"))
-    cfg = compose_eval(f"ckpt={summary['last_ckpt']}", "evaluator=sedd", "timesteps=64", "t_batch=16", "limit=6", "batch_size=2",
-                       data_dir=data_dir, out_dir=tmp_path)
+    cfg = compose_eval(
+        f"ckpt={summary['last_ckpt']}",
+        "evaluator=sedd",
+        "timesteps=64",
+        "t_batch=16",
+        "limit=6",
+        "batch_size=2",
+        data_dir=data_dir,
+        out_dir=tmp_path,
+    )
     result = evaluate(cfg)
     n = torch.load(summary["last_ckpt"], weights_only=False)["mixlab_config"]["model"]["vocab_size"]
     gap = result["diffusion_nats_per_token"] - (1 - 1e-3) * math.log(n)
-    assert abs(gap) < 4 * result["nats_per_token_se"] and 0 < result["nats_per_token_se"] < 0.2, (gap, result["nats_per_token_se"])
+    assert abs(gap) < 4 * result["nats_per_token_se"] and 0 < result["nats_per_token_se"] < 0.2, (
+        gap,
+        result["nats_per_token_se"],
+    )
     assert result["tokens"] == 6 * 64 and result["sequences"] == 6
     total = result["diffusion_nats_per_token"] + result["truncation_nats_per_token"] + result["prior_nats_per_token"]
     assert result["nats_per_token"] == pytest.approx(total) and result["ppl_bound"] == pytest.approx(math.exp(total))
@@ -117,8 +143,17 @@ def test_the_elbo_evaluator_on_the_closed_form_of_an_untrained_model(make_cfg, d
 def test_sampling_keeps_prefix_suffix_and_is_judged_by_the_ar_baseline(smoke_runs, data_dir, tmp_path):
     """The judge is given as its run dir (judge_ckpt accepts what ckpt= accepts)."""
     sedd, ar = smoke_runs.run("sedd_absorb_char"), smoke_runs.run("ar_char")
-    cfg = compose_eval(f"ckpt={sedd['last_ckpt']}", "evaluator=sedd_sample", "n=3", "steps=4", "prefix=the quick",
-                       "suffix=lazy dog.", f"judge_ckpt={ar['run_dir']}", data_dir=data_dir, out_dir=tmp_path)
+    cfg = compose_eval(
+        f"ckpt={sedd['last_ckpt']}",
+        "evaluator=sedd_sample",
+        "n=3",
+        "steps=4",
+        "prefix=the quick",
+        "suffix=lazy dog.",
+        f"judge_ckpt={ar['run_dir']}",
+        data_dir=data_dir,
+        out_dir=tmp_path,
+    )
     result = sample_text(cfg)
     texts = Path(result["samples"]).read_text().strip().split("\n" + "=" * 80 + "\n")
     assert len(texts) == 3 and all(t.startswith("the quick") and t.endswith("lazy dog.") for t in texts)
@@ -159,21 +194,24 @@ def test_the_ar_evaluator_reports_its_exact_perplexity(smoke_runs, data_dir, tmp
     assert result["ppl"] == pytest.approx(math.exp(result["nats_per_token"]), rel=1e-5) and result["nats_per_token"] > 0
 
 
-@pytest.mark.parametrize("overrides,key", [
-    (["model/graph=uniform"], "model.param.scale_by_sigma"),
-    (["model/graph=uniform", "model/param=radd"], "model.param"),
-    (["data.length=128", "model.length=64"], "data.length"),
-    (["data.tokenizer=bpe"], "data.tokenizer"),
-    (["data.corpus=nope"], "data.corpus"),
-    (["trainer.accumulate_grad_batches=3"], "data.batch_size"),
-    (["model.sampler.steps=0"], "model.sampler.steps"),
-    (["model.sampler.predictor=leap"], "model.sampler.predictor"),
-    (["model.sampling_eps=1.0"], "model.sampling_eps"),
-    (["model/noise=geometric", "model.noise.sigma_max=1e-5"], "model.noise.sigma_max"),
-    (["model.graph.num_tokens=7"], "model.vocab_size"),
-    (["model.graph.num_tokens=1"], "model.graph.num_tokens"),
-    (["model.scheduler.warmup_steps=-1"], "model.scheduler.warmup_steps"),
-])
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["model/graph=uniform"], "model.param.scale_by_sigma"),
+        (["model/graph=uniform", "model/param=radd"], "model.param"),
+        (["data.length=128", "model.length=64"], "data.length"),
+        (["data.tokenizer=bpe"], "data.tokenizer"),
+        (["data.corpus=nope"], "data.corpus"),
+        (["trainer.accumulate_grad_batches=3"], "data.batch_size"),
+        (["model.sampler.steps=0"], "model.sampler.steps"),
+        (["model.sampler.predictor=leap"], "model.sampler.predictor"),
+        (["model.sampling_eps=1.0"], "model.sampling_eps"),
+        (["model/noise=geometric", "model.noise.sigma_max=1e-5"], "model.noise.sigma_max"),
+        (["model.graph.num_tokens=7"], "model.vocab_size"),
+        (["model.graph.num_tokens=1"], "model.graph.num_tokens"),
+        (["model.scheduler.warmup_steps=-1"], "model.scheduler.warmup_steps"),
+    ],
+)
 def test_bad_text_configs_fail_before_training(make_cfg, overrides, key):
     cfg = make_cfg(*CHAR, *overrides)
     with pytest.raises(ConfigError) as err:
@@ -207,8 +245,10 @@ def test_sampling_options_are_checked(make_cfg):
         assert str(err.value).startswith(f"{key}:") and "\n" not in str(err.value), (options, str(err.value))
 
 
-@pytest.mark.parametrize("evaluator,option,key", [("sedd", "timesteps=0", "timesteps"), ("sedd_sample", "steps=0", "steps"),
-                                                  ("sedd", "split=train", "split")])
+@pytest.mark.parametrize(
+    "evaluator,option,key",
+    [("sedd", "timesteps=0", "timesteps"), ("sedd_sample", "steps=0", "steps"), ("sedd", "split=train", "split")],
+)
 def test_bad_evaluator_options_name_the_key(smoke_runs, data_dir, tmp_path, evaluator, option, key):
     ckpt = smoke_runs.run("sedd_absorb_char")["last_ckpt"]
     run = evaluate if evaluator == "sedd" else sample_text
@@ -219,8 +259,14 @@ def test_bad_evaluator_options_name_the_key(smoke_runs, data_dir, tmp_path, eval
 
 def test_text_options_on_a_non_sedd_checkpoint_are_one_line(smoke_runs, tmp_path):
     ckpt = smoke_runs.run("baseline")["last_ckpt"]
-    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt={ckpt}", "prefix=Once upon", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
-                          env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", f"ckpt={ckpt}", "prefix=Once upon", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: prefix: not an option of evaluator 'fid'")
 

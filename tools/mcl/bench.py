@@ -44,14 +44,17 @@ class BenchMCL(_Unlogged, MCLDiffusion):
     pass
 
 
-def build_system(device: torch.device, experts: int = 0, rule=None, vectorize: bool = False, sparse: bool = False,
-                 dropout: float = 0.05):
+def build_system(
+    device: torch.device, experts: int = 0, rule=None, vectorize: bool = False, sparse: bool = False, dropout: float = 0.05
+):
     """The baseline system (experts=0) or an MCL system with K=experts, in train mode on `device`."""
     torch.manual_seed(0)
     common = dict(loss=EpsilonLoss(), sigma_sampler=LogUniformSigma(), optimizer=partial(torch.optim.Adam, lr=3e-4))
     if not experts:
         return BenchBaseline(net=ScoreNet(dropout=dropout), **common).to(device).train()
-    system = BenchMCL(net=ScoreNet(dropout=dropout), assignment=rule, num_experts=experts, vectorize=vectorize, sparse=sparse, **common)
+    system = BenchMCL(
+        net=ScoreNet(dropout=dropout), assignment=rule, num_experts=experts, vectorize=vectorize, sparse=sparse, **common
+    )
     system.temperature = 1.0  # annealed WTA's tau (the cost does not depend on it)
     return system.to(device).train()
 
@@ -120,12 +123,16 @@ def plan(experts: int, device: torch.device, rows: tuple[str, ...] = ROWS) -> li
         fields = {"experts": experts, "rule": type(rule).__name__, "path": path, "vectorize": vectorize}
         return fields, dict(experts=experts, rule=rule, vectorize=vectorize, sparse=path == "sparse")
 
-    variants = {"annealed-loop": (f"annealed WTA K={experts}, dense loop", *mcl(AnnealedWTA(), "dense", False)),
-                "annealed-vmap": (f"annealed WTA K={experts}, dense vmap", *mcl(AnnealedWTA(), "dense", True)),
-                "hard-loop": (f"hard WTA K={experts}, dense loop", *mcl(HardWTA(), "dense", False)),
-                "sparse": (f"hard WTA K={experts}, sparse", *mcl(HardWTA(), "sparse", auto))}
-    return [("baseline step (reference)", {"experts": 1, "rule": "-", "path": "baseline", "vectorize": False}, {}),
-            *(variants[r] for r in ROWS if r in rows)]
+    variants = {
+        "annealed-loop": (f"annealed WTA K={experts}, dense loop", *mcl(AnnealedWTA(), "dense", False)),
+        "annealed-vmap": (f"annealed WTA K={experts}, dense vmap", *mcl(AnnealedWTA(), "dense", True)),
+        "hard-loop": (f"hard WTA K={experts}, dense loop", *mcl(HardWTA(), "dense", False)),
+        "sparse": (f"hard WTA K={experts}, sparse", *mcl(HardWTA(), "sparse", auto)),
+    }
+    return [
+        ("baseline step (reference)", {"experts": 1, "rule": "-", "path": "baseline", "vectorize": False}, {}),
+        *(variants[r] for r in ROWS if r in rows),
+    ]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -145,11 +152,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.experts < 1 or args.batch < 1 or args.steps < 1 or args.warmup < 0:
         p.error("--experts, --batch and --steps must be >= 1, --warmup >= 0")
     device = torch.device(args.device)
-    print(f"device {device} ({device_name(device)}), seed ScoreNets (dropout {args.dropout}), batch {args.batch}, "
-          f"median of {args.steps} steps after {args.warmup} warm-up; cost = seconds per step / baseline's")
+    print(
+        f"device {device} ({device_name(device)}), seed ScoreNets (dropout {args.dropout}), batch {args.batch}, "
+        f"median of {args.steps} steps after {args.warmup} warm-up; cost = seconds per step / baseline's"
+    )
 
     def seconds(kw: dict, extra: dict) -> float:
-        extra.update(step_rows(build_system(device, dropout=args.dropout, **kw), device, args.batch))  # the row's fields, before timing
+        extra.update(
+            step_rows(build_system(device, dropout=args.dropout, **kw), device, args.batch)
+        )  # the row's fields, before timing
         return step_seconds(build_system(device, dropout=args.dropout, **kw), device, args.batch, args.steps, args.warmup)
 
     timers = [(name, extra, partial(seconds, kw, extra)) for name, extra, kw in plan(args.experts, device, rows)]

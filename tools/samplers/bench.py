@@ -61,7 +61,7 @@ def subtb_per_sample(log_pf, log_pb, log_r, log_f=None, log_z=None, lam: float =
     weights = weights / weights.sum()
     total = log_pf.new_zeros(())
     for b in range(B):
-        f = torch.cat([log_f[b, :-1], log_r[b:b + 1].detach()])
+        f = torch.cat([log_f[b, :-1], log_r[b : b + 1].detach()])
         u = f - torch.cat([f.new_zeros(1), (log_pf[b] - log_pb[b]).cumsum(0)])
         total = total + (weights * (u[:, None] - u[None, :]) ** 2).sum()
     return total
@@ -76,8 +76,12 @@ def mala_uncached(energy, x, steps, burn_in, eta, rule: AdaptiveStepSize, genera
         g_x = energy.grad_log_reward(x)
         prop = x + eta * g_x + math.sqrt(2 * eta) * xi
         g_p = energy.grad_log_reward(prop)
-        log_alpha = (energy.log_reward(prop) - energy.log_reward(x) - ((x - prop - eta * g_p) ** 2).sum(1) / (4 * eta)
-                     + ((prop - x - eta * g_x) ** 2).sum(1) / (4 * eta))
+        log_alpha = (
+            energy.log_reward(prop)
+            - energy.log_reward(x)
+            - ((x - prop - eta * g_p) ** 2).sum(1) / (4 * eta)
+            + ((prop - x - eta * g_x) ** 2).sum(1) / (4 * eta)
+        )
         accept = torch.log(u) < log_alpha
         x = torch.where(accept[:, None], prop, x)
         if step >= burn_in:
@@ -90,8 +94,16 @@ def mala_uncached(energy, x, steps, burn_in, eta, rule: AdaptiveStepSize, genera
 ROWS = ("TB", "TB+LP", "FL-SubTB", "LS")
 
 
-def iteration(kind: str, dim: int, straightforward: bool, batch: int, T: int, ls_steps: int, compile_nets: bool = False,
-              device: torch.device | str = "cpu"):
+def iteration(
+    kind: str,
+    dim: int,
+    straightforward: bool,
+    batch: int,
+    T: int,
+    ls_steps: int,
+    compile_nets: bool = False,
+    device: torch.device | str = "cpu",
+):
     """A closure running one training iteration of `kind` (TB | TB+LP | FL-SubTB | LS) on `device`."""
     torch.manual_seed(0)
     energy = (PairLoopManywell(dim) if straightforward else Manywell(dim)).to(device)
@@ -130,8 +142,9 @@ def iteration(kind: str, dim: int, straightforward: bool, batch: int, T: int, ls
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m tools.samplers.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.samplers.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dims", default="8,32,128,512", help="comma-separated Manywell dimensions, even (default: %(default)s)")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows of the table above (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=300, help="trajectories per iteration (default: %(default)s)")
@@ -140,7 +153,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=5, help="timed iterations (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the nets")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when a GPU is visible)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when a GPU is visible)",
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     kinds = [k for k in args.rows.split(",") if k]
@@ -155,19 +172,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no GPU visible (torch.cuda.is_available() is False)")
-    print(f"[mixlab] sampler iterations on {device_name(device)}: batch {args.batch}, T {args.T}, LS {args.ls_steps} MALA steps; "
-          f"median of {args.steps} after {args.warmup} warm-up", flush=True)
+    print(
+        f"[mixlab] sampler iterations on {device_name(device)}: batch {args.batch}, T {args.T}, LS {args.ls_steps} MALA steps; "
+        f"median of {args.steps} after {args.warmup} warm-up",
+        flush=True,
+    )
     rows = []
     for dim in dims:
         for kind in kinds:
-            def timed(loop: bool, comp: bool = False, kind=kind, dim=dim):
-                return lambda: median_step_seconds(iteration(kind, dim, loop, args.batch, args.T, args.ls_steps, comp, device),
-                                                   device, args.steps, args.warmup)
 
-            timers = [(f"d={dim} {kind} straightforward", {"dim": dim, "row": kind, "impl": "straightforward"}, timed(True)),
-                      (f"d={dim} {kind} ours", {"dim": dim, "row": kind, "impl": "ours"}, timed(False))]
+            def timed(loop: bool, comp: bool = False, kind=kind, dim=dim):
+                return lambda: median_step_seconds(
+                    iteration(kind, dim, loop, args.batch, args.T, args.ls_steps, comp, device), device, args.steps, args.warmup
+                )
+
+            timers = [
+                (f"d={dim} {kind} straightforward", {"dim": dim, "row": kind, "impl": "straightforward"}, timed(True)),
+                (f"d={dim} {kind} ours", {"dim": dim, "row": kind, "impl": "ours"}, timed(False)),
+            ]
             if args.compile:
-                timers.append((f"d={dim} {kind} ours+compile", {"dim": dim, "row": kind, "impl": "ours+compile"}, timed(False, True)))
+                timers.append(
+                    (f"d={dim} {kind} ours+compile", {"dim": dim, "row": kind, "impl": "ours+compile"}, timed(False, True))
+                )
             rows += measure(timers, args.batch, device, "speedup_vs_straightforward", None, ratio="speedup", unit="traj")
     print("\n| d | row | straightforward s/it | ours s/it | speed-up |" + (" compiled s/it | speed-up |" if args.compile else ""))
     print("|---|---|---|---|---|" + ("---|---|" if args.compile else ""))

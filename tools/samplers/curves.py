@@ -73,8 +73,9 @@ def plot_table_curves(out: Path, experiments: list[str], path: Path | None = Non
     return path
 
 
-def plot_run_comparison(runs: dict[str, list[Path]], metrics: list[str], path: Path,
-                        hlines: dict[str, float] | None = None) -> Path | None:
+def plot_run_comparison(
+    runs: dict[str, list[Path]], metrics: list[str], path: Path, hlines: dict[str, float] | None = None
+) -> Path | None:
     """One panel per metric (as logged, linear scale), one colour per label, `hlines` {metric: value}
     dashed (e.g. the paper's value); None when nothing was logged."""
     curves = {label: [validation_curves(d) for d in dirs] for label, dirs in runs.items()}
@@ -118,14 +119,21 @@ def _label_dirs(spec: str) -> tuple[str, list[Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.samplers.curves", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.samplers.curves", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("table_dir", type=Path, nargs="?", help="a make table-samplers output directory")
-    parser.add_argument("--experiments", default=",".join(TABLE_ROWS), help="with a table directory: comma-separated experiments (default: the seven Table 1 rows)")
+    parser.add_argument(
+        "--experiments",
+        default=",".join(TABLE_ROWS),
+        help="with a table directory: comma-separated experiments (default: the seven Table 1 rows)",
+    )
     parser.add_argument("--runs", type=_label_dirs, nargs="+", default=None, help="LABEL=RUN_DIR[,RUN_DIR...] to compare")
     parser.add_argument("--metrics", default="val/w2,val/delta_log_z", help="with --runs: comma-separated val/* columns")
     parser.add_argument("--hline", type=_hline, nargs="*", default=[], help="with --runs: METRIC=VALUE drawn dashed")
-    parser.add_argument("--out", type=Path, default=None, help="the PNG to write (default: <table dir>/curves.png; needed with --runs)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="the PNG to write (default: <table dir>/curves.png; needed with --runs)"
+    )
     args = parser.parse_args(argv)
     if (args.table_dir is None) == (args.runs is None):
         parser.error("give a table directory or --runs, not both")
@@ -134,15 +142,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--runs needs --out")
         path = plot_run_comparison(dict(args.runs), [m for m in args.metrics.split(",") if m], args.out, dict(args.hline))
         if path is None:
-            print(f"error: none of {args.metrics} logged under the --runs directories (csv/version_*/metrics.csv)", file=sys.stderr)
+            print(
+                f"error: none of {args.metrics} logged under the --runs directories (csv/version_*/metrics.csv)", file=sys.stderr
+            )
             return 2
         print(f"[mixlab] curves: {path}")
         return 0
     present = [e for e in args.experiments.split(",") if e and any((args.table_dir / "runs").glob(f"{e}_seed*"))]
     path = plot_table_curves(args.table_dir, present, args.out)
     if path is None:
-        print(f"error: no validation metrics under {args.table_dir / 'runs'} (<experiment>_seed<s>/csv/version_*/metrics.csv)",
-              file=sys.stderr)
+        print(
+            f"error: no validation metrics under {args.table_dir / 'runs'} (<experiment>_seed<s>/csv/version_*/metrics.csv)",
+            file=sys.stderr,
+        )
         return 2
     print(f"[mixlab] curves: {path}")
     return 0

@@ -51,10 +51,20 @@ def draw_samples(ckpt: str, n: int, seed: int = 0, out: str | None = None, batch
     result = system.sample_trajectories(n, torch.Generator(device=system.device).manual_seed(seed), batch_size)
     out_path = Path(out) if out else path.resolve().parent.parent / "eval" / f"draw_n{n}_seed{seed}.pt"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"x": result["x"].float().cpu(), "log_w": result["log_w"].cpu(), "log_r": result["log_r"].cpu(),
-                "log_z_hat": log_z_elbo(result["log_w"]), "log_z_rw": log_z_iw(result["log_w"]),
-                "ckpt": str(path.resolve()), "experiment": run_cfg.get("task_name"), "energy": type(system.energy).__name__,
-                "seed": seed}, out_path)
+    torch.save(
+        {
+            "x": result["x"].float().cpu(),
+            "log_w": result["log_w"].cpu(),
+            "log_r": result["log_r"].cpu(),
+            "log_z_hat": log_z_elbo(result["log_w"]),
+            "log_z_rw": log_z_iw(result["log_w"]),
+            "ckpt": str(path.resolve()),
+            "experiment": run_cfg.get("task_name"),
+            "energy": type(system.energy).__name__,
+            "seed": seed,
+        },
+        out_path,
+    )
     return out_path
 
 
@@ -67,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data = torch.load(out, weights_only=False)
     w = torch.softmax(data["log_w"], 0)
-    print(f"[mixlab] {len(data['x'])} samples of {data['experiment']} -> {out} "
-          f"(log Z^ {data['log_z_hat']:.4f}, log Z^_RW {data['log_z_rw']:.4f}, ESS {float(1 / (w**2).sum()):.1f})")
+    print(
+        f"[mixlab] {len(data['x'])} samples of {data['experiment']} -> {out} "
+        f"(log Z^ {data['log_z_hat']:.4f}, log Z^_RW {data['log_z_rw']:.4f}, ESS {float(1 / (w**2).sum()):.1f})"
+    )
     return 0
 
 

@@ -16,8 +16,10 @@ Row = tuple  # (energy, method, (mean, std) | None per metric)
 def load_paper(path: Path = PAPER_FILE) -> tuple[dict[str, Row], int, list[str]]:
     """(rows by experiment, runs per mean / std, table rows) read from a paper.yaml."""
     data = yaml.safe_load(Path(path).read_text())
-    rows = {name: (r["energy"], r["method"], *(tuple(r[m]) if r.get(m) is not None else None for m in METRICS))
-            for name, r in data["experiments"].items()}
+    rows = {
+        name: (r["energy"], r["method"], *(tuple(r[m]) if r.get(m) is not None else None for m in METRICS))
+        for name, r in data["experiments"].items()
+    }
     unknown = [e for e in data["table_rows"] if e not in rows]
     if unknown:
         raise ValueError(f"{path}: table_rows {unknown} have no entry under experiments")

@@ -38,7 +38,13 @@ from tools.samplers.curves import plot_table_curves
 from tools.samplers.paper import METRICS, PAPER_RUNS, TABLE_ROWS, paper_row
 
 ROOT = Path(__file__).resolve().parents[2]
-LABELS = {"abs_delta_log_z": "|Δlog Ẑ|", "abs_delta_log_z_rw": "|Δlog Ẑ_RW|", "w2": "W2", "log_z_hat": "log Ẑ", "log_z_rw": "log Ẑ_RW"}
+LABELS = {
+    "abs_delta_log_z": "|Δlog Ẑ|",
+    "abs_delta_log_z_rw": "|Δlog Ẑ_RW|",
+    "w2": "W2",
+    "log_z_hat": "log Ẑ",
+    "log_z_rw": "log Ẑ_RW",
+}
 
 
 def device_description() -> str:
@@ -100,12 +106,26 @@ def run_one(experiment: str, seed: int, out: Path, iters: int | None, eval_every
         return done
     run_dir, result_path, timing_path = _paths(experiment, seed, out, n)
     run_dir.mkdir(parents=True, exist_ok=True)
-    train = [sys.executable, "train.py", f"experiment={experiment}", f"seed={seed}", "logger=csv", "callbacks.progress_bar=null",
-             f"hydra.run.dir={run_dir}"]
+    train = [
+        sys.executable,
+        "train.py",
+        f"experiment={experiment}",
+        f"seed={seed}",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run_dir}",
+    ]
     if iters:
         train += [f"model.eval_every={eval_every}", f"trainer.max_epochs={math.ceil(iters / eval_every)}"]
     train_s = _run(train + extra, run_dir / "table.log")
-    evaluate = [sys.executable, "evaluate.py", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"n={n}", f"seed={seed}", "reference_seeds=0"]
+    evaluate = [
+        sys.executable,
+        "evaluate.py",
+        f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"n={n}",
+        f"seed={seed}",
+        "reference_seeds=0",
+    ]
     eval_s = _run(evaluate, run_dir / "table.log")
     timing = {"train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1), "host": device_description()}
     timing_path.write_text(json.dumps(timing))
@@ -118,23 +138,35 @@ def welch_p(ours: list[float], paper: tuple[float, float]) -> float | None:
 
     if len(ours) < 2 or any(v is None for v in ours):
         return None
-    p = ttest_ind_from_stats(np.mean(ours), np.std(ours, ddof=1), len(ours), paper[0], paper[1], PAPER_RUNS, equal_var=False).pvalue
+    p = ttest_ind_from_stats(
+        np.mean(ours), np.std(ours, ddof=1), len(ours), paper[0], paper[1], PAPER_RUNS, equal_var=False
+    ).pvalue
     return None if math.isnan(p) else float(p)
 
 
 def summarise(experiment: str, runs: list[dict]) -> dict:
     energy, method, *paper = paper_row(experiment)
-    row = {"experiment": experiment, "energy": energy, "method": method, "seeds": len(runs),
-           "iterations": runs[0]["global_step"], "device": runs[0].get("host"),
-           "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
-           "eval_seconds_mean": float(np.mean([r["eval_seconds"] for r in runs])),
-           "overrides": sorted({" ".join(r.get("overrides", [])) for r in runs})}
+    row = {
+        "experiment": experiment,
+        "energy": energy,
+        "method": method,
+        "seeds": len(runs),
+        "iterations": runs[0]["global_step"],
+        "device": runs[0].get("host"),
+        "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
+        "eval_seconds_mean": float(np.mean([r["eval_seconds"] for r in runs])),
+        "overrides": sorted({" ".join(r.get("overrides", [])) for r in runs}),
+    }
     for metric, ref in zip(METRICS, paper):
         values = [r.get(metric) for r in runs]
         ok = [v for v in values if v is not None]
-        row[metric] = {"values": values, "mean": float(np.mean(ok)) if ok else None,
-                       "std": float(np.std(ok, ddof=1)) if len(ok) > 1 else None, "paper": list(ref) if ref else None,
-                       "welch_p": welch_p(values, ref) if ref else None}
+        row[metric] = {
+            "values": values,
+            "mean": float(np.mean(ok)) if ok else None,
+            "std": float(np.std(ok, ddof=1)) if len(ok) > 1 else None,
+            "paper": list(ref) if ref else None,
+            "welch_p": welch_p(values, ref) if ref else None,
+        }
     return row
 
 
@@ -152,26 +184,36 @@ def markdown(rows: list[dict], references: dict, args) -> str:
         budget = f"Seeds: the finished runs among seeds 0-{args.seeds - 1} (seeds column). Iterations: per row (iters column)."
     else:
         budget = f"Seeds: {args.seeds}. Iterations: {'as configured (25,000; LP 10,000)' if not args.iters else args.iters}."
-    lines = [f"# Diffusion samplers: Table 1 rows ({datetime.now():%Y-%m-%d %H:%M})", "",
-             f"Device: {devices}. {budget} "
-             f"Evaluation: final checkpoint, n = {args.eval_n} trajectories vs {args.eval_n} fresh exact samples.",
-             "Ours: mean ± std (ddof 1) over the seeds; paper: mean ± std over 5 runs (Sendera et al. 2024, Table 1). "
-             "`*`: differs from the paper (two-sided Welch t-test, p < 0.05). W2 = sqrt(exact OT cost, squared Euclidean).", "",
-             "| energy | method | iters | seeds | \\|Δlog Ẑ\\| ours | paper | \\|Δlog Ẑ_RW\\| ours | paper | W2 ours | paper | Welch p (Δ, Δ_RW, W2) | s/run (train + eval) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Diffusion samplers: Table 1 rows ({datetime.now():%Y-%m-%d %H:%M})",
+        "",
+        f"Device: {devices}. {budget} "
+        f"Evaluation: final checkpoint, n = {args.eval_n} trajectories vs {args.eval_n} fresh exact samples.",
+        "Ours: mean ± std (ddof 1) over the seeds; paper: mean ± std over 5 runs (Sendera et al. 2024, Table 1). "
+        "`*`: differs from the paper (two-sided Welch t-test, p < 0.05). W2 = sqrt(exact OT cost, squared Euclidean).",
+        "",
+        "| energy | method | iters | seeds | \\|Δlog Ẑ\\| ours | paper | \\|Δlog Ẑ_RW\\| ours | paper | W2 ours | paper | Welch p (Δ, Δ_RW, W2) | s/run (train + eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         paper = [f"{m['paper'][0]} ± {m['paper'][1]}" if m["paper"] else "–" for m in (r[k] for k in METRICS)]
         ps = ", ".join("–" if r[k]["welch_p"] is None else f"{r[k]['welch_p']:.2g}" for k in METRICS)
-        lines.append(f"| {r['energy']} | {r['method']} | {r['iterations']} | {r['seeds']} | {_cell(r[METRICS[0]])} | {paper[0]} | "
-                     f"{_cell(r[METRICS[1]])} | {paper[1]} | {_cell(r[METRICS[2]], 2)} | {paper[2]} | {ps} | "
-                     f"{r['train_seconds_mean']:.0f} + {r['eval_seconds_mean']:.0f} |")
+        lines.append(
+            f"| {r['energy']} | {r['method']} | {r['iterations']} | {r['seeds']} | {_cell(r[METRICS[0]])} | {paper[0]} | "
+            f"{_cell(r[METRICS[1]])} | {paper[1]} | {_cell(r[METRICS[2]], 2)} | {paper[2]} | {ps} | "
+            f"{r['train_seconds_mean']:.0f} + {r['eval_seconds_mean']:.0f} |"
+        )
     trained = [r for r in rows if any(r["overrides"])]  # a row whose seeds differ lists each set, "none" too
     if trained:
         lines += ["", "Trained with overrides beyond the experiments' configs (the arguments after `--`):", ""]
         lines += [f"- {r['energy']} {r['method']}: " + (f"`{o}`" if o else "none") for r in trained for o in r["overrides"]]
     if references:
-        lines += ["", f"W2 reference rows at n = {args.eval_n} (mixlab.samplers.metrics.reference_rows_for, {args.reference_seeds} seeds): "
-                  "what exact samples score, and what a sampler that drops modes scores.", ""]
+        lines += [
+            "",
+            f"W2 reference rows at n = {args.eval_n} (mixlab.samplers.metrics.reference_rows_for, {args.reference_seeds} seeds): "
+            "what exact samples score, and what a sampler that drops modes scores.",
+            "",
+        ]
     for energy, refs in references.items():
         for ref in refs:
             lines.append(f"- {energy}, {ref['name']}: W2 = {ref['mean']:.3f} ± {ref['std']:.3f}")
@@ -180,16 +222,28 @@ def markdown(rows: list[dict], references: dict, args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python -m tools.samplers.table", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.samplers.table", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 per row (default: %(default)s)")
-    parser.add_argument("--iters", type=lambda s: int(s) if s else None, default=None, help="iterations per run (default: as configured)")
+    parser.add_argument(
+        "--iters", type=lambda s: int(s) if s else None, default=None, help="iterations per run (default: as configured)"
+    )
     parser.add_argument("--eval-every", type=int, default=100, help="with --iters: iterations per epoch / validation")
-    parser.add_argument("--eval-n", type=int, default=2000, help="trajectories and exact samples in each final evaluation (default: %(default)s)")
-    parser.add_argument("--reference-seeds", type=int, default=5, help="seeds of the W2 reference rows (exact vs exact); 0 leaves them out (default: %(default)s)")
-    parser.add_argument("--experiments", default=",".join(TABLE_ROWS), help="comma-separated experiment names (default: the seven Table 1 rows)")
+    parser.add_argument(
+        "--eval-n", type=int, default=2000, help="trajectories and exact samples in each final evaluation (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--reference-seeds",
+        type=int,
+        default=5,
+        help="seeds of the W2 reference rows (exact vs exact); 0 leaves them out (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--experiments", default=",".join(TABLE_ROWS), help="comma-separated experiment names (default: the seven Table 1 rows)"
+    )
     parser.add_argument("--out", default=None, help="default: logs/table_samplers/<time>")
     parser.add_argument("--finished-only", action="store_true", help="train nothing: tabulate the finished runs in --out")
     parser.add_argument("--seed", type=int, default=None, help="train only this seed of each row, no table (needs --out)")
@@ -201,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --finished-only needs --out (the table directory whose runs to tabulate)", file=sys.stderr)
         return 2
     if args.seed is not None and (args.seed < 0 or not args.out or args.finished_only):
-        print("error: --seed needs a seed >= 0 and --out (the table directory to add the run to), not --finished-only", file=sys.stderr)
+        print(
+            "error: --seed needs a seed >= 0 and --out (the table directory to add the run to), not --finished-only",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out) if args.out else ROOT / "logs" / "table_samplers" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(summarise(experiment, runs))
         energies.setdefault(paper_row(experiment)[0], runs[0]["ckpt"])
     if args.seed is not None:
-        print(f"[mixlab] seed {args.seed} done; tabulate with: python -m tools.samplers.table --out {out} --seeds S --finished-only")
+        print(
+            f"[mixlab] seed {args.seed} done; tabulate with: python -m tools.samplers.table --out {out} --seeds S --finished-only"
+        )
         return 0
     if not rows:
         print(f"error: no finished runs in {out / 'runs'} (run the table without --finished-only first)", file=sys.stderr)
@@ -236,11 +295,25 @@ def main(argv: list[str] | None = None) -> int:
 
         for energy, ckpt in energies.items():
             system = load_system(ckpt)[0]
-            references[energy] = [{"name": r.name, "mean": r.mean, "std": r.std, "values": r.values}
-                                  for r in reference_rows_for(system.energy, args.eval_n, range(args.reference_seeds))]
-    (out / "table.json").write_text(json.dumps({"rows": rows, "reference_w2": references, "device": host, "seeds": args.seeds,
-                                                "iters": args.iters, "eval_n": args.eval_n, "train_args": extra,
-                                                "finished_only": args.finished_only}, indent=2))
+            references[energy] = [
+                {"name": r.name, "mean": r.mean, "std": r.std, "values": r.values}
+                for r in reference_rows_for(system.energy, args.eval_n, range(args.reference_seeds))
+            ]
+    (out / "table.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "reference_w2": references,
+                "device": host,
+                "seeds": args.seeds,
+                "iters": args.iters,
+                "eval_n": args.eval_n,
+                "train_args": extra,
+                "finished_only": args.finished_only,
+            },
+            indent=2,
+        )
+    )
     (out / "table.md").write_text(markdown(rows, references, args))
     print((out / "table.md").read_text())
     curves = plot_table_curves(out, [r["experiment"] for r in rows])

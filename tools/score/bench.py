@@ -60,9 +60,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    print(f"device {device} ({device_name(device)}), batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up")
-    timers = [(name, {}, lambda name=name: time_variant(device, args.batch, args.steps, args.warmup, *VARIANTS[name]))
-              for name in args.variants]
+    print(
+        f"device {device} ({device_name(device)}), batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up"
+    )
+    timers = [
+        (name, {}, lambda name=name: time_variant(device, args.batch, args.steps, args.warmup, *VARIANTS[name]))
+        for name in args.variants
+    ]
     return measure(timers, args.batch, device, "speedup_vs_reference", args.json)
 
 

@@ -27,8 +27,11 @@ from mixlab.sedd.sampling import AnalyticPredictor, EulerPredictor, sample
 from mixlab.sedd.score_entropy import weighted_score_entropy
 from tools.bench import device_name, measure, median_step_seconds, peak_memory_mb, save_json
 
-SIZES = {"tiny": dict(hidden=128, n_blocks=4, n_heads=4, cond_dim=64), "small": dict(hidden=768, n_blocks=12, n_heads=12, cond_dim=128),
-         "medium": dict(hidden=1024, n_blocks=24, n_heads=16, cond_dim=128)}
+SIZES = {
+    "tiny": dict(hidden=128, n_blocks=4, n_heads=4, cond_dim=64),
+    "small": dict(hidden=768, n_blocks=12, n_heads=12, cond_dim=128),
+    "medium": dict(hidden=1024, n_blocks=24, n_heads=16, cond_dim=128),
+}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
 
@@ -76,9 +79,16 @@ def training_rows(args, device) -> list[dict]:
     if args.compile:
         variants.append(("bf16 + torch.compile", torch.bfloat16, True))
     tokens = args.batch * args.length
-    timers = [(name, {"size": args.size, "length": args.length, "batch": args.batch},
-               lambda d=dtype, c=comp: train_step_seconds(args.size, args.vocab, args.length, args.batch, device, d, c, args.steps, args.warmup))
-              for name, dtype, comp in variants]
+    timers = [
+        (
+            name,
+            {"size": args.size, "length": args.length, "batch": args.batch},
+            lambda d=dtype, c=comp: train_step_seconds(
+                args.size, args.vocab, args.length, args.batch, device, d, c, args.steps, args.warmup
+            ),
+        )
+        for name, dtype, comp in variants
+    ]
     rows = measure(timers, tokens, device, "speedup_vs_reference", None, unit="tokens")
     net = build(args.size, args.vocab, args.length, "meta")
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if device.type == "cuda" and k in device_name(device)), None)
@@ -92,9 +102,11 @@ def training_rows(args, device) -> list[dict]:
 
 def sampling_rows(args, device) -> list[dict]:
     rows = []
-    for name, param, predictor, cache in (("euler", SEDDScore(True), EulerPredictor(), False),
-                                          ("analytic", SEDDScore(True), AnalyticPredictor(), False),
-                                          ("analytic + cache (radd)", RADDScore(), AnalyticPredictor(), True)):
+    for name, param, predictor, cache in (
+        ("euler", SEDDScore(True), EulerPredictor(), False),
+        ("analytic", SEDDScore(True), AnalyticPredictor(), False),
+        ("analytic + cache (radd)", RADDScore(), AnalyticPredictor(), True),
+    ):
         net = build(args.size, args.vocab, args.length, device, time_conditioned=param.time_conditioned).eval()
         score, graph = ScoreFn(net, param, AbsorbingGraph(args.vocab)), AbsorbingGraph(args.vocab)
         for steps in args.sample_steps:
@@ -103,14 +115,36 @@ def sampling_rows(args, device) -> list[dict]:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                _, stats = sample(score, graph, LogLinearNoise(), batch, args.length, steps, predictor, generator=gen, device=device, cache=cache)
+                _, stats = sample(
+                    score,
+                    graph,
+                    LogLinearNoise(),
+                    batch,
+                    args.length,
+                    steps,
+                    predictor,
+                    generator=gen,
+                    device=device,
+                    cache=cache,
+                )
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 sec = time.perf_counter() - start
-                row = {"sampler": name, "steps": steps, "batch": batch, "length": args.length, "nfe": stats["nfe"],
-                       "seconds": sec, "tokens_per_sec": batch * args.length / sec, "peak_memory_mb": peak_memory_mb(device)}
+                row = {
+                    "sampler": name,
+                    "steps": steps,
+                    "batch": batch,
+                    "length": args.length,
+                    "nfe": stats["nfe"],
+                    "seconds": sec,
+                    "tokens_per_sec": batch * args.length / sec,
+                    "peak_memory_mb": peak_memory_mb(device),
+                }
                 rows.append(row)
-                print(f"  {name:<26} T={steps:<5} batch {batch:<3} {row['tokens_per_sec']:9.1f} tokens/s  NFE {row['nfe']:7.1f}  {sec:7.2f} s", flush=True)
+                print(
+                    f"  {name:<26} T={steps:<5} batch {batch:<3} {row['tokens_per_sec']:9.1f} tokens/s  NFE {row['nfe']:7.1f}  {sec:7.2f} s",
+                    flush=True,
+                )
     return rows
 
 
@@ -134,7 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"device": device_name(device), "args": vars(args)}
     print(f"device {device} ({device_name(device)}), DiT {args.size}, vocab {args.vocab}, L {args.length}")
     if args.skip != "training":
-        print(f"training step, batch {args.batch}: tokens/s and ratio to fp32 SDPA (median of {args.steps} after {args.warmup} warm-up)")
+        print(
+            f"training step, batch {args.batch}: tokens/s and ratio to fp32 SDPA (median of {args.steps} after {args.warmup} warm-up)"
+        )
         out["training"] = training_rows(args, device)
     if args.skip != "sampling":
         print("sampling (an untrained net: NFE of the cache depends on how many tokens are unmasked per step, not on training)")
