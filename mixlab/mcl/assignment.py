@@ -13,6 +13,8 @@ expert): MCLDiffusion's sparse path (`model.sparse=auto`) then runs each expert'
 forward on its own samples only.
 """
 
+import abc
+
 import torch
 import torch.nn.functional as F
 
@@ -20,14 +22,15 @@ from mixlab.core.validate import UnitFloat, checked
 from mixlab.metrics.expert_stats import winners_one_hot
 
 
-class AssignmentRule:
+class AssignmentRule(abc.ABC):
     """Base class of the rules (conf/model/assignment/<name>.yaml picks one by `_target_`)."""
 
     uses_temperature = uses_scores = False
     one_hot = False
 
+    @abc.abstractmethod
     def __call__(self, losses: torch.Tensor, temperature: float | None = None, scores: torch.Tensor | None = None):
-        raise NotImplementedError
+        """(weights [B, K], winners [B, K]) for the loss matrix `losses` [B, K]."""
 
 
 class HardWTA(AssignmentRule):
