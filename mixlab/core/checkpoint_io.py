@@ -52,7 +52,12 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def _disk_error(path: Path, err: OSError) -> DiskError:
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(path: Path | str, err: OSError, atomic: bool = True) -> DiskError:
+    """One line for an OSError while writing `path` (`atomic`: the write went through a temporary
+    file, so nothing half-written is left)."""
     name = errno.errorcode.get(err.errno, "OSError") if err.errno else type(err).__name__
     hint = {
         errno.ENOSPC: "the disk is full",
@@ -63,7 +68,7 @@ def _disk_error(path: Path, err: OSError) -> DiskError:
     }.get(err.errno, err.strerror or str(err))
     return DiskError(
         f"cannot write {path} ({name}: {hint}); free space there or choose another log directory "
-        "(paths.log_dir=DIR or hydra.run.dir=DIR); nothing half-written was left"
+        "(paths.log_dir=DIR or hydra.run.dir=DIR)" + ("; nothing half-written was left" if atomic else "")
     )
 
 
@@ -88,7 +93,7 @@ def write_atomic(path: str | Path, write: Callable[[Any], None], before_replace:
         _fsync_dir(path.parent)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise _disk_error(path, err) from None
+        raise disk_error(path, err) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

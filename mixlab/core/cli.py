@@ -27,10 +27,18 @@ def fail(err: MixlabError) -> None:
 
 
 def run_or_exit(fn: Callable[[DictConfig], object], cfg: DictConfig) -> None:
+    """Run the task; a MixlabError, or a full disk / read-only or forbidden folder met by any write
+    (a figure, a sample grid, a log), is one line."""
+    from mixlab.core.checkpoint_io import DISK_ERRNOS, disk_error
+
     try:
         fn(cfg)
     except MixlabError as err:
         fail(err)
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        fail(disk_error(err.filename or "a file", err, atomic=False))
 
 
 def user_overrides(argv: list[str]) -> list[str]:

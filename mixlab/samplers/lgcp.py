@@ -24,6 +24,7 @@ import torch
 
 from mixlab.core.errors import DataNotFoundError
 from mixlab.core.validate import PositiveFloat, PositiveInt, checked
+from mixlab.data.manifest import verify
 from mixlab.samplers.energies import Energy
 
 FETCH_COMMAND = "make data-lgcp"
@@ -37,6 +38,7 @@ def load_points(root: str | Path) -> np.ndarray:
     path = points_file(root)
     if not path.is_file():
         raise DataNotFoundError(f"LGCP data {path} missing: run `{FETCH_COMMAND}` (or `python -m tools.data.lgcp --root {root}`)")
+    verify(path, FETCH_COMMAND)  # against the manifest `make data-lgcp` writes (a file without one is read as is)
     return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
 
 

@@ -306,3 +306,25 @@ def test_sigterm_to_a_training_process_exits_143_with_one_line(data_dir, tmp_pat
     # a signal during validation saves nothing new (the averaged weights are swapped in): the epoch's checkpoint stays
     assert "checkpoint written" in lines[0] or "no new checkpoint" in lines[0], lines[0]
     read_checkpoint(run_dir / "checkpoints" / "last.ckpt", "ckpt_path")  # complete, and verified against its sidecar
+
+
+def test_a_full_disk_met_by_any_write_is_one_line(capsys):
+    """A figure, a sample grid or a log file that cannot be written: one line naming it, exit 2."""
+    import errno
+
+    from mixlab.core.cli import run_or_exit
+
+    def task(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/samples/epoch_3.png")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_or_exit(task, None)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write /runs/x/samples/epoch_3.png (ENOSPC: the disk is full)")
+
+    def other(cfg):
+        raise FileNotFoundError(errno.ENOENT, "missing", "/x")
+
+    with pytest.raises(FileNotFoundError):  # not a disk problem: a bug shows its traceback
+        run_or_exit(other, None)

@@ -185,6 +185,25 @@ def test_lgcp_on_the_finnish_pines(finpines_root):
     assert (finpines_root / "finpines" / "SOURCE.txt").read_text().startswith("Finnish pine saplings")
 
 
+def test_lgcp_points_are_checked_against_their_manifest(finpines_root, tmp_path):
+    """`make data-lgcp` writes a manifest (and adds one to points written by an older version);
+    points changed in place are one line naming the file and `make data-lgcp`."""
+    import shutil
+
+    from mixlab.data.manifest import CorruptDataError, read_manifest
+
+    copy = tmp_path / "finpines"
+    shutil.copytree(finpines_root / "finpines", copy)
+    (copy / "manifest.json").unlink(missing_ok=True)
+    assert fetch_finpines(tmp_path, quiet=True) == copy / "points.csv"  # present: kept, manifest added
+    assert "points.csv" in read_manifest(copy)["files"]
+    LGCP(str(tmp_path))
+    text = (copy / "points.csv").read_text()
+    (copy / "points.csv").write_text(text[:-2] + ("1" if text[-2] != "1" else "2") + "\n")  # last digit, same size
+    with pytest.raises(CorruptDataError, match=r"points\.csv: sha256 differs .*make data-lgcp"):
+        LGCP(str(tmp_path))
+
+
 # --------------------------------------------------------------------------------- errors
 def test_errors_name_the_key_or_the_command(tmp_path):
     with pytest.raises(ArgumentError, match=r"^dim: must be a multiple of 2, got 31$") as err:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mixlab.core.errors import DataNotFoundError, MixlabError
-from mixlab.samplers.lgcp import FETCH_COMMAND, LGCP, points_file
+from mixlab.data.manifest import problem, read_manifest, write_manifest
+from mixlab.samplers.lgcp import FETCH_COMMAND, LGCP, load_points, points_file
 from tools.data.packages import apt_get
 
 DEBIAN_PACKAGE = "r-cran-spatstat.data"
@@ -61,9 +62,14 @@ def fetch_finpines(root: str | Path = "data", quiet: bool = False) -> Path:
     """Write `<root>/finpines/points.csv` + SOURCE.txt (idempotent); returns the csv path."""
     out = points_file(root)
     if out.is_file():
-        if not quiet:
-            print(f"finpines: already present at {out}; skipping")
-        return out
+        found = problem(out)
+        if found is None:
+            if out.name not in ((read_manifest(out.parent) or {}).get("files") or {}):  # written by an older version
+                write_manifest(out.parent, {out.name: {"dtype": "float64", "elements": load_points(root).size}}, FETCH_COMMAND)
+            if not quiet:
+                print(f"finpines: already present at {out}; skipping")
+            return out
+        print(f"finpines: {out}: {found}; fetching it again", flush=True)
     with tempfile.TemporaryDirectory(prefix="mixlab-finpines-") as tmp:
         installed = Path("/") / PACKAGE_FILE
         if installed.is_file():
@@ -87,6 +93,7 @@ def fetch_finpines(root: str | Path = "data", quiet: bool = False) -> Path:
             f"Mapped to the unit square: ((x+5)/10, (y+8)/10), window x in [-5,5], y in [-8,2] m.\n"
             "Equals the reference code's energies/data/df_pines.csv (gfn-diffusion, branch stagger).\n")
         tmp_csv.replace(out)
+        write_manifest(out.parent, {out.name: {"dtype": "float64", "elements": points.size}}, FETCH_COMMAND)
     if not quiet:
         print(f"finpines: {len(points)} points -> {out}")
     return out
