@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mixlab.core.validate import NonNegativeInt, PositiveFloat, PositiveInt, checked
-from mixlab.samplers.nets import LangevinScale, PISPolicy
+from mixlab.samplers.nets import LangevinScale, PISPolicy, Tape, clip_output
 
 
 def clean_grad(grad: torch.Tensor, clip: float = 100.0) -> torch.Tensor:
@@ -19,15 +19,22 @@ def clean_grad(grad: torch.Tensor, clip: float = 100.0) -> torch.Tensor:
     return torch.nan_to_num(grad.detach(), nan=0.0).clamp(-clip, clip)
 
 
-def langevin_output(out: torch.Tensor, scale: torch.Tensor, grad: torch.Tensor, grad_clip: float, clip: float) -> torch.Tensor:
-    """[u | raw] ([N, 2d]) with u += scale * clean_grad(grad), then clipped to +-clip."""
+def langevin_output(
+    out: torch.Tensor, scale: torch.Tensor, grad: torch.Tensor, grad_clip: float, clip: float, lazy: bool = False
+) -> torch.Tensor:
+    """[u | raw] ([..., 2d], or u alone [..., d]) with u += scale * clean_grad(grad), then clipped
+    to +-clip (lazy: the clamp only when something exceeds clip, see clip_output)."""
     d = grad.shape[-1]
-    drift = out[:, :d] + scale * clean_grad(grad, grad_clip)  # [N, d]
-    return torch.cat([drift, out[:, d:]], dim=-1).clamp(-clip, clip)  # [N, 2d]
+    if out.shape[-1] == d:
+        joined = out + scale * clean_grad(grad, grad_clip)
+    else:
+        drift = out[..., :d] + scale * clean_grad(grad, grad_clip)  # [..., d]
+        joined = torch.cat([drift, out[..., d:]], dim=-1)  # [..., 2d]
+    return clip_output(joined, clip) if lazy else joined.clamp(-clip, clip)
 
 
 class LangevinPolicy(nn.Module):
-    """A PIS policy with the Langevin term: [N, d], [N], grad log R [N, d] -> [N, 2d]."""
+    """A PIS policy with the Langevin term: [..., d], t, grad log R [..., d] -> [..., 2d] (t as in PISPolicy)."""
 
     needs_grad = True
 
@@ -41,6 +48,24 @@ class LangevinPolicy(nn.Module):
         if grad_log_r is None:
             raise ValueError("LangevinPolicy needs grad log R at x")
         return langevin_output(self.net.unclipped(x, t), self.scale(t), grad_log_r, self.grad_clip, self.net.clip)
+
+    # one network pass per rollout: see PISPolicy.record / replay
+    def new_tape(self, grid: torch.Tensor, batch: int, like: torch.Tensor) -> Tape:
+        tape = self.net.new_tape(grid, batch, like)
+        with torch.no_grad():
+            tape.extra["scale"] = self.scale(grid)  # [T, 1 or d]
+        return tape
+
+    @torch.no_grad()
+    def record(self, x, grad_log_r, tape: Tape, i: int) -> torch.Tensor:
+        out = self.net.record_unclipped(x, tape, i)
+        return langevin_output(out, tape.extra["scale"][i], grad_log_r, self.grad_clip, self.net.clip)
+
+    def replay(self, grad_log_r, tape: Tape, drift_only: bool = False) -> torch.Tensor:
+        """grad_log_r [T, B, d] (time-major, as the tape) -> [T, B, 2d] (drift_only: [T, B, d])."""
+        out = self.net.replay_unclipped(tape, drift_only)
+        scale = self.scale(tape.grid[:, None])  # [T, 1, 1 or d]
+        return langevin_output(out, scale, grad_log_r, self.grad_clip, self.net.clip, lazy=True)
 
 
 @checked

@@ -95,8 +95,12 @@ class Exploration:
         return self.factor * max(0.0, 1.0 - step / self.decay_steps)
 
 
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, diag(exp(log_var))), summed over the last dim: [..., d] -> [...]."""
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor | float) -> torch.Tensor:
+    """log N(x; mean, diag(exp(log_var))), summed over the last dim: [..., d] -> [...]. A float
+    log_var is one variance for every entry (no [..., d] tensor of it is made)."""
+    if isinstance(log_var, float):
+        d = x.shape[-1]
+        return -0.5 * (d * (math.log(2 * math.pi) + log_var) + (x - mean).square().sum(-1) * math.exp(-log_var))
     return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var)).sum(-1)
 
 
@@ -125,6 +129,17 @@ def bridge_path(x1: torch.Tensor, T: int, sigma2: float, noise: RankNoise) -> to
     return path
 
 
+def _std(log_var: torch.Tensor | float, exploration: float) -> torch.Tensor | float:
+    """The sampling std: sqrt(exp(log_var) + exploration^2)."""
+    if isinstance(log_var, float):
+        return math.sqrt(math.exp(log_var) + exploration**2)
+    return torch.exp(0.5 * log_var) if exploration == 0 else torch.sqrt(torch.exp(log_var) + exploration**2)
+
+
+def _detach(v: torch.Tensor | float) -> torch.Tensor | float:
+    return v.detach() if isinstance(v, torch.Tensor) else v
+
+
 def _param(module: nn.Module) -> torch.Tensor | None:
     return next(module.parameters(), None)
 
@@ -136,8 +151,10 @@ class DiffusionRollout:
     tanh(raw)) instead of 1; vectorize: auto | true | false: `batched` or `loop` log p_F (auto =
     batched, except reparametrised rollouts, which need the loop).
 
-    policy(x [N,d], t [N], grad_log_r [N,d] | None) -> [N, 2d] with attribute needs_grad;
-    flow(x, t, log_r | None) -> [N] with attribute uses_log_r; energy: dim, log_reward, grad_log_reward.
+    policy(x [..., d], t, grad_log_r [..., d] | None) -> [..., 2d] with attribute needs_grad;
+    flow(x, t, log_r | None) -> [...] with attribute uses_log_r; energy: dim, log_reward, grad_log_reward.
+    t broadcasts against x's leading dims: [1] for one step of a [B, d] batch, the grid [T] for
+    [B, T, d] states, so time features are computed once per grid time, not once per state.
     """
 
     @checked
@@ -167,15 +184,23 @@ class DiffusionRollout:
         self.check(reparametrise)
         return self.vectorize != "false" and not reparametrise
 
-    def step_params(self, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy output [N, 2d] at x [N, d] -> mean x + dt u and log variance log(dt sigma2 v), [N, d] each."""
+    def step_params(self, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Policy output [..., 2d] (or the drift alone [..., d] when the variance is not learned) at
+        x [..., d] -> mean x + dt u [..., d] and log variance log(dt sigma2 v): [..., d], or one
+        float when the variance is not learned."""
         d = x.shape[-1]
-        u, raw = out[:, :d], out[:, d:]
-        log_v = self.log_var_range * torch.tanh(raw) if self.learn_variance else torch.zeros_like(u)
-        return x + self.dt * u, log_v + math.log(self.dt * self.sigma2)
+        u = out if out.shape[-1] == d else out[..., :d]
+        if not self.learn_variance:
+            return x + self.dt * u, math.log(self.dt * self.sigma2)
+        return x + self.dt * u, self.log_var_range * torch.tanh(out[..., d:]) + math.log(self.dt * self.sigma2)
 
-    def times(self, n: int, i: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.full((n,), i * self.dt, dtype=like.dtype, device=like.device)  # [n]
+    def time(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        """t_i as a [1] tensor (broadcasts over a batch)."""
+        return torch.full((1,), i * self.dt, dtype=like.dtype, device=like.device)
+
+    def grid(self, like: torch.Tensor) -> torch.Tensor:
+        """t_0 ... t_{T-1}: [T]."""
+        return torch.arange(self.T, dtype=like.dtype, device=like.device) * self.dt
 
     @staticmethod
     def _grad(policy, energy, x: torch.Tensor) -> torch.Tensor | None:
@@ -187,28 +212,25 @@ class DiffusionRollout:
 
     def log_pf(self, policy, states: torch.Tensor, grads: torch.Tensor | None, batched: bool) -> torch.Tensor:
         """log p_F of every transition of [B, T+1, d] states, grads [B, T, d] (Langevin) or None;
-        one network call over B*T states (batched) or one per step (loop). -> [B, T]."""
-        B, d = states.shape[0], states.shape[-1]
+        one network call over the [B, T, d] states with the time grid [T] (batched) or one per step
+        (loop). -> [B, T]."""
         if batched:
-            x = states[:, :-1].reshape(B * self.T, d)
-            t = (torch.arange(self.T, dtype=x.dtype, device=x.device) * self.dt).repeat(B)  # [B*T]
-            g = None if grads is None else grads.reshape(B * self.T, d)
-            mean, log_var = self.step_params(policy(x, t, g), x)
-            return gaussian_log_prob(states[:, 1:].reshape(B * self.T, d), mean, log_var).view(B, self.T)
+            x = states[:, :-1]
+            mean, log_var = self.step_params(policy(x, self.grid(x), grads), x)
+            return gaussian_log_prob(states[:, 1:], mean, log_var)
         out = []
         for i in range(self.T):
             x = states[:, i]
-            mean, log_var = self.step_params(policy(x, self.times(B, i, x), None if grads is None else grads[:, i]), x)
+            mean, log_var = self.step_params(policy(x, self.time(i, x), None if grads is None else grads[:, i]), x)
             out.append(gaussian_log_prob(states[:, i + 1], mean, log_var))
         return torch.stack(out, dim=1)
 
     def log_flow(self, flow, energy, states: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
         """[B, T+1]: flow at states 0..T-1 (one call, detached states), log R(x_1) at T."""
         B, d = states.shape[0], states.shape[-1]
-        x = states[:, :-1].detach().reshape(B * self.T, d)
-        t = (torch.arange(self.T, dtype=x.dtype, device=x.device) * self.dt).repeat(B)
-        lr = energy.log_reward(x).detach() if flow.uses_log_r else None
-        return torch.cat([flow(x, t, lr).view(B, self.T), log_r.detach()[:, None]], dim=1)
+        x = states[:, :-1].detach()
+        lr = energy.log_reward(x.reshape(B * self.T, d)).detach().view(B, self.T) if flow.uses_log_r else None
+        return torch.cat([flow(x, self.grid(x), lr), log_r.detach()[:, None]], dim=1)
 
     # ----- rollouts -------------------------------------------------------------------------
     def forward(
@@ -227,21 +249,32 @@ class DiffusionRollout:
         x = torch.zeros(B, d, dtype=dtype, device=device)
         states, grads, log_pf = [x], [], []
         record = not batched or not torch.is_grad_enabled()  # log p_F from the rollout itself
+        # training with a batched log p_F: the policy records its activations, log p_F replays them
+        tape = policy.new_tape(self.grid(x), B, x) if not record and hasattr(policy, "record") else None
         with torch.no_grad() if batched else nullcontext():
             for i in range(self.T):
                 g = self._grad(policy, energy, x)
                 grads.append(g)
-                mean, log_var = self.step_params(policy(x, self.times(B, i, x), g), x)
-                std = torch.exp(0.5 * log_var) if exploration == 0 else torch.sqrt(torch.exp(log_var) + exploration**2)
+                out = policy(x, self.time(i, x), g) if tape is None else policy.record(x, g, tape, i)
+                mean, log_var = self.step_params(out, x)
+                std = _std(log_var, exploration)
                 xi = noise.normal(d, dtype, device)
-                x_next = mean + std * xi if reparametrise else mean.detach() + std.detach() * xi
+                x_next = mean + std * xi if reparametrise else mean.detach() + _detach(std) * xi
                 if record:
                     log_pf.append(gaussian_log_prob(x_next, mean, log_var))
                 states.append(x_next)
                 x = x_next
         states = torch.stack(states, dim=1)  # [B, T+1, d]
-        grads_t = torch.stack(grads, dim=1) if policy.needs_grad else None
-        log_pf = torch.stack(log_pf, dim=1) if record else self.log_pf(policy, states, grads_t, batched=True)
+        if record:
+            log_pf = torch.stack(log_pf, dim=1)
+        elif tape is not None:
+            grads_tm = torch.stack(grads) if policy.needs_grad else None  # [T, B, d]
+            out = policy.replay(grads_tm, tape, drift_only=not self.learn_variance)  # [T, B, 2d | d], time-major
+            path = states.transpose(0, 1)  # [T+1, B, d]
+            mean, log_var = self.step_params(out, path[:-1])
+            log_pf = gaussian_log_prob(path[1:], mean, log_var).t()  # [B, T]
+        else:
+            log_pf = self.log_pf(policy, states, torch.stack(grads, dim=1) if policy.needs_grad else None, batched=True)
         log_r = energy.log_reward(x)
         log_r = log_r if reparametrise else log_r.detach()
         return self._finish(states, log_pf, log_r, flow, energy)

@@ -2,9 +2,12 @@
 
 Grid t_k = linspace(1, eps, steps + 1), dt = (1 - eps) / steps, start from the graph's limit. Each
 step: project the fixed tokens, then one predictor update; then (optionally) the Denoiser jumps from
-sigma_bar(eps) to 0. `score_fn(x [B, L], sigma_bar [B]) -> log_score [B, L, dim]`. Transition
-probabilities and categorical draws are float64; draws use the Exp race argmax_y p_y / E_y,
-E ~ Exp(1) (valid for unnormalised p). Memory: a few [B, L, dim] float64 tensors per step.
+sigma_bar(eps) to 0. `score_fn(x [B, L], sigma_bar [B]) -> log_score [B, L, dim]`.
+
+`Predictor.probs` is each step's transition in float64 (the formulas of the paper). On the
+absorbing graph the steps draw from it through `mixlab.sedd.absorbing_step` (masked positions only,
+float32 scores with float64 sums and an exact inverse-CDF draw); on other graphs from the float64
+probabilities by the Exp race argmax_y p_y / E_y, E ~ Exp(1) (valid for unnormalised p).
 """
 
 import abc
@@ -19,6 +22,7 @@ from torch import Tensor
 
 from mixlab.core.errors import ArgumentError
 from mixlab.core.validate import PositiveInt, checked
+from mixlab.sedd.absorbing_step import absorbing_update
 
 ScoreFnT = Callable[[Tensor, Tensor], Tensor]
 
@@ -37,13 +41,23 @@ class Predictor(abc.ABC):
 
     name: str = ""
 
+    stay: str = "one"  # at a masked position of the absorbing graph: "one" (w = 1) or "score" (w = s_MASK)
+
     @abc.abstractmethod
     def probs(self, score: ScoreFnT, graph, noise, x: Tensor, t: Tensor, dt: float) -> Tensor:
         """[B, L, dim] float64, >= 0, for x [B, L] at times t [B] (float64)."""
 
+    @abc.abstractmethod
+    def absorbing_factor(self, noise, t: Tensor, dt: float) -> tuple[Tensor, Tensor]:
+        """(sigma_bar [B] the score is evaluated at, c [B]: a masked position moves to real token y
+        with probability c s_y on the absorbing graph; see mixlab.sedd.absorbing_step)."""
+
     def update(
         self, score: ScoreFnT, graph, noise, x: Tensor, t: Tensor, dt: float, generator: torch.Generator | None = None
     ) -> Tensor:
+        if graph.absorbing:
+            sigma_bar, c = self.absorbing_factor(noise, t, dt)
+            return absorbing_update(score(x, sigma_bar.float()), x, graph.mask_id, c, self.stay, generator)
         return sample_categorical(self.probs(score, graph, noise, x, t, dt), generator)
 
     def __repr__(self) -> str:
@@ -76,6 +90,10 @@ class EulerPredictor(Predictor):
 
     name = "euler"
 
+    def absorbing_factor(self, noise, t, dt):
+        sigma_bar, sigma = noise(t)
+        return sigma_bar, dt * sigma
+
     def probs(self, score, graph, noise, x, t, dt):
         sigma_bar, sigma = noise(t)
         rev = graph.reverse_rate(x, _ratios(score, x, sigma_bar))
@@ -92,6 +110,11 @@ class AnalyticPredictor(Predictor):
     """Tweedie tau-leaping: the exact reverse step from sigma_bar(t) to sigma_bar(t - dt) given the score."""
 
     name = "analytic"
+    stay = "score"
+
+    def absorbing_factor(self, noise, t, dt):
+        sigma_bar = noise.total(t)
+        return sigma_bar, torch.expm1(sigma_bar - noise.total(t - dt))
 
     def probs(self, score, graph, noise, x, t, dt):
         sigma_bar = noise.total(t)
@@ -108,10 +131,15 @@ class Denoiser:
 
     def update(self, score: ScoreFnT, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
         sigma_bar = self.noise.total(t)
-        p = _tweedie(self.graph, _ratios(score, x, sigma_bar), x, sigma_bar)
         if self.graph.absorbing:
-            p = p[..., : self.graph.mask_id]
-        return sample_categorical(p, generator)
+            return absorbing_update(score(x, sigma_bar.float()), x, self.graph.mask_id, torch.expm1(sigma_bar), None, generator)
+        return sample_categorical(self.probs(score, x, t), generator)
+
+    def probs(self, score: ScoreFnT, x: Tensor, t: Tensor) -> Tensor:
+        """[B, L, dim] float64 (absorbing: [B, L, dim - 1], MASK excluded)."""
+        sigma_bar = self.noise.total(t)
+        p = _tweedie(self.graph, _ratios(score, x, sigma_bar), x, sigma_bar)
+        return p[..., : self.graph.mask_id] if self.graph.absorbing else p
 
 
 class Fixed(NamedTuple):

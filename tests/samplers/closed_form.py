@@ -40,7 +40,7 @@ class ExactFlow(torch.nn.Module):
         self.target = target
 
     def forward(self, x, t, log_r=None):
-        tt = t[:, None]
+        tt = t[..., None]
         safe = t.clamp(min=1e-12)
         log_n = self.target.log_normal(x, tt * self.target.mu.to(x), self.target.s2 * safe)
         return torch.where(t > 0, self.target.log_z + log_n, torch.full_like(t, self.target.log_z))

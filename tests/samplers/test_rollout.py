@@ -96,7 +96,9 @@ def test_loop_and_batched_paths_agree(direction, exploration, lp, learn_variance
         assert all(g.abs().sum() > 0 for g in grads[-3:])  # flow and log Z are trained
         results[vectorize] = (traj, loss.detach(), grads)
     (a, la, ga), (b, lb, gb) = results["false"], results["true"]
-    torch.testing.assert_close(a.states, b.states, rtol=0, atol=0)
+    # the batched rollout computes the time features on the whole grid at once, the loop one step
+    # at a time: the states agree up to rounding, not bit for bit
+    torch.testing.assert_close(a.states, b.states, rtol=1e-12, atol=1e-12)
     for name in ("log_pf", "log_pb", "log_f", "log_r"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(la, lb, rtol=1e-9, atol=1e-9)

@@ -102,3 +102,47 @@ def test_net_errors_name_the_argument():
         with pytest.raises(ArgumentError) as info:
             build()
         assert info.value.arg == arg and len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("drift_only", [False, True])
+@pytest.mark.parametrize("lp", [False, True])
+def test_recorded_rollout_replays_forward_and_its_gradient(lp, drift_only, monkeypatch):
+    """record (one step at a time, no grad) + replay (all steps, the recorded activations) = forward
+    at every state and autograd's gradient of it; the replayed backward in blocks of 2 steps."""
+    import mixlab.samplers.nets as nets
+
+    monkeypatch.setattr(nets, "CHUNK_ROWS", 14)  # 2 steps of 7 rows per block
+    torch.manual_seed(0)
+    B, T, d = 7, 5, 3
+    if lp:
+        policy = langevin_policy(d, hidden=16, harmonics=8, zero_init=False, scale_init=0.3)
+    else:
+        policy = PISPolicy(d, hidden=16, harmonics=8, zero_init=False)
+    x, g = torch.randn(T, B, d), torch.randn(T, B, d)
+    grid = torch.arange(T) / T
+    tape = policy.new_tape(grid, B, x)
+    for i in range(T):
+        torch.testing.assert_close(policy.record(x[i], g[i], tape, i), policy(x[i], grid[i : i + 1], g[i]))
+    cols = d if drift_only else 2 * d
+    w = torch.randn(T, B, cols)
+    replayed = policy.replay(g, tape, drift_only=drift_only)
+    (replayed * w).sum().backward()
+    ours = {n: p.grad.clone() for n, p in policy.named_parameters()}
+    policy.zero_grad()
+    direct = policy(x, grid[:, None], g)[..., :cols]
+    (direct * w).sum().backward()
+    torch.testing.assert_close(replayed, direct)
+    for name, p in policy.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_tape_overwritten_before_backward_raises():
+    policy = PISPolicy(2, hidden=8, harmonics=4, zero_init=False)
+    grid, x = torch.arange(3) / 3, torch.randn(4, 2)
+    tape = policy.new_tape(grid, 4, x)
+    for i in range(3):
+        policy.record(x, None, tape, i)
+    loss = policy.replay(None, tape).sum()
+    policy.new_tape(grid, 4, x)  # the next rollout reuses the buffers
+    with pytest.raises(RuntimeError, match="overwritten"):
+        loss.backward()

@@ -148,6 +148,69 @@ def sampling_rows(args, device) -> list[dict]:
     return rows
 
 
+def step_rows(args, device) -> list[dict]:
+    """One analytic step on the absorbing graph after the network (the same log-scores for every
+    row): the reference's costs (float32 over every position, its draw), mixlab's float64 formula over
+    every position with the Exp-race draw (the general path), and mixlab's step (masked positions
+    only, exact draw), at several shares of masked positions; `trajectory` averages the shares a
+    log-linear run passes through (0.1 ... 0.9)."""
+    from mixlab.sedd.sampling import sample_categorical
+    from tools.bench import median_step_seconds
+    from tools.sedd.reference_step import reference_analytic_step
+
+    v, batch, length = args.vocab, args.batch, args.length
+    graph, noise, predictor = AbsorbingGraph(v), LogLinearNoise(), AnalyticPredictor()
+    g = torch.Generator(device=device).manual_seed(0)
+    log_score = torch.randn(batch, length, v + 1, generator=g, device=device) * 2
+    log_score[..., v] = 0.0
+    score = lambda x, sigma_bar: log_score  # noqa: E731 (the network's output, fixed)
+    t = torch.full((batch,), 0.5, dtype=torch.float64, device=device)
+    dt = 1.0 / 64
+    delta = (noise.total(t) - noise.total(t - dt)).float()
+    impls = {
+        "reference (float32, every position)": lambda x: reference_analytic_step(log_score, x, delta, v, g),
+        "mixlab float64, every position": lambda x: sample_categorical(predictor.probs(score, graph, noise, x, t, dt), g),
+        "mixlab (masked positions, exact draw)": lambda x: predictor.update(score, graph, noise, x, t, dt, g),
+    }
+    rows, shares = [], [1.0, 0.9, 0.7, 0.5, 0.3, 0.1]
+    for share in shares:
+        x = torch.randint(0, v, (batch, length), generator=g, device=device)
+        x[torch.rand(batch, length, generator=g, device=device) < share] = v
+        ref = None
+        for name, step in impls.items():
+            sec = median_step_seconds(lambda step=step, x=x: step(x), device, args.steps, args.warmup)
+            ref = ref or sec
+            rows.append(
+                {
+                    "impl": name,
+                    "masked_share": share,
+                    "sec_per_step": sec,
+                    "speedup_vs_reference": ref / sec,
+                    "vocab": v + 1,
+                    "batch": batch,
+                    "length": length,
+                }
+            )
+            print(f"  masked {share:4.0%}  {name:<40} {sec:7.3f} s/step  {ref / sec:5.2f}x", flush=True)
+    along = [r for r in rows if r["masked_share"] < 1]  # the shares a log-linear run passes through
+    ref = sum(r["sec_per_step"] for r in along if r["impl"].startswith("reference")) / (len(shares) - 1)
+    for name in impls:
+        mean = sum(r["sec_per_step"] for r in along if r["impl"] == name) / (len(shares) - 1)
+        rows.append(
+            {
+                "impl": name,
+                "masked_share": "trajectory",
+                "sec_per_step": mean,
+                "speedup_vs_reference": ref / mean,
+                "vocab": v + 1,
+                "batch": batch,
+                "length": length,
+            }
+        )
+        print(f"  trajectory  {name:<40} {mean:7.3f} s/step  {ref / mean:5.2f}x", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -160,19 +223,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=3 if cuda else 1)
     p.add_argument("--sample-steps", type=int, nargs="*", default=[128, 1024, 4096] if cuda else [16, 64])
     p.add_argument("--sample-batches", type=int, nargs="*", default=[1, 32] if cuda else [1, 4])
-    p.add_argument("--skip", choices=["training", "sampling"], default=None)
+    p.add_argument(
+        "--skip", choices=["training", "sampling", "step"], nargs="*", default=[], help="sections to leave out (default: none)"
+    )
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the torch.compile training row")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     out = {"device": device_name(device), "args": vars(args)}
     print(f"device {device} ({device_name(device)}), DiT {args.size}, vocab {args.vocab}, L {args.length}")
-    if args.skip != "training":
+    if "training" not in args.skip:
         print(
             f"training step, batch {args.batch}: tokens/s and ratio to fp32 SDPA (median of {args.steps} after {args.warmup} warm-up)"
         )
         out["training"] = training_rows(args, device)
-    if args.skip != "sampling":
+    if "step" not in args.skip:
+        print(
+            f"analytic step after the network, batch {args.batch} x L {args.length}, V {args.vocab + 1} "
+            f"(median of {args.steps} after {args.warmup} warm-up)"
+        )
+        out["step"] = step_rows(args, device)
+    if "sampling" not in args.skip:
         print("sampling (an untrained net: NFE of the cache depends on how many tokens are unmasked per step, not on training)")
         out["sampling"] = sampling_rows(args, device)
     save_json(args.json, out)
