@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from mixlab.core.errors import ArgumentError
 from mixlab.core.validate import NonNegativeInt, PositiveFloat, PositiveInt, checked
 
 
@@ -232,20 +233,48 @@ class LangevinScale(nn.Module):
 
 
 class FlowNet(nn.Module):
-    """State-conditional log-flow for DB / SubTB: [N, d], [N] -> [N]. Same structure as the
-    policy (own state/time embeddings, joint MLP with one output), default init."""
+    """State-conditional log-flow for DB / SubTB: [..., d], t -> [...]: a joint MLP with one
+    output (default init) on state + time embeddings.
+
+    share_embeddings=True (the reference code's `--conditional_flow_model`, the experiments'
+    default): the embeddings are the policy's (`policy`, passed by the system); the flow owns
+    only its joint MLP, and the flow loss trains the shared embeddings too, at the policy's
+    learning rate. False: the flow has its own state / time embeddings (`harmonics` applies)."""
 
     uses_log_r = False
 
     @checked
-    def __init__(self, dim: PositiveInt, hidden: PositiveInt = 64, harmonics: PositiveInt = 64, num_layers: NonNegativeInt = 2):
+    def __init__(
+        self,
+        dim: PositiveInt,
+        hidden: PositiveInt = 64,
+        harmonics: PositiveInt = 64,
+        num_layers: NonNegativeInt = 2,
+        share_embeddings: bool = False,
+        policy: nn.Module | None = None,
+    ):
         super().__init__()
-        self.t_embed = time_embedding(harmonics, hidden, hidden)
-        self.s_embed = nn.Linear(dim, hidden)
         self.joint = joint_mlp(hidden, 1, num_layers)
+        self._shared: tuple[nn.Module, ...] = ()  # a tuple, so the policy is not a submodule of the flow
+        if share_embeddings:
+            net = getattr(policy, "net", policy)  # the PIS network inside a Langevin policy
+            if not (hasattr(net, "s_embed") and hasattr(net, "t_embed")):
+                raise ArgumentError("share_embeddings", "needs a PIS-architecture policy to share its embeddings with")
+            if net.s_embed.out_features != hidden:
+                raise ArgumentError(
+                    "hidden", f"must equal the policy's embedding width {net.s_embed.out_features} to share it, got {hidden}"
+                )
+            self._shared = (net,)
+        else:
+            self.t_embed = time_embedding(harmonics, hidden, hidden)
+            self.s_embed = nn.Linear(dim, hidden)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        owner = self._shared[0] if self._shared else self
+        return owner.s_embed(x) + owner.t_embed(t)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, log_r: torch.Tensor | None = None) -> torch.Tensor:
-        return self.joint(self.s_embed(x) + self.t_embed(t)).squeeze(-1)  # [N]
+        return self.joint(self.embed(x, t)).squeeze(-1)  # [...]
 
 
 def reference_log_prob(x: torch.Tensor, t: torch.Tensor, sigma2: float, dt: float) -> torch.Tensor:
@@ -282,6 +311,9 @@ def forward_looking_flow(
     hidden: PositiveInt = 64,
     harmonics: PositiveInt = 64,
     num_layers: NonNegativeInt = 2,
+    share_embeddings: bool = False,
+    policy: nn.Module | None = None,
 ) -> ForwardLookingFlow:
-    """FL-SubTB's flow on a fresh FlowNet (config: `_partial_: true`; the system passes the energy's dim)."""
-    return ForwardLookingFlow(FlowNet(dim, hidden, harmonics, num_layers), sigma2, T)
+    """FL-SubTB's flow on a fresh FlowNet (config: `_partial_: true`; the system passes the
+    energy's dim and its policy)."""
+    return ForwardLookingFlow(FlowNet(dim, hidden, harmonics, num_layers, share_embeddings, policy), sigma2, T)

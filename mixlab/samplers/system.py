@@ -48,13 +48,13 @@ VAL_SEED = 12345  # validation trajectories (the same noise every evaluation); e
 FP32 = ("32", "32-true", "64", "64-true")
 
 
-def _complete(net: Callable | None, dim: int, arg: str) -> nn.Module | None:
-    """A built module as is, a partial (Hydra `_partial_: true`) called with dim= (its argument
-    errors named under `arg`; built from a config, the partial names its full key itself)."""
+def _complete(net: Callable | None, dim: int, arg: str, **extra) -> nn.Module | None:
+    """A built module as is, a partial (Hydra `_partial_: true`) called with dim= and `extra` (its
+    argument errors named under `arg`; built from a config, the partial names its full key itself)."""
     if net is None or isinstance(net, nn.Module):
         return net
     try:
-        return net(dim=dim)
+        return net(dim=dim, **extra)
     except ArgumentError as err:
         raise ArgumentError(f"{arg}.{err.arg}", err.problem) from None
 
@@ -159,7 +159,7 @@ class DiffusionSampler(MixlabSystem):
         except ArgumentError as err:
             raise ArgumentError(f"objective.{err.arg}", err.problem) from None
         self.policy = _complete(policy, energy.dim, "policy")
-        self.flow = _complete(flow, energy.dim, "flow")
+        self.flow = _complete(flow, energy.dim, "flow", policy=self.policy)  # a flow may share the policy's embeddings
         objective.check(self.flow)
         self.log_z = nn.Parameter(torch.zeros(())) if objective.needs_log_z else None
         buffer = ReplayBuffer() if buffer is None else buffer  # (an empty buffer is falsy)

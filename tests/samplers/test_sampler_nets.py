@@ -146,3 +146,29 @@ def test_a_tape_overwritten_before_backward_raises():
     policy.new_tape(grid, 4, x)  # the next rollout reuses the buffers
     with pytest.raises(RuntimeError, match="overwritten"):
         loss.backward()
+
+
+def test_flow_sharing_the_policy_embeddings_owns_only_its_mlp():
+    """The reference's conditional flow: (s_emb + t_emb of the policy) -> joint MLP, 8,385
+    parameters of its own; the flow loss trains the policy's embeddings too."""
+    policy = PISPolicy(32)
+    flow = FlowNet(32, share_embeddings=True, policy=policy)
+    assert sum(p.numel() for p in flow.parameters()) == 8385
+    assert sum(p.numel() for p in FlowNet(32).parameters()) == 22977
+    x, t = torch.randn(5, 32), torch.rand(5)
+    torch.testing.assert_close(flow(x, t), flow.joint(policy.s_embed(x) + policy.t_embed(t)).squeeze(-1))
+    flow(x, t).sum().backward()
+    assert policy.s_embed.weight.grad.abs().sum() > 0 and policy.t_embed[1].weight.grad.abs().sum() > 0
+    assert policy.joint[-1].weight.grad is None  # only the embeddings are shared
+    lp = langevin_policy(2)
+    assert FlowNet(2, share_embeddings=True, policy=lp).embed(x[:, :2], t).shape == (5, 64)
+
+
+@pytest.mark.parametrize(
+    "kwargs,arg", [({"share_embeddings": True}, "share_embeddings"), ({"share_embeddings": True, "hidden": 32}, "hidden")]
+)
+def test_flow_sharing_errors_name_the_argument(kwargs, arg):
+    policy = None if "hidden" not in kwargs else PISPolicy(2)
+    with pytest.raises(ArgumentError) as err:
+        FlowNet(2, policy=policy, **kwargs)
+    assert err.value.arg == arg
