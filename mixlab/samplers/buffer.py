@@ -5,7 +5,8 @@ entries. Sampling is rank-prioritised, with replacement, from an explicit genera
 
     p(i) = w_i / sum_j w_j,   w_i = 1 / (k N + rank_i),   rank 0 = highest log R, k = 0.01
 
-(ties in log R are ranked oldest first). Storage grows on demand up to the capacity (the LGCP
+(ties in log R are ranked oldest first). The rank order is kept sorted by merging each add into
+it (O(N) per add, no full sort per add or batch). Storage grows on demand up to the capacity (the LGCP
 buffer at full capacity holds 600k x 1600 floats). `state_dict()` stores the contents oldest
 first; a round trip reproduces the next batch for the same generator state.
 
@@ -57,6 +58,10 @@ class ReplayBuffer:
         self.log_r: torch.Tensor | None = None  # [allocated]
         self.size, self.head = 0, 0  # number of entries; next write position (oldest entry when full)
         self._weights: torch.Tensor | None = None  # cached rank weights over the chronological contents
+        # storage rows by descending log R, ties oldest first, and their log R: kept sorted by merging
+        # each add into it (O(N)), so no add or batch sorts the whole buffer again
+        self._order: torch.Tensor | None = None
+        self._sorted: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -95,11 +100,45 @@ class ReplayBuffer:
             return
         self._reserve(min(self.capacity, self.size + n), x)
         rows = (self.head + torch.arange(n, device=self.x.device)) % self.capacity
+        self._forget(rows)  # entries about to be overwritten (a full ring) leave the order first
         self.x[rows] = x.to(self.x)
         self.log_r[rows] = log_r.to(self.log_r)
         self.head = (self.head + n) % self.capacity
         self.size = min(self.capacity, self.size + n)
+        self._merge(rows)
         self._weights = None
+
+    def _forget(self, rows: torch.Tensor) -> None:
+        if self._order is None or self.size + len(rows) <= self.capacity:
+            return
+        gone = torch.zeros(len(self.x), dtype=torch.bool, device=self.x.device)
+        gone[rows] = True
+        keep = ~gone[self._order]
+        self._order, self._sorted = self._order[keep], self._sorted[keep]
+
+    def _merge(self, rows: torch.Tensor) -> None:
+        """Insert the new rows (the newest entries, in chronological order) into the sorted order:
+        after every entry of equal log R (older wins ties), among themselves by a stable sort."""
+        vals, perm = torch.sort(self.log_r[rows], descending=True, stable=True)
+        new_rows = rows[perm]
+        if self._order is None or len(self._order) == 0:
+            self._order, self._sorted = new_rows, vals
+            return
+        if torch.isnan(vals).any() or torch.isnan(self._sorted[:1]).any():  # NaN: no order to merge into
+            chrono = self._chronological()
+            self._sorted, idx = torch.sort(self.log_r[chrono], descending=True, stable=True)
+            self._order = chrono[idx]
+            return
+        pos = torch.searchsorted(-self._sorted, -vals, right=True)  # ascending view of the descending order
+        total = len(self._order) + len(rows)
+        at = pos + torch.arange(len(rows), device=pos.device)
+        is_new = torch.zeros(total, dtype=torch.bool, device=pos.device)
+        is_new[at] = True
+        order = self._order.new_empty(total)
+        order[at], order[~is_new] = new_rows, self._order
+        ranked = self._sorted.new_empty(total)
+        ranked[at], ranked[~is_new] = vals, self._sorted
+        self._order, self._sorted = order, ranked
 
     def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x [size,d], log R [size]), oldest first."""
@@ -111,7 +150,14 @@ class ReplayBuffer:
     def probabilities(self) -> torch.Tensor:
         """Sampling probabilities [size] of the contents, oldest first (float64)."""
         if self._weights is None:
-            self._weights = rank_weights(self.contents()[1], self.k)
+            if self.size == 0:
+                raise ValueError("the replay buffer is empty")
+            # the rank weights 1 / (k N + rank) placed at each entry's chronological position
+            start = self.head if self.size == self.capacity else 0
+            ranks = torch.arange(self.size, device=self.log_r.device, dtype=torch.float64)
+            weights = torch.empty(self.size, dtype=torch.float64, device=self.log_r.device)
+            weights[(self._order - start) % self.capacity] = 1.0 / (self.k * self.size + ranks)
+            self._weights = weights
         return self._weights / self._weights.sum()
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +180,8 @@ class ReplayBuffer:
             self.x, self.log_r = self.x.to(device), self.log_r.to(device)
         if self.queue is not None:
             self.queue = self.queue.to(device)
+        if self._order is not None:
+            self._order, self._sorted = self._order.to(device), self._sorted.to(device)
         self._weights = None
         return self
 

@@ -98,20 +98,26 @@ class Exploration:
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor | float) -> torch.Tensor:
     """log N(x; mean, diag(exp(log_var))), summed over the last dim: [..., d] -> [...]. A float
     log_var is one variance for every entry (no [..., d] tensor of it is made)."""
+    return residual_log_prob(x - mean, log_var)
+
+
+def residual_log_prob(resid: torch.Tensor, log_var: torch.Tensor | float) -> torch.Tensor:
+    """log N(resid; 0, diag(exp(log_var))), summed over the last dim: [..., d] -> [...]."""
     if isinstance(log_var, float):
-        d = x.shape[-1]
-        return -0.5 * (d * (math.log(2 * math.pi) + log_var) + (x - mean).square().sum(-1) * math.exp(-log_var))
-    return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var)).sum(-1)
+        d = resid.shape[-1]
+        return -0.5 * (d * (math.log(2 * math.pi) + log_var) + resid.square().sum(-1) * math.exp(-log_var))
+    return -0.5 * (math.log(2 * math.pi) + log_var + resid**2 * torch.exp(-log_var)).sum(-1)
 
 
 def bridge_log_pb(states: torch.Tensor, sigma2: float) -> torch.Tensor:
     """log p_B of every transition of [B, T+1, d] states under the discretised Brownian bridge:
     transition i (x_i -> x_{i+1}) has log N(x_i; (i/(i+1)) x_{i+1}, (i/(i+1)) sigma2 dt I); 0 for i = 0."""
-    B, T = states.shape[0], states.shape[1] - 1
+    B, T, d = states.shape[0], states.shape[1] - 1, states.shape[2]
     i = torch.arange(1, T, device=states.device, dtype=states.dtype)  # [T-1]
-    ratio = (i / (i + 1))[None, :, None]  # [1, T-1, 1]
-    log_var = torch.log(ratio * sigma2 / T).expand_as(states[:, 1:T])
-    rest = gaussian_log_prob(states[:, 1:T], ratio * states[:, 2:], log_var)  # [B, T-1]
+    ratio = i / (i + 1)
+    log_var = torch.log(ratio * (sigma2 / T))  # one variance per transition [T-1]
+    sq = (states[:, 1:T] - ratio[None, :, None] * states[:, 2:]).square().sum(-1)  # [B, T-1]
+    rest = -0.5 * (d * (math.log(2 * math.pi) + log_var) + sq * torch.exp(-log_var))
     return torch.cat([rest.new_zeros(B, 1), rest], dim=1)  # [B, T]
 
 
@@ -194,6 +200,17 @@ class DiffusionRollout:
             return x + self.dt * u, math.log(self.dt * self.sigma2)
         return x + self.dt * u, self.log_var_range * torch.tanh(out[..., d:]) + math.log(self.dt * self.sigma2)
 
+    def increment_log_prob(self, step: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """log p_F of transitions given their increments x_{i+1} - x_i [..., d] and the policy's
+        output there ([..., 2d], or the drift alone): the same as gaussian_log_prob(x_{i+1}, mean,
+        log_var) of step_params, with the residual x_{i+1} - mean = step - dt u. -> [...]."""
+        d = step.shape[-1]
+        resid = step - self.dt * (out if out.shape[-1] == d else out[..., :d])
+        log_var = math.log(self.dt * self.sigma2)
+        if self.learn_variance:
+            log_var = self.log_var_range * torch.tanh(out[..., d:]) + log_var
+        return residual_log_prob(resid, log_var)
+
     def time(self, i: int, like: torch.Tensor) -> torch.Tensor:
         """t_i as a [1] tensor (broadcasts over a batch)."""
         return torch.full((1,), i * self.dt, dtype=like.dtype, device=like.device)
@@ -264,15 +281,16 @@ class DiffusionRollout:
                     log_pf.append(gaussian_log_prob(x_next, mean, log_var))
                 states.append(x_next)
                 x = x_next
+        if tape is not None:  # time-major, as the tape: log p_F from the increments x_{i+1} - x_i
+            path = torch.stack(states)  # [T+1, B, d]
+            states = path.transpose(0, 1).contiguous()  # [B, T+1, d]
+            grads_tm = torch.stack(grads) if policy.needs_grad else None  # [T, B, d]
+            out = policy.replay(grads_tm, tape, drift_only=not self.learn_variance)  # [T, B, 2d | d]
+            log_pf = self.increment_log_prob(path[1:] - path[:-1], out).t()  # [B, T]
+            return self._finish(states, log_pf, energy.log_reward(x).detach(), flow, energy)
         states = torch.stack(states, dim=1)  # [B, T+1, d]
         if record:
             log_pf = torch.stack(log_pf, dim=1)
-        elif tape is not None:
-            grads_tm = torch.stack(grads) if policy.needs_grad else None  # [T, B, d]
-            out = policy.replay(grads_tm, tape, drift_only=not self.learn_variance)  # [T, B, 2d | d], time-major
-            path = states.transpose(0, 1)  # [T+1, B, d]
-            mean, log_var = self.step_params(out, path[:-1])
-            log_pf = gaussian_log_prob(path[1:], mean, log_var).t()  # [B, T]
         else:
             log_pf = self.log_pf(policy, states, torch.stack(grads, dim=1) if policy.needs_grad else None, batched=True)
         log_r = energy.log_reward(x)

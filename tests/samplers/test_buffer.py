@@ -144,3 +144,16 @@ def test_reference_draws_round_trip_mid_draw():
         assert torch.equal(a[0], b[0])
     with pytest.raises(ArgumentError, match="^draws"):
         ReplayBuffer(draws="stale")
+
+
+@pytest.mark.parametrize("capacity", [50, 1000])
+def test_merged_order_gives_the_rank_weights_of_a_full_sort(capacity):
+    """Adds of varied sizes with tied log R, through the ring's wrap-around: the incrementally
+    merged order gives exactly the weights of ranking the whole contents again."""
+    g = torch.Generator().manual_seed(0)
+    buf = ReplayBuffer(capacity=capacity)
+    for _ in range(40):
+        n = int(torch.randint(1, 20, (1,), generator=g))
+        buf.add(torch.randn(n, 2, generator=g), torch.randn(n, generator=g).round(decimals=1))
+        full = rank_weights(buf.contents()[1], buf.k)
+        torch.testing.assert_close(buf.probabilities(), full / full.sum(), rtol=1e-12, atol=0)

@@ -1,14 +1,22 @@
 """`make bench-samplers` (python -m tools.samplers.bench): seconds per training iteration on
 Manywell at d = 8 / 32 / 128 / 512 (batch 300, T = 100, Adam), median after warm-up, each row as a
-speed-up over a straightforward implementation timed in the same process:
+speed-up over a baseline with the reference code's costs (GFNOrg/gfn-diffusion, written here from
+its description), timed in the same process:
 
-    row        ours                                             straightforward reference
-    TB         batched log p_F (one net call over B*T states),  per-step loop rollout (a graph per step),
-               vectorised energy                                pair-loop energy (a Python loop over the d/2 wells)
+    row        ours                                             reference-cost baseline
+    TB         one network pass per rollout (recorded, then     per-step rollout with a graph per step,
+               replayed in one batched backward), time          full-tensor log-variances, log p_B step
+               features once per grid, vectorised energy        by step, pair-loop energy (a Python loop
+                                                                over the d/2 wells, as its ManyWell)
     TB+LP      + grad log R once per state                       + the pair-loop gradient at every step
     FL-SubTB   vectorised SubTB over all (m, n), FL flow         per-sample SubTB loop, pair-loop log R at every state
     LS         MALA caching log R / grad (1 energy call / step)  uncached MALA (2 log R + 2 grad calls / step),
                + one backward iteration                          pair-loop energy, loop backward rollout
+    buffer     ring buffer, rank weights cached until the       contents concatenated and re-ranked (argsort
+               next add (one add + one batch per iteration,     of argsort) on every add, a weighted draw of
+               at --buffer-fill entries)                        N positions, a batch gathered entry by entry
+
+`python -m tools.samplers.versus_reference` times the reference code itself beside mixlab.
 
 Optional `--compile`: the ours rows again with torch.compile on the policy (and flow).
 `--device cuda` (the default when a GPU is visible) times both implementations on the GPU, all
@@ -17,20 +25,23 @@ random numbers drawn there; fp32 throughout, as the experiments train.
 
 import argparse
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
+from mixlab.samplers.buffer import ReplayBuffer
 from mixlab.samplers.energies import Energy, Manywell
 from mixlab.samplers.langevin import langevin_policy
 from mixlab.samplers.local_search import AdaptiveStepSize, PaperStepSize, mala
 from mixlab.samplers.nets import PISPolicy, forward_looking_flow
 from mixlab.samplers.objectives import ForwardLookingSubTB, TrajectoryBalance
-from mixlab.samplers.rollout import DiffusionRollout, RankNoise
+from mixlab.samplers.rollout import DiffusionRollout, RankNoise, gaussian_log_prob
 from tools.bench import device_name, measure, median_step_seconds, save_json
 
 
 class PairLoopManywell(Energy):
-    """Manywell evaluated one (a, b) pair at a time (the straightforward implementation)."""
+    """Manywell evaluated one (a, b) pair at a time, as the reference code's ManyWell does."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -91,23 +102,77 @@ def mala_uncached(energy, x, steps, burn_in, eta, rule: AdaptiveStepSize, genera
     return torch.cat(kept), eta
 
 
-ROWS = ("TB", "TB+LP", "FL-SubTB", "LS")
+class ReferenceCostRollout(DiffusionRollout):
+    """The reference code's per-step rollout costs: a graph per step (the loop path), time
+    features per step, log-variances as full tensors (zeros plus the constant), and log p_B
+    evaluated step by step, one Gaussian log-density per transition."""
+
+    def __init__(self, T: int, sigma2: float):
+        super().__init__(T, sigma2, vectorize="false")
+
+    def step_params(self, out, x):
+        mean, log_var = super().step_params(out, x)
+        return mean, torch.zeros_like(mean) + log_var if isinstance(log_var, float) else log_var
+
+    def _finish(self, states, log_pf, log_r, flow, energy):
+        log_pb = [torch.zeros_like(log_r)]
+        for i in range(1, self.T):  # transition i: x_i given x_{i+1} under the Brownian bridge
+            ratio = i / (i + 1)
+            var = torch.full_like(states[:, i], math.log(ratio * self.sigma2 / self.T))
+            log_pb.append(gaussian_log_prob(states[:, i], ratio * states[:, i + 1], var))
+        traj = super()._finish(states, log_pf, log_r, flow, energy)
+        traj.log_pb = torch.stack(log_pb, dim=1)
+        return traj
+
+
+class ReRankingBuffer:
+    """The reference code's replay-buffer costs: every add concatenates the contents and ranks all of
+    them again (argsort of argsort in numpy); batches come from one weighted draw of N positions
+    (made when the previous one is used up) and are gathered one entry at a time and stacked, as
+    a DataLoader's default fetch does."""
+
+    def __init__(self, capacity: int = 600_000, k: float = 0.01):
+        self.capacity, self.k = capacity, k
+        self.x = self.log_r = self.weights = None
+        self.order, self.cursor = torch.empty(0, dtype=torch.long), 0
+
+    def add(self, x: torch.Tensor, log_r: torch.Tensor) -> None:
+        self.x = x if self.x is None else torch.cat([self.x, x])[-self.capacity :]
+        self.log_r = log_r if self.log_r is None else torch.cat([self.log_r, log_r])[-self.capacity :]
+        scores = self.log_r.cpu().numpy()
+        ranks = np.argsort(np.argsort(-scores))
+        self.weights = torch.as_tensor(1.0 / (self.k * len(scores) + ranks))
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cursor + n > len(self.order):
+            self.order = torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator)
+            self.cursor = 0
+        picks = self.order[self.cursor : self.cursor + n].tolist()
+        self.cursor += n
+        return torch.stack([self.x[i] for i in picks]), torch.stack([self.log_r[i] for i in picks])
+
+
+ROWS = ("TB", "TB+LP", "FL-SubTB", "LS", "buffer")
 
 
 def iteration(
     kind: str,
     dim: int,
-    straightforward: bool,
+    reference_cost: bool,
     batch: int,
     T: int,
     ls_steps: int,
     compile_nets: bool = False,
     device: torch.device | str = "cpu",
+    buffer_fill: int = 30_000,
 ):
-    """A closure running one training iteration of `kind` (TB | TB+LP | FL-SubTB | LS) on `device`."""
+    """A closure running one training iteration of `kind` (TB | TB+LP | FL-SubTB | LS | buffer) on
+    `device`; reference_cost: the baseline with the reference code's costs."""
+    if kind == "buffer":
+        return buffer_iteration(dim, reference_cost, batch, buffer_fill, device)
     torch.manual_seed(0)
-    energy = (PairLoopManywell(dim) if straightforward else Manywell(dim)).to(device)
-    rollout = DiffusionRollout(T, 1.0, vectorize="false" if straightforward else "auto")
+    energy = (PairLoopManywell(dim) if reference_cost else Manywell(dim)).to(device)
+    rollout = ReferenceCostRollout(T, 1.0) if reference_cost else DiffusionRollout(T, 1.0)
     policy = (langevin_policy(dim) if kind == "TB+LP" else PISPolicy(dim)).to(device)
     flow = forward_looking_flow(dim, 1.0, T).to(device) if kind == "FL-SubTB" else None
     log_z = torch.nn.Parameter(torch.zeros((), device=device))
@@ -117,14 +182,14 @@ def iteration(
         policy.compile()
         if flow is not None:
             flow.compile()
-    objective = (subtb_per_sample if straightforward else ForwardLookingSubTB()) if kind == "FL-SubTB" else TrajectoryBalance()
+    objective = (subtb_per_sample if reference_cost else ForwardLookingSubTB()) if kind == "FL-SubTB" else TrajectoryBalance()
     gen = torch.Generator(device=device).manual_seed(1)
     exact = Manywell(dim).to(device).sample(batch, torch.Generator(device=device).manual_seed(2)).float()
     state = {"eta": 0.01}
 
     def step():
         if kind == "LS":
-            if straightforward:
+            if reference_cost:
                 samples, state["eta"] = mala_uncached(energy, exact, ls_steps, ls_steps // 2, state["eta"], PaperStepSize(), gen)
             else:
                 res = mala(energy, exact, ls_steps, ls_steps // 2, state["eta"], PaperStepSize(), generator=gen)
@@ -141,6 +206,23 @@ def iteration(
     return step
 
 
+def buffer_iteration(dim: int, reference_cost: bool, batch: int, fill: int, device) -> Callable[[], None]:
+    """One add of `batch` terminal states and one batch drawn, at `fill` entries."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    data = Manywell(dim).to(device)
+    buf = ReRankingBuffer() if reference_cost else ReplayBuffer()
+    for _ in range(max(1, fill // batch)):
+        x = torch.randn(batch, dim, generator=gen, device=device)
+        buf.add(x, data.log_reward(x))
+
+    def step():
+        x = torch.randn(batch, dim, generator=gen, device=device)
+        buf.add(x, data.log_reward(x))
+        buf.sample(batch, gen)
+
+    return step
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         prog="python -m tools.samplers.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,6 +232,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch", type=int, default=300, help="trajectories per iteration (default: %(default)s)")
     parser.add_argument("--T", type=int, default=100, help="time steps per trajectory (default: %(default)s)")
     parser.add_argument("--ls-steps", type=int, default=200, help="MALA steps of the LS row (burn-in: half)")
+    parser.add_argument(
+        "--buffer-fill", type=int, default=30_000, help="entries in the buffer row's buffer (default: %(default)s)"
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed iterations (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the nets")
@@ -181,28 +266,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for dim in dims:
         for kind in kinds:
 
-            def timed(loop: bool, comp: bool = False, kind=kind, dim=dim):
+            def timed(reference_cost: bool, comp: bool = False, kind=kind, dim=dim):
                 return lambda: median_step_seconds(
-                    iteration(kind, dim, loop, args.batch, args.T, args.ls_steps, comp, device), device, args.steps, args.warmup
+                    iteration(kind, dim, reference_cost, args.batch, args.T, args.ls_steps, comp, device, args.buffer_fill),
+                    device,
+                    args.steps,
+                    args.warmup,
                 )
 
             timers = [
-                (f"d={dim} {kind} straightforward", {"dim": dim, "row": kind, "impl": "straightforward"}, timed(True)),
+                (f"d={dim} {kind} reference-cost", {"dim": dim, "row": kind, "impl": "reference-cost"}, timed(True)),
                 (f"d={dim} {kind} ours", {"dim": dim, "row": kind, "impl": "ours"}, timed(False)),
             ]
             if args.compile:
                 timers.append(
                     (f"d={dim} {kind} ours+compile", {"dim": dim, "row": kind, "impl": "ours+compile"}, timed(False, True))
                 )
-            rows += measure(timers, args.batch, device, "speedup_vs_straightforward", None, ratio="speedup", unit="traj")
-    print("\n| d | row | straightforward s/it | ours s/it | speed-up |" + (" compiled s/it | speed-up |" if args.compile else ""))
+            rows += measure(timers, args.batch, device, "speedup_vs_reference_cost", None, ratio="speedup", unit="traj")
+    print("\n| d | row | reference-cost s/it | ours s/it | speed-up |" + (" compiled s/it | speed-up |" if args.compile else ""))
     print("|---|---|---|---|---|" + ("---|---|" if args.compile else ""))
     for i in range(0, len(rows), 3 if args.compile else 2):
         ref, ours = rows[i], rows[i + 1]
-        line = f"| {ref['dim']} | {ref['row']} | {ref['sec_per_step']:.3f} | {ours['sec_per_step']:.3f} | {ours['speedup_vs_straightforward']:.2f}x |"
+        line = f"| {ref['dim']} | {ref['row']} | {ref['sec_per_step']:.3f} | {ours['sec_per_step']:.3f} | {ours['speedup_vs_reference_cost']:.2f}x |"
         if args.compile:
             comp = rows[i + 2]
-            line += f" {comp['sec_per_step']:.3f} | {comp['speedup_vs_straightforward']:.2f}x |"
+            line += f" {comp['sec_per_step']:.3f} | {comp['speedup_vs_reference_cost']:.2f}x |"
         print(line)
     save_json(args.json, rows)
     return rows
