@@ -82,7 +82,7 @@ def test_bench_on_a_missing_gpu_is_one_clear_error(capsys):
     [
         (["--dims", "7"], "--dims: Manywell needs even dimensions"),
         (["--dims", "8,x"], "--dims: comma-separated integers"),
-        (["--rows", "TB,XX"], "--rows: choose from TB,TB+LP,FL-SubTB,LS"),
+        (["--rows", "TB,XX"], "--rows: choose from TB,TB+Expl,TB+LP,FL-SubTB+LP,LS,buffer"),
     ],
 )
 def test_bench_bad_arguments_are_one_clear_error_before_timing(args, message, capsys):
@@ -252,17 +252,26 @@ def test_reference_cli_prints_the_w2_reference_rows(capsys):
         main(["--seeds", "0"])
 
 
-def test_reference_cost_rollout_gives_the_same_trajectories_as_ours():
-    """The baseline differs only in cost: equal states, log p_F, log p_B for equal noise."""
+@pytest.mark.parametrize("lp,fl,exploration", [(False, False, 0.0), (False, False, 0.3), (True, True, 0.0)])
+def test_reference_cost_rollout_gives_the_same_trajectories_as_ours(lp, fl, exploration):
+    """The baseline differs only in cost: equal states, log p_F, log p_B, log F for equal noise."""
     from closed_form import randomise_last_layer
 
-    from mixlab.samplers.nets import PISPolicy
+    from mixlab.samplers.langevin import langevin_policy
+    from mixlab.samplers.nets import PISPolicy, forward_looking_flow
     from mixlab.samplers.rollout import DiffusionRollout, RankNoise
 
-    policy, energy = randomise_last_layer(PISPolicy(4)).double(), Manywell(4)
+    torch.manual_seed(0)
+    policy = (langevin_policy(4, scale_init=0.5) if lp else randomise_last_layer(PISPolicy(4))).double()
+    flow = forward_looking_flow(4, 1.0, 10, share_embeddings=True, policy=policy).double() if fl else None
+    energy = Manywell(4)
     trajs = [
-        rollout.forward(policy, energy, RankNoise(torch.Generator().manual_seed(0), 6))
+        rollout.forward(policy, energy, RankNoise(torch.Generator().manual_seed(0), 6), flow=flow, exploration=exploration)
         for rollout in (bench.ReferenceCostRollout(10, 1.0), DiffusionRollout(10, 1.0))
     ]
-    for name in ("states", "log_pf", "log_pb", "log_r"):
-        torch.testing.assert_close(getattr(trajs[0], name), getattr(trajs[1], name), rtol=1e-10, atol=1e-10)
+    for name in ("states", "log_pf", "log_pb", "log_r", "log_f"):
+        a, b = getattr(trajs[0], name), getattr(trajs[1], name)
+        if a is None or b is None:
+            assert a is b is None and not fl
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)

@@ -3,18 +3,21 @@ Manywell at d = 8 / 32 / 128 / 512 (batch 300, T = 100, Adam), median after warm
 speed-up over a baseline with the reference code's costs (GFNOrg/gfn-diffusion, written here from
 its description), timed in the same process:
 
-    row        ours                                             reference-cost baseline
-    TB         one network pass per rollout (recorded, then     per-step rollout with a graph per step,
-               replayed in one batched backward), time          full-tensor log-variances, log p_B step
-               features once per grid, vectorised energy        by step, pair-loop energy (a Python loop
-                                                                over the d/2 wells, as its ManyWell)
-    TB+LP      + grad log R once per state                       + the pair-loop gradient at every step
-    FL-SubTB   vectorised SubTB over all (m, n), FL flow         per-sample SubTB loop, pair-loop log R at every state
-    LS         MALA caching log R / grad (1 energy call / step)  uncached MALA (2 log R + 2 grad calls / step),
-               + one backward iteration                          pair-loop energy, loop backward rollout
-    buffer     ring buffer, rank weights cached until the       contents concatenated and re-ranked (argsort
-               next add (one add + one batch per iteration,     of argsort) on every add, a weighted draw of
-               at --buffer-fill entries)                        N positions, a batch gathered entry by entry
+    row          ours                                           reference-cost baseline (ReferenceCostRollout)
+    TB           one network pass per rollout (recorded, then   per-step rollout with a graph per step, time
+                 replayed in one batched backward), time        features repeated over the batch, full-tensor
+                 features once per grid, vectorised energy      log-variances, log p_F / log p_B / states written
+                                                                in place step by step, pair-loop energy (a
+                                                                Python loop over the d/2 wells, as its ManyWell)
+    TB+Expl      + exploration (std 0.2) in the sampling step   + a logaddexp of variances per step
+    TB+LP        + grad log R once per state                    + grad log R by autograd at every step
+    FL-SubTB+LP  vectorised SubTB over all (m, n), the FL flow  per-sample SubTB loop, the flow and log R at
+                 on the policy's embeddings, LP                 every state, LP as above
+    LS           MALA caching log R / grad (1 energy call /     uncached MALA (2 log R + 2 grad calls / step),
+                 step) + one backward iteration                 pair-loop energy, loop backward rollout
+    buffer       ring buffer, rank order merged on each add     contents concatenated and re-ranked (argsort
+                 (one add + one batch per iteration, at         of argsort) on every add, a weighted draw of
+                 --buffer-fill entries)                         N positions, a batch gathered entry by entry
 
 `python -m tools.samplers.versus_reference` times the reference code itself beside mixlab.
 
@@ -32,11 +35,11 @@ import torch
 
 from mixlab.samplers.buffer import ReplayBuffer
 from mixlab.samplers.energies import Energy, Manywell
-from mixlab.samplers.langevin import langevin_policy
+from mixlab.samplers.langevin import langevin_output, langevin_policy
 from mixlab.samplers.local_search import AdaptiveStepSize, PaperStepSize, mala
 from mixlab.samplers.nets import PISPolicy, forward_looking_flow
 from mixlab.samplers.objectives import ForwardLookingSubTB, TrajectoryBalance
-from mixlab.samplers.rollout import DiffusionRollout, RankNoise, gaussian_log_prob
+from mixlab.samplers.rollout import DiffusionRollout, RankNoise, Trajectories
 from tools.bench import device_name, measure, median_step_seconds, save_json
 
 
@@ -103,26 +106,59 @@ def mala_uncached(energy, x, steps, burn_in, eta, rule: AdaptiveStepSize, genera
 
 
 class ReferenceCostRollout(DiffusionRollout):
-    """The reference code's per-step rollout costs: a graph per step (the loop path), time
-    features per step, log-variances as full tensors (zeros plus the constant), and log p_B
-    evaluated step by step, one Gaussian log-density per transition."""
+    """Rollouts with the reference code's per-step costs (its `get_trajectory_fwd`, written here
+    from its description): every step runs the policy with a graph, the time features of one time
+    repeated over the batch, log-variances as full tensors, exploration by a logaddexp of
+    variances, log p_F and log p_B (one Gaussian log-density per transition) and the states written
+    in place into preallocated tensors; grad log R by autograd at every state (Langevin policy), the
+    flow and, for FL-SubTB, log R at every state. Backward rollouts: the loop path. The outputs are
+    ours (tested): only the cost differs."""
 
     def __init__(self, T: int, sigma2: float):
         super().__init__(T, sigma2, vectorize="false")
 
-    def step_params(self, out, x):
-        mean, log_var = super().step_params(out, x)
-        return mean, torch.zeros_like(mean) + log_var if isinstance(log_var, float) else log_var
+    def _policy(self, policy, energy, x, i):
+        net = getattr(policy, "net", policy)  # the PIS network inside a Langevin policy
+        t = self.time(i, x)
+        h = net.joint(net.s_embed(x) + net.t_embed(t).repeat(len(x), 1))
+        if not policy.needs_grad:
+            return h.clamp(-net.clip, net.clip)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            grad = torch.autograd.grad(energy.log_reward(xg).sum(), xg)[0]
+        return langevin_output(h, policy.scale(t), grad, policy.grad_clip, net.clip)
 
-    def _finish(self, states, log_pf, log_r, flow, energy):
-        log_pb = [torch.zeros_like(log_r)]
-        for i in range(1, self.T):  # transition i: x_i given x_{i+1} under the Brownian bridge
-            ratio = i / (i + 1)
-            var = torch.full_like(states[:, i], math.log(ratio * self.sigma2 / self.T))
-            log_pb.append(gaussian_log_prob(states[:, i], ratio * states[:, i + 1], var))
-        traj = super()._finish(states, log_pf, log_r, flow, energy)
-        traj.log_pb = torch.stack(log_pb, dim=1)
-        return traj
+    def forward(self, policy, energy, noise, flow=None, exploration: float = 0.0, reparametrise: bool = False):
+        B, d, T = noise.batch, energy.dim, self.T
+        like = next(policy.parameters())
+        x = like.new_zeros(B, d)
+        log_pf, log_pb, log_f = like.new_zeros(B, T), like.new_zeros(B, T), like.new_zeros(B, T + 1)
+        states = like.new_zeros(B, T + 1, d)
+        for i in range(T):
+            out = self._policy(policy, energy, x, i)
+            u, raw = out.chunk(2, dim=-1)
+            log_var = torch.zeros_like(raw) + math.log(self.sigma2)  # unlearned variance, as a tensor
+            if flow is not None:
+                log_f[:, i] = flow(x, self.time(i, x), energy.log_reward(x) if flow.uses_log_r else None)
+            sample_log_var = log_var.detach()
+            if exploration > 0:
+                sample_log_var = torch.logaddexp(
+                    log_var, torch.full_like(log_var, 2 * math.log(exploration / math.sqrt(self.dt)))
+                )
+            xi = noise.normal(d, x.dtype, x.device)
+            x_next = x + self.dt * u.detach() + math.sqrt(self.dt) * (sample_log_var / 2).exp() * xi
+            z = ((x_next - x) - self.dt * u) / (math.sqrt(self.dt) * (log_var / 2).exp())
+            log_pf[:, i] = -0.5 * (z**2 + math.log(2 * math.pi) + math.log(self.dt) + log_var).sum(1)
+            if i > 0:
+                back_mean = x_next - self.dt * x_next / ((i + 1) * self.dt) * torch.ones_like(x_next)
+                back_var = self.sigma2 * self.dt * i / (i + 1) * torch.ones_like(x_next)
+                zb = (x - back_mean) / back_var.sqrt()
+                log_pb[:, i] = -0.5 * (zb**2 + math.log(2 * math.pi) + back_var.log()).sum(1)
+            x = x_next
+            states[:, i + 1] = x
+        log_r = energy.log_reward(x).detach()
+        log_f[:, T] = log_r
+        return Trajectories(states, log_pf, log_pb, log_r, log_f if flow is not None else None)
 
 
 class ReRankingBuffer:
@@ -152,7 +188,8 @@ class ReRankingBuffer:
         return torch.stack([self.x[i] for i in picks]), torch.stack([self.log_r[i] for i in picks])
 
 
-ROWS = ("TB", "TB+LP", "FL-SubTB", "LS", "buffer")
+ROWS = ("TB", "TB+Expl", "TB+LP", "FL-SubTB+LP", "LS", "buffer")
+EXPLORATION = 0.2  # the TB+Expl row's exploration std (the paper's initial value)
 
 
 def iteration(
@@ -166,15 +203,15 @@ def iteration(
     device: torch.device | str = "cpu",
     buffer_fill: int = 30_000,
 ):
-    """A closure running one training iteration of `kind` (TB | TB+LP | FL-SubTB | LS | buffer) on
-    `device`; reference_cost: the baseline with the reference code's costs."""
+    """A closure running one training iteration of `kind` (one of ROWS) on `device`;
+    reference_cost: the baseline with the reference code's costs."""
     if kind == "buffer":
         return buffer_iteration(dim, reference_cost, batch, buffer_fill, device)
     torch.manual_seed(0)
     energy = (PairLoopManywell(dim) if reference_cost else Manywell(dim)).to(device)
     rollout = ReferenceCostRollout(T, 1.0) if reference_cost else DiffusionRollout(T, 1.0)
-    policy = (langevin_policy(dim) if kind == "TB+LP" else PISPolicy(dim)).to(device)
-    flow = forward_looking_flow(dim, 1.0, T).to(device) if kind == "FL-SubTB" else None
+    policy = (langevin_policy(dim) if kind.endswith("LP") else PISPolicy(dim)).to(device)
+    flow = forward_looking_flow(dim, 1.0, T, share_embeddings=True, policy=policy).to(device) if kind.startswith("FL") else None
     log_z = torch.nn.Parameter(torch.zeros((), device=device))
     params = list(policy.parameters()) + [log_z] + (list(flow.parameters()) if flow is not None else [])
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -182,7 +219,7 @@ def iteration(
         policy.compile()
         if flow is not None:
             flow.compile()
-    objective = (subtb_per_sample if reference_cost else ForwardLookingSubTB()) if kind == "FL-SubTB" else TrajectoryBalance()
+    objective = (subtb_per_sample if reference_cost else ForwardLookingSubTB()) if kind.startswith("FL") else TrajectoryBalance()
     gen = torch.Generator(device=device).manual_seed(1)
     exact = Manywell(dim).to(device).sample(batch, torch.Generator(device=device).manual_seed(2)).float()
     state = {"eta": 0.01}
@@ -197,7 +234,8 @@ def iteration(
             x1 = samples[:batch] if len(samples) >= batch else exact
             traj = rollout.backward(policy, energy, x1, RankNoise(gen, len(x1)))
         else:
-            traj = rollout.forward(policy, energy, RankNoise(gen, batch), flow=flow)
+            eps = EXPLORATION if kind == "TB+Expl" else 0.0
+            traj = rollout.forward(policy, energy, RankNoise(gen, batch), flow=flow, exploration=eps)
         loss = objective(**traj.terms(), log_z=log_z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
