@@ -212,6 +212,32 @@ class ReferenceRun:
         self.optimizer.step()
         self.it += 1
 
+    @torch.no_grad()
+    def trajectories(self, n: int, seed: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n trajectories of the current model from x_0 = 0 without exploration, through its own
+        `get_trajectory_fwd` as its evaluation runs it (model.eval()), `chunk` rows per call (all
+        at once: None), its noise (the global RNG) seeded once with `seed` and the training's RNG
+        state restored afterwards: (x_1 [n,d], log p_F [n,T], log p_B [n,T]), log-densities of
+        each transition (log p_B of the first, a point mass at 0, is 0)."""
+        parts = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model.eval()
+            try:
+                for start in range(0, n, chunk or n):
+                    init = torch.zeros(min(chunk or n, n - start), self.energy.data_ndim)
+                    states, log_pf, log_pb, _ = self.model.get_trajectory_fwd(init, None, self.energy.log_reward)
+                    parts.append((states[:, -1], log_pf, log_pb))
+            finally:
+                self.model.train()
+        x, log_pf, log_pb = (torch.cat(p) for p in zip(*parts))
+        return x, log_pf, log_pb
+
+    def log_z_learned(self) -> float | None:
+        """The learned log Z of TB (its scalar `flow_model`); None for a conditional flow."""
+        flow = self.model.flow_model
+        return float(flow.detach()) if isinstance(flow, torch.nn.Parameter) else None
+
 
 def interleaved(row: str, checkout: Path, iterations: int, warmup: int, work: Path) -> dict:
     """One mixlab fit of `iterations` iterations; after each, one reference iteration. Means over
