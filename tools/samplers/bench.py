@@ -177,7 +177,7 @@ class ReRankingBuffer:
         self.log_r = log_r if self.log_r is None else torch.cat([self.log_r, log_r])[-self.capacity :]
         scores = self.log_r.cpu().numpy()
         ranks = np.argsort(np.argsort(-scores))
-        self.weights = torch.as_tensor(1.0 / (self.k * len(scores) + ranks))
+        self.weights = torch.as_tensor(1.0 / (self.k * len(scores) + ranks), device=self.log_r.device)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cursor + n > len(self.order):

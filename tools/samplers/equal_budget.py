@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.samplers.versus_reference import REFERENCE_DEFAULTS, ROWS
+from tools.samplers.versus_reference import REFERENCE_DEFAULTS, ROWS, bare_fit
 
 ROW = "tb_expl_ls_gmm25"
 EVAL_SEED = 20_240  # trajectory noise of every evaluation (every arm, seed and iteration)
@@ -132,11 +132,8 @@ def run_mixlab(
 ) -> dict:
     """A Lightning fit of `iterations` iterations (seed `seed`; no validation, logger or
     checkpoints), evaluated from a callback at the `due` iterations."""
-    import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from mixlab.core.config import build
-    from mixlab.core.pipeline import check_run_config
     from tools.gpu_check import compose
 
     evals, clock = [], {"seconds": 0.0, "start": None}
@@ -171,20 +168,9 @@ def run_mixlab(
         ],
         work,
     )
-    check_run_config(cfg)
     torch.set_num_threads(threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no accelerator / tip lines per fit (after its import)
-    L.seed_everything(seed, verbose=False)
-    system = build(cfg.model)
-    trainer = build(
-        cfg.trainer,
-        callbacks=[Evaluate()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(system)
+    bare_fit(cfg, [Evaluate()], seed=seed)
     return {"train_seconds": clock["seconds"], "evals": evals}
 
 

@@ -239,14 +239,34 @@ class ReferenceRun:
         return float(flow.detach()) if isinstance(flow, torch.nn.Parameter) else None
 
 
-def interleaved(row: str, checkout: Path, iterations: int, warmup: int, work: Path) -> dict:
-    """One mixlab fit of `iterations` iterations; after each, one reference iteration. Means over
-    the iterations after `warmup`."""
+def bare_fit(cfg, callbacks: list, seed: int = 0):
+    """A Lightning fit of the composed run config with only `callbacks` (no logger, checkpoints,
+    progress bar or summary): the iterations a user's run does, nothing around them."""
     import lightning as L
-    from lightning.pytorch.callbacks import Callback
 
     from mixlab.core.config import build
     from mixlab.core.pipeline import check_run_config
+
+    check_run_config(cfg)
+    L.seed_everything(seed, verbose=False)
+    system = build(cfg.model)
+    trainer = build(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(system)
+    return system
+
+
+def interleaved(row: str, checkout: Path, iterations: int, warmup: int, work: Path) -> dict:
+    """One mixlab fit of `iterations` iterations; after each, one reference iteration. Means over
+    the iterations after `warmup`."""
+    from lightning.pytorch.callbacks import Callback
+
     from tools.gpu_check import compose
 
     overrides, flags = ROWS[row]
@@ -274,18 +294,7 @@ def interleaved(row: str, checkout: Path, iterations: int, warmup: int, work: Pa
         ],
         work / row,
     )
-    check_run_config(cfg)
-    L.seed_everything(0, verbose=False)
-    system = build(cfg.model)
-    trainer = build(
-        cfg.trainer,
-        callbacks=[SideBySide()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(system)
+    bare_fit(cfg, [SideBySide()], seed=0)
     mine, ref = ours[warmup:], theirs[warmup:]
     out = {
         "row": row,
