@@ -246,7 +246,9 @@ def bare_fit(cfg, callbacks: list, seed: int = 0):
 
     from mixlab.core.config import build
     from mixlab.core.pipeline import check_run_config
+    from mixlab.core.quiet import quiet_lightning
 
+    quiet_lightning()
     check_run_config(cfg)
     L.seed_everything(seed, verbose=False)
     system = build(cfg.model)
