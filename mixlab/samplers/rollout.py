@@ -267,7 +267,9 @@ class DiffusionRollout:
         states, grads, log_pf = [x], [], []
         record = not batched or not torch.is_grad_enabled()  # log p_F from the rollout itself
         # training with a batched log p_F: the policy records its activations, log p_F replays them
-        tape = policy.new_tape(self.grid(x), B, x) if not record and hasattr(policy, "record") else None
+        # (a policy compiled in place, `model.compile=true`, keeps its compiled batched forward instead)
+        replays = hasattr(policy, "record") and getattr(policy, "_compiled_call_impl", None) is None
+        tape = policy.new_tape(self.grid(x), B, x) if not record and replays else None
         with torch.no_grad() if batched else nullcontext():
             for i in range(self.T):
                 g = self._grad(policy, energy, x)

@@ -272,3 +272,16 @@ def test_errors_name_the_argument():
         with pytest.raises(ArgumentError) as info:
             ForwardLookingFlow(FlowNet(3), **kwargs)
         assert info.value.arg == arg
+
+
+def test_a_policy_compiled_in_place_keeps_its_batched_forward():
+    """model.compile=true compiles the policy's forward in place: training rollouts then take log p_F
+    from that (batched) forward rather than replaying recorded activations; the values agree."""
+    target = GaussianTarget(MU, 1.0, log_z=0.0)
+    plain = randomise_last_layer(PISPolicy(3))
+    compiled = randomise_last_layer(PISPolicy(3))
+    compiled._compiled_call_impl = compiled.forward  # what nn.Module.compile() installs, minus inductor
+    rollout = DiffusionRollout(T=6)
+    a, b = (rollout.forward(p, target, noise(0, 5)) for p in (plain, compiled))
+    assert "_tape" in plain.__dict__ and "_tape" not in compiled.__dict__
+    torch.testing.assert_close(a.log_pf, b.log_pf)
