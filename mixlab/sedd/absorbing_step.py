@@ -28,8 +28,10 @@ BLOCK = 1024  # vocabulary entries per block of the inverse-CDF draw
 
 
 def block_sums(weights: Tensor, block: int = BLOCK) -> Tensor:
-    """weights [M, V] (>= 0) -> float64 sums over consecutive blocks of `block` entries [M, ceil(V / block)]."""
+    """weights [M, V] (>= 0) -> float64 sums over consecutive blocks of `block` entries [M, ceil(V / block)]
+    (one block when V <= block)."""
     m, v = weights.shape
+    block = min(block, v)
     full = v // block
     sums = [weights[:, : full * block].reshape(m, full, block).sum(-1, dtype=torch.float64)] if full else []
     if v % block:
@@ -42,6 +44,7 @@ def draw_from_blocks(weights: Tensor, sums: Tensor, u: Tensor, block: int = BLOC
     (float64): the block from the float64 block sums, then the entry inside it. An entry of weight 0
     is never drawn."""
     m, v = weights.shape
+    block = min(block, v)  # as block_sums
     cum = sums.cumsum(-1)  # [M, nb]
     target = u.to(torch.float64) * cum[:, -1]
     b = torch.searchsorted(cum, target[:, None], right=True).clamp_max(cum.shape[1] - 1)  # [M, 1]
