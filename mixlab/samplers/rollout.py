@@ -190,26 +190,26 @@ class DiffusionRollout:
         self.check(reparametrise)
         return self.vectorize != "false" and not reparametrise
 
-    def step_params(self, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """Policy output [..., 2d] (or the drift alone [..., d] when the variance is not learned) at
-        x [..., d] -> mean x + dt u [..., d] and log variance log(dt sigma2 v): [..., d], or one
-        float when the variance is not learned."""
-        d = x.shape[-1]
+    def drift_and_log_var(self, out: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Policy output [..., 2d] (or the drift alone [..., d] when the variance is not learned) ->
+        u [..., d] and the step's log variance log(dt sigma2 v): [..., d], or one float when the
+        variance is not learned."""
         u = out if out.shape[-1] == d else out[..., :d]
-        if not self.learn_variance:
-            return x + self.dt * u, math.log(self.dt * self.sigma2)
-        return x + self.dt * u, self.log_var_range * torch.tanh(out[..., d:]) + math.log(self.dt * self.sigma2)
-
-    def increment_log_prob(self, step: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """log p_F of transitions given their increments x_{i+1} - x_i [..., d] and the policy's
-        output there ([..., 2d], or the drift alone): the same as gaussian_log_prob(x_{i+1}, mean,
-        log_var) of step_params, with the residual x_{i+1} - mean = step - dt u. -> [...]."""
-        d = step.shape[-1]
-        resid = step - self.dt * (out if out.shape[-1] == d else out[..., :d])
         log_var = math.log(self.dt * self.sigma2)
         if self.learn_variance:
             log_var = self.log_var_range * torch.tanh(out[..., d:]) + log_var
-        return residual_log_prob(resid, log_var)
+        return u, log_var
+
+    def step_params(self, out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Policy output at x [..., d] -> the step's mean x + dt u and log variance (drift_and_log_var)."""
+        u, log_var = self.drift_and_log_var(out, x.shape[-1])
+        return x + self.dt * u, log_var
+
+    def increment_log_prob(self, step: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """log p_F of transitions from their increments x_{i+1} - x_i [..., d] and the policy's output
+        there: gaussian_log_prob(x_{i+1}, *step_params(out, x_i)), with the residual step - dt u. -> [...]."""
+        u, log_var = self.drift_and_log_var(out, step.shape[-1])
+        return residual_log_prob(step - self.dt * u, log_var)
 
     def time(self, i: int, like: torch.Tensor) -> torch.Tensor:
         """t_i as a [1] tensor (broadcasts over a batch)."""
