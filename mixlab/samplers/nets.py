@@ -155,6 +155,12 @@ class PISPolicy(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, grad_log_r: torch.Tensor | None = None) -> torch.Tensor:
         return self.unclipped(x, t).clamp(-self.clip, self.clip)  # [..., 2d]
 
+    def __getstate__(self) -> dict:
+        """Pickles and deep copies leave the tape behind (buffers of a past rollout, not state)."""
+        state = self.__dict__.copy()
+        state.pop("_tape", None)
+        return state
+
     # ----- one network pass per rollout (record during the no-grad rollout, replay for the loss) ----
     def linears(self) -> list[nn.Linear]:
         return [m for m in self.joint if isinstance(m, nn.Linear)]

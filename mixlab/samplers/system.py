@@ -14,6 +14,7 @@ Nets arrive as partials (`_partial_: true`) and are completed with the energy's 
 """
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Annotated
 
@@ -49,10 +50,14 @@ FP32 = ("32", "32-true", "64", "64-true")
 
 
 def _complete(net: Callable | None, dim: int, arg: str, **extra) -> nn.Module | None:
-    """A built module as is, a partial (Hydra `_partial_: true`) called with dim= and `extra` (its
-    argument errors named under `arg`; built from a config, the partial names its full key itself)."""
+    """A built module as is, a partial (Hydra `_partial_: true`) called with dim= and those of
+    `extra` its signature takes (its argument errors named under `arg`; built from a config, the
+    partial names its full key itself)."""
     if net is None or isinstance(net, nn.Module):
         return net
+    params = inspect.signature(net).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        extra = {k: v for k, v in extra.items() if k in params}
     try:
         return net(dim=dim, **extra)
     except ArgumentError as err:

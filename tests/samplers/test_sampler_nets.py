@@ -172,3 +172,15 @@ def test_flow_sharing_errors_name_the_argument(kwargs, arg):
     with pytest.raises(ArgumentError) as err:
         FlowNet(2, policy=policy, **kwargs)
     assert err.value.arg == arg
+
+
+def test_copies_of_a_policy_leave_its_tape_behind():
+    import copy
+    import pickle
+
+    policy = PISPolicy(2, hidden=8, harmonics=4)
+    grid, x = torch.arange(3) / 3, torch.randn(4, 2)
+    policy.new_tape(grid, 4, x)
+    for clone in (copy.deepcopy(policy), pickle.loads(pickle.dumps(policy))):
+        assert "_tape" not in clone.__dict__ and "_tape" in policy.__dict__
+        torch.testing.assert_close(clone(x, grid[:1]), policy(x, grid[:1]))

@@ -309,3 +309,17 @@ def test_figures_of_every_energy(energy, tmp_path):
     x = torch.randn(300, energy.dim, generator=g) if x is None else x
     path = figures.draw(energy, x, energy.sample(300, g), tmp_path / "f.png", "title")
     assert path.stat().st_size > 10_000
+
+
+def test_a_flow_factory_without_a_policy_argument_is_still_completed():
+    """The system passes the policy only to flows that take it (a user's own flow need not)."""
+    from mixlab.samplers.system import _complete
+
+    def own_flow(dim):
+        return torch.nn.Linear(dim, 1)
+
+    def shared_flow(dim, policy=None):
+        return torch.nn.Linear(dim, 1 if policy is None else 2)
+
+    assert _complete(own_flow, 3, "flow", policy=object()).out_features == 1
+    assert _complete(shared_flow, 3, "flow", policy=object()).out_features == 2

@@ -81,38 +81,28 @@ REFERENCE_DEFAULTS = dict(
     joint_layers=2,
 )
 
+# its README's TB + Expl. command, on 25GMM (sigma2 = 5, as the paper's 25GMM runs)
+_GMM25_TB_EXPL = dict(
+    energy="25gmm", t_scale=5.0, mode_fwd="tb", lr_flow=1e-1, exploratory=True, exploration_wd=True, exploration_factor=0.2
+)
+
 ROWS = {
     "tb_manywell": (
         ["experiment=sampler_manywell_tb"],
         dict(energy="many_well", mode_fwd="tb", lr_flow=1e-1),
     ),
-    "tb_expl_gmm25": (
-        ["experiment=sampler_gmm25_tb_expl"],
-        dict(
-            energy="25gmm",
-            t_scale=5.0,
-            mode_fwd="tb",
-            lr_flow=1e-1,
-            exploratory=True,
-            exploration_wd=True,
-            exploration_factor=0.2,
-        ),
-    ),
+    "tb_expl_gmm25": (["experiment=sampler_gmm25_tb_expl"], _GMM25_TB_EXPL),
     "tb_expl_ls_gmm25": (
         ["experiment=sampler_gmm25_tb_expl_ls"],
-        dict(
-            energy="25gmm",
-            t_scale=5.0,
-            mode_fwd="tb",
-            lr_flow=1e-1,
-            exploratory=True,
-            exploration_wd=True,
-            exploration_factor=0.1,
-            both_ways=True,
-            local_search=True,
-            ld_step=0.1,
-            ld_schedule=True,
-        ),
+        # its README's TB + Expl. + LS command, on 25GMM
+        {
+            **_GMM25_TB_EXPL,
+            "exploration_factor": 0.1,
+            "both_ways": True,
+            "local_search": True,
+            "ld_step": 0.1,
+            "ld_schedule": True,
+        },
     ),
     "flsubtb_lp_manywell": (
         ["experiment=sampler_gmm25_flsubtb_lp", "model/energy=manywell"],
@@ -125,16 +115,21 @@ class ReferenceRun:
     """The reference code's training loop for one row, one iteration per `step()`."""
 
     def __init__(self, checkout: Path, flags: dict, seed: int = 0):
-        root = checkout / "energy_sampling" if (checkout / "energy_sampling").is_dir() else checkout
+        root = (checkout / "energy_sampling" if (checkout / "energy_sampling").is_dir() else checkout).resolve()
         if not (root / "models" / "gfn.py").is_file():
             raise SystemExit(f"--reference: {checkout} is not a gfn-diffusion checkout (no energy_sampling/models/gfn.py)")
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
-        import energies  # noqa: PLC0415  (the reference's modules, from the checkout)
+        import buffer  # noqa: PLC0415  (the reference's modules, from the checkout)
+        import energies
         import langevin
         import models
         import utils
-        from buffer import ReplayBuffer
+
+        for module in (buffer, energies, langevin, models, utils):  # a same-named module imported earlier would shadow them
+            if root not in Path(module.__file__).resolve().parents:
+                raise SystemExit(f"--reference: `{module.__name__}` was imported from {module.__file__}, not from {root}")
+        ReplayBuffer = buffer.ReplayBuffer
 
         self.utils, self.langevin_dynamics = utils, langevin.langevin_dynamics
         a = self.args = Namespace(**{**REFERENCE_DEFAULTS, **flags})
